@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One-time, idempotent set-up: a project-local Python environment that provides libtorch
+# (torch==2.11.0, the build tch 0.24 expects) and a cargo config that points torch-sys at it
+# and embeds its library path in every binary, so `cargo build|test|run` work with no exports.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+TORCH_VERSION=2.11.0
+PY=${PYTHON:-python3}
+
+if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+  echo "setup: installing torch==$TORCH_VERSION into .venv (one time, a few minutes)" >&2
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
+fi
+
+torch_dir=$(.venv/bin/python -c "import os, torch; print(os.path.dirname(torch.__file__))")
+lib="$torch_dir/lib"
+[ -f "$lib/libtorch_cpu.so" ] || { echo "setup: no libtorch_cpu.so under $lib" >&2; exit 1; }
+
+# libtorch_cuda.so has no symbol the binary uses, so the linker would drop it and CUDA would be
+# invisible; --no-as-needed keeps it (it loads fine on machines without a GPU).
+cuda_args=""
+if [ -f "$lib/libtorch_cuda.so" ]; then
+  cuda_args=', "-C", "link-arg=-Wl,--no-as-needed", "-C", "link-arg=-ltorch_cuda", "-C", "link-arg=-Wl,--as-needed"'
+fi
+
+mkdir -p .cargo
+cfg=$(cat <<CFG
+# Written by scripts/setup.sh; do not edit (re-run the script instead).
+[env]
+LIBTORCH = "$torch_dir"
+UNLEARN_PYTHON = "$root/.venv/bin/python"
+
+[target.x86_64-unknown-linux-gnu]
+rustflags = ["-C", "link-arg=-Wl,-rpath,$lib", "-C", "link-arg=-L$lib"$cuda_args]
+CFG
+)
+if [ "$(cat .cargo/config.toml 2>/dev/null)" != "$cfg" ]; then
+  printf '%s\n' "$cfg" > .cargo/config.toml.tmp && mv .cargo/config.toml.tmp .cargo/config.toml
+fi
