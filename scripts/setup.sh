@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-time, idempotent set-up: a project-local Python environment that provides libtorch
-# (torch==2.11.0, the build tch 0.24 expects) and a cargo config that points torch-sys at it
-# and embeds its library path in every binary, so `cargo build|test|run` work with no exports.
+# (torch==2.11.0, the build tch 0.24 expects) and a cargo config that points torch-sys at it, so
+# `cargo build|test|run` work with no exports (build/link_libtorch.rs embeds the library path).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -14,16 +14,9 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
 
-torch_dir=$(.venv/bin/python -c "import os, torch; print(os.path.dirname(torch.__file__))")
+torch_dir=$(.venv/bin/python -c "import os, torch; print(os.path.dirname(torch.__file__))" 2>/dev/null)
 lib="$torch_dir/lib"
 [ -f "$lib/libtorch_cpu.so" ] || { echo "setup: no libtorch_cpu.so under $lib" >&2; exit 1; }
-
-# libtorch_cuda.so has no symbol the binary uses, so the linker would drop it and CUDA would be
-# invisible; --no-as-needed keeps it (it loads fine on machines without a GPU).
-cuda_args=""
-if [ -f "$lib/libtorch_cuda.so" ]; then
-  cuda_args=', "-C", "link-arg=-Wl,--no-as-needed", "-C", "link-arg=-ltorch_cuda", "-C", "link-arg=-Wl,--as-needed"'
-fi
 
 mkdir -p .cargo
 cfg=$(cat <<CFG
@@ -31,9 +24,6 @@ cfg=$(cat <<CFG
 [env]
 LIBTORCH = "$torch_dir"
 UNLEARN_PYTHON = "$root/.venv/bin/python"
-
-[target.x86_64-unknown-linux-gnu]
-rustflags = ["-C", "link-arg=-Wl,-rpath,$lib", "-C", "link-arg=-L$lib"$cuda_args]
 CFG
 )
 if [ "$(cat .cargo/config.toml 2>/dev/null)" != "$cfg" ]; then

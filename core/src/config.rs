@@ -1,0 +1,303 @@
+//! The pipeline config (`unlearn run <config>`), and its validation in two layers: the JSON
+//! Schema generated from these types (and each method's own schema) gives path-precise messages;
+//! then the rules a schema cannot express. Every problem is collected and reported at once.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::data::{self, DataError, Dataset, DatasetName, Split, SplitConfig, SyntheticConfig};
+use crate::eval::EvalConfig;
+use crate::forget::{ForgetSet, ForgetSpec};
+use crate::method::{Kind, Pruner, Unlearner};
+use crate::model::Arch;
+use crate::registry::{Method, Registry};
+use crate::train::Schedule;
+
+/// One pipeline: data set and split, model, dense training, an optional pruner, forgetting
+/// scenarios, the unlearners to compare, and evaluation.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Seed of model initialisation and batch order.
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub data: DataConfig,
+    #[serde(default)]
+    pub model: ModelConfig,
+    /// Dense training (SPEC §3 defaults; scale them to the data set).
+    #[serde(default)]
+    pub train: Schedule,
+    /// Optional pruner: its sparse model is unlearned and evaluated beside the dense one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<MethodSpec>,
+    /// Forgetting scenarios; every unlearner runs on each.
+    #[schemars(length(min = 1))]
+    pub forget: Vec<ForgetSpec>,
+    /// Unlearning methods to run and compare (include `retrain` to get the gap to retrain).
+    #[serde(default)]
+    pub unlearn: Vec<MethodSpec>,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    #[serde(default = "default_dataset")]
+    pub dataset: DatasetName,
+    #[serde(default)]
+    pub split: SplitConfig,
+    /// Settings of the `synthetic` data set.
+    #[serde(default)]
+    pub synthetic: SyntheticConfig,
+}
+
+fn default_dataset() -> DatasetName {
+    DatasetName::Digits
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig { dataset: default_dataset(), split: SplitConfig::default(), synthetic: SyntheticConfig::default() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    #[serde(default = "default_arch")]
+    pub arch: Arch,
+}
+
+fn default_arch() -> Arch {
+    Arch::SmallCnn
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig { arch: default_arch() }
+    }
+}
+
+/// A method and its settings: `method` names it (see `unlearn list`), the other keys are its
+/// config (see `unlearn schema <method>`).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct MethodSpec {
+    pub method: String,
+    /// Row name in reports (default: the method name); unique within `unlearn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    #[serde(flatten)]
+    pub params: Map<String, Value>,
+}
+
+/// One problem with a config: where (a JSON pointer), the offending value, and the rule.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConfigIssue {
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    pub message: String,
+}
+
+impl ConfigIssue {
+    pub fn new(path: &str, value: Option<Value>, message: impl Into<String>) -> ConfigIssue {
+        ConfigIssue { path: path.to_string(), value, message: message.into() }
+    }
+
+    fn prefixed(mut self, prefix: &str) -> ConfigIssue {
+        self.path = format!("{prefix}{}", self.path);
+        self
+    }
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = if self.path.is_empty() { "/" } else { &self.path };
+        match &self.value {
+            Some(v) => write!(f, "{path} = {v}: {}", self.message),
+            None => write!(f, "{path}: {}", self.message),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("config {path} is not valid {format}: {message}")]
+    Parse { path: PathBuf, format: &'static str, message: String },
+    #[error("config {} has {} error(s):\n{}", .path.display(), .issues.len(), .issues.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: PathBuf, issues: Vec<ConfigIssue> },
+}
+
+/// Reads a TOML or JSON config (by extension; otherwise TOML, then JSON).
+pub fn read_config_file(path: &Path) -> Result<Value, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+    let is_json = path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
+    parse_config_text(&text, is_json).map_err(|(format, message)| ConfigError::Parse { path: path.to_path_buf(), format, message })
+}
+
+pub fn parse_config_text(text: &str, json: bool) -> Result<Value, (&'static str, String)> {
+    if json {
+        serde_json::from_str(text).map_err(|e| ("JSON", e.to_string()))
+    } else {
+        toml::from_str(text).map_err(|e| ("TOML", e.to_string().trim_end().to_string()))
+    }
+}
+
+/// The JSON Schema of [`PipelineConfig`].
+pub fn pipeline_schema() -> Value {
+    crate::method::schema_of::<PipelineConfig>()
+}
+
+/// A method resolved from the config, ready to run.
+pub struct Planned<T> {
+    pub method: String,
+    pub label: String,
+    /// The config as given (defaults not filled in).
+    pub params: Value,
+    pub instance: T,
+}
+
+/// A validated config with everything resolved: data loaded and split, forget sets drawn,
+/// methods built. Nothing has been trained yet.
+pub struct Plan {
+    pub config: PipelineConfig,
+    /// The data set the split indexes (on the CPU).
+    pub dataset: Dataset,
+    pub split: Split,
+    pub forget: Vec<ForgetSet>,
+    pub pruner: Option<Planned<Box<dyn Pruner>>>,
+    pub unlearners: Vec<Planned<Box<dyn Unlearner>>>,
+}
+
+fn issues_from_schema(schema: &Value, instance: &Value, prefix: &str) -> Vec<ConfigIssue> {
+    let validator = jsonschema::validator_for(schema).expect("generated schemas compile");
+    validator
+        .iter_errors(instance)
+        .map(|e| ConfigIssue::new(&format!("{prefix}{}", e.instance_path()), None, e.to_string()))
+        .collect()
+}
+
+/// Validates `raw` (a parsed config) against the schemas and the rules, resolving everything.
+/// `base_dir` anchors relative paths (index files).
+pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, Vec<ConfigIssue>> {
+    let mut issues = issues_from_schema(&pipeline_schema(), raw, "");
+
+    // Methods: known, of the right kind, and their settings valid against their own schema.
+    let pruner = raw
+        .get("prune")
+        .filter(|v| v.is_object())
+        .and_then(|v| plan_method(v, "/prune", Kind::Pruner, registry, &mut issues, |m, p| m.build_pruner(p)));
+    let mut unlearners = Vec::new();
+    if let Some(list) = raw.get("unlearn").and_then(Value::as_array) {
+        for (i, v) in list.iter().enumerate() {
+            let path = format!("/unlearn/{i}");
+            if let Some(p) = plan_method(v, &path, Kind::Unlearner, registry, &mut issues, |m, p| m.build_unlearner(p)) {
+                if unlearners.iter().any(|u: &Planned<_>| u.label == p.label) {
+                    issues.push(ConfigIssue::new(&format!("{path}/label"), Some(Value::from(p.label.clone())), "two unlearners have this label; give one a distinct `label`"));
+                }
+                unlearners.push(p);
+            }
+        }
+    }
+
+    // Sections checked one by one, so a mistake in one does not hide those in others.
+    let section = |name: &str| raw.get(name).cloned().unwrap_or(Value::Object(Map::new()));
+    if let Ok(train) = serde_json::from_value::<Schedule>(section("train")) {
+        if let Err(m) = train.check() {
+            issues.push(ConfigIssue::new("/train", None, m));
+        }
+        if let Some(r) = pruner.as_ref().and_then(|p| p.instance.rewind_epoch()) {
+            if r > train.epochs {
+                issues.push(ConfigIssue::new("/prune/rewind_epoch", Some(r.into()), format!("rewinds to epoch {r}, but dense training has only {} epochs", train.epochs)));
+            }
+        }
+    }
+    let loaded = serde_json::from_value::<DataConfig>(section("data")).ok().and_then(|d| match load_split(&d) {
+        Ok(x) => Some(x),
+        Err(e) => {
+            issues.push(ConfigIssue::new("/data", None, e.to_string()));
+            None
+        }
+    });
+    let mut forget = Vec::new();
+    if let (Some((dataset, split)), Some(list)) = (&loaded, raw.get("forget").and_then(Value::as_array)) {
+        let all_labels = dataset.labels_vec();
+        let train_labels: Vec<i64> = split.train.iter().map(|&i| all_labels[i]).collect();
+        for (i, v) in list.iter().enumerate() {
+            let Ok(spec) = serde_json::from_value::<ForgetSpec>(v.clone()) else { continue };
+            match spec.resolve(&train_labels, dataset.classes, base_dir) {
+                Ok(set) => {
+                    if forget.iter().any(|f: &ForgetSet| f.name == set.name) {
+                        issues.push(ConfigIssue::new(&format!("/forget/{i}/name"), Some(Value::from(set.name.clone())), "two scenarios have this name; give one a distinct `name`"));
+                    }
+                    forget.push(set);
+                }
+                Err(e) => {
+                    let field = e.field();
+                    issues.push(ConfigIssue::new(&format!("/forget/{i}/{field}"), v.get(field).cloned(), e.to_string()));
+                }
+            }
+        }
+    }
+
+    if !issues.is_empty() {
+        return Err(issues);
+    }
+    let config: PipelineConfig = serde_json::from_value(raw.clone()).map_err(|e| vec![ConfigIssue::new("", None, e.to_string())])?;
+    let (dataset, split) = loaded.expect("no issues, so the data loaded");
+    Ok(Plan { config, dataset, split, forget, pruner, unlearners })
+}
+
+fn plan_method<T>(
+    entry: &Value,
+    path: &str,
+    kind: Kind,
+    registry: &Registry,
+    issues: &mut Vec<ConfigIssue>,
+    build: impl Fn(&Method, &Value) -> Result<T, Vec<ConfigIssue>>,
+) -> Option<Planned<T>> {
+    let name = entry.get("method")?.as_str()?; // a missing or non-string name: the schema said so
+    let method = match registry.get_kind(name, kind) {
+        Ok(m) => m,
+        Err(e) => {
+            issues.push(ConfigIssue::new(&format!("{path}/method"), Some(Value::from(name)), e.to_string()));
+            return None;
+        }
+    };
+    let mut params = entry.as_object().cloned().unwrap_or_default();
+    params.remove("method");
+    let label = match params.remove("label") {
+        Some(Value::String(s)) => s,
+        _ => name.to_string(),
+    };
+    let params = Value::Object(params);
+    let schema_issues = issues_from_schema(&method.schema, &params, path);
+    if !schema_issues.is_empty() {
+        issues.extend(schema_issues);
+        return None;
+    }
+    match build(method, &params) {
+        Ok(instance) => Some(Planned { method: name.to_string(), label, params, instance }),
+        Err(errs) => {
+            issues.extend(errs.into_iter().map(|e| e.prefixed(path)));
+            None
+        }
+    }
+}
+
+/// Loads the configured data set and splits it.
+pub fn load_split(cfg: &DataConfig) -> Result<(Dataset, Split), DataError> {
+    let dataset = match cfg.dataset {
+        DatasetName::Digits => data::digits()?,
+        DatasetName::Synthetic => data::synthetic(&cfg.synthetic)?,
+    };
+    let split = data::stratified_split(&dataset.labels_vec(), dataset.classes, &cfg.split)?;
+    Ok((dataset, split))
+}

@@ -1,0 +1,126 @@
+//! Data sets as u8 image tensors plus labels, the split into train/val/test, and the device-side
+//! view that training and evaluation read.
+
+mod digits;
+mod split;
+mod synthetic;
+
+pub use digits::{digits, DIGITS_CREDIT};
+pub use split::{stratified_split, Split, SplitConfig};
+pub use synthetic::{synthetic, SyntheticConfig};
+
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{name}: {message}")]
+    Malformed { name: String, message: String },
+    #[error("split: {0}")]
+    Split(String),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+/// A labelled image set held as u8 pixels (`[N, C, H, W]`) and i64 labels (`[N]`).
+/// Pixels are scaled to [0, 1] by `max_value` when batched; per-channel `mean`/`std`
+/// normalisation is the model's first layer (SPEC §1), so checkpoints take [0, 1] inputs.
+#[derive(Debug)]
+pub struct Dataset {
+    pub name: String,
+    pub images: Tensor,
+    pub labels: Tensor,
+    pub classes: usize,
+    /// The pixel value that maps to 1.0 (255 for photos, 16 for the digits).
+    pub max_value: f64,
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.labels.size()[0] as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `[C, H, W]`.
+    pub fn image_shape(&self) -> [i64; 3] {
+        let s = self.images.size();
+        [s[1], s[2], s[3]]
+    }
+
+    pub fn labels_vec(&self) -> Vec<i64> {
+        Vec::<i64>::try_from(&self.labels.to_device(Device::Cpu)).expect("labels are i64")
+    }
+
+    /// Samples per class.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.classes];
+        for y in self.labels_vec() {
+            counts[y as usize] += 1;
+        }
+        counts
+    }
+
+    /// The rows at `indices`, as a new data set with the same metadata.
+    pub fn subset(&self, indices: &[usize]) -> Dataset {
+        let idx = index_tensor(indices, self.images.device());
+        Dataset {
+            name: self.name.clone(),
+            images: self.images.index_select(0, &idx),
+            labels: self.labels.index_select(0, &idx),
+            classes: self.classes,
+            max_value: self.max_value,
+            mean: self.mean.clone(),
+            std: self.std.clone(),
+        }
+    }
+
+    pub fn to_device(&self, device: Device) -> Dataset {
+        Dataset {
+            name: self.name.clone(),
+            images: self.images.to_device(device),
+            labels: self.labels.to_device(device),
+            classes: self.classes,
+            max_value: self.max_value,
+            mean: self.mean.clone(),
+            std: self.std.clone(),
+        }
+    }
+
+    /// Images at `idx` (an i64 tensor on the data's device) as floats in [0, 1].
+    pub fn batch_images(&self, idx: &Tensor) -> Tensor {
+        self.images.index_select(0, idx).to_kind(Kind::Float) / self.max_value
+    }
+}
+
+/// Indices as an i64 tensor on `device`.
+pub fn index_tensor(indices: &[usize], device: Device) -> Tensor {
+    let v: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
+    Tensor::from_slice(&v).to_device(device)
+}
+
+/// Per-channel mean and std of `images` scaled by `max_value` (used for data sets that do not
+/// come with published constants).
+pub fn channel_stats(images: &Tensor, max_value: f64) -> (Vec<f64>, Vec<f64>) {
+    let x = images.to_kind(Kind::Double) / max_value;
+    let c = x.size()[1];
+    let per = x.transpose(0, 1).reshape([c, -1]);
+    let mean = Vec::<f64>::try_from(per.mean_dim(1, false, Kind::Double)).unwrap();
+    let std = Vec::<f64>::try_from(per.std_dim(1, false, false)).unwrap();
+    (mean, std)
+}
+
+/// The data sets built into the binary.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetName {
+    /// 1,797 handwritten 8x8 digits (UCI, CC BY 4.0), embedded in the binary.
+    Digits,
+    /// A deterministic synthetic 8x8 set for tests (see `synthetic`).
+    Synthetic,
+}

@@ -1,0 +1,309 @@
+//! Forgetting scenarios (SPEC §1): which training samples form `D_f`; the rest is `D_r`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::rng::permutation;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ForgetKind {
+    /// Every training sample of `class`.
+    Class,
+    /// `n` (or `fraction` of train) samples drawn uniformly without replacement with `seed`.
+    Random,
+    /// The indices (positions in the train split) listed in the file at `path`: one per line
+    /// (`#` comments allowed) or a JSON array.
+    File,
+}
+
+/// One forgetting scenario as written in a config.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForgetSpec {
+    /// Name shown in reports (default: `class-<c>`, `random-<n>`, or the file name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub kind: ForgetKind,
+    /// `class`: the class to forget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<usize>,
+    /// `random`: how many samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub n: Option<usize>,
+    /// `random`: share of train instead of `n` (the paper: 0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub fraction: Option<f64>,
+    /// `random`: seed of the draw.
+    #[serde(default)]
+    pub seed: u64,
+    /// `file`: path of the index file, relative to the config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ForgetError {
+    #[error("`{field}` is required for kind `{kind}`")]
+    Missing { field: &'static str, kind: &'static str },
+    #[error("`{field}` does not apply to kind `{kind}`")]
+    Extra { field: &'static str, kind: &'static str },
+    #[error("class {class} is outside 0..{classes}")]
+    ClassOutOfRange { class: usize, classes: usize },
+    #[error("class {class} has no samples in the training split")]
+    EmptyClass { class: usize },
+    #[error("give either `n` or `fraction` for a random forget set, not both")]
+    Ambiguous,
+    #[error("forget set of {n} samples must be non-empty and smaller than the training split ({train} samples), so that the retain set is not empty")]
+    Size { n: usize, train: usize },
+    #[error("cannot read index file {path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("index file {path}, {location}: `{text}` is not a non-negative integer index")]
+    Parse { path: PathBuf, location: String, text: String },
+    #[error("index file {path}, {location}: index {index} is outside the training split (0..{train})")]
+    OutOfRange { path: PathBuf, location: String, index: usize, train: usize },
+    #[error("index file {path}: index {index} is listed twice ({first} and {second})")]
+    Duplicate { path: PathBuf, index: usize, first: String, second: String },
+}
+
+impl ForgetError {
+    /// The config field the error is about (for path-precise messages).
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::Missing { field, .. } | Self::Extra { field, .. } => field,
+            Self::ClassOutOfRange { .. } | Self::EmptyClass { .. } => "class",
+            Self::Ambiguous | Self::Size { .. } => "n",
+            _ => "path",
+        }
+    }
+}
+
+/// `D_f` and `D_r` as sorted positions in the train split; together they partition it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ForgetSet {
+    pub name: String,
+    pub kind: ForgetKind,
+    /// The forgotten class, for class-wise forgetting (some methods treat it specially).
+    pub class: Option<usize>,
+    pub forget: Vec<usize>,
+    pub retain: Vec<usize>,
+}
+
+impl ForgetSet {
+    fn from_forget(name: String, kind: ForgetKind, class: Option<usize>, mut forget: Vec<usize>, train: usize) -> Self {
+        forget.sort_unstable();
+        let mut in_forget = vec![false; train];
+        for &i in &forget {
+            in_forget[i] = true;
+        }
+        let retain = (0..train).filter(|&i| !in_forget[i]).collect();
+        Self { name, kind, class, forget, retain }
+    }
+
+    /// SHA-256 of the sorted forget indices (one decimal per line), recorded with results.
+    pub fn hash(&self) -> String {
+        let mut h = Sha256::new();
+        for i in &self.forget {
+            h.update(format!("{i}\n").as_bytes());
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl ForgetSpec {
+    /// Checks the fields that must (not) be present for the kind.
+    fn check_fields(&self) -> Result<(), ForgetError> {
+        let (kind, needs, forbids): (&'static str, &[&'static str], &[&'static str]) = match self.kind {
+            ForgetKind::Class => ("class", &["class"], &["n", "fraction", "path"]),
+            ForgetKind::Random => ("random", &[], &["class", "path"]),
+            ForgetKind::File => ("file", &["path"], &["class", "n", "fraction"]),
+        };
+        let present = |f: &str| match f {
+            "class" => self.class.is_some(),
+            "n" => self.n.is_some(),
+            "fraction" => self.fraction.is_some(),
+            _ => self.path.is_some(),
+        };
+        if let Some(field) = needs.iter().find(|f| !present(f)) {
+            return Err(ForgetError::Missing { field, kind });
+        }
+        if let Some(field) = forbids.iter().find(|f| present(f)) {
+            return Err(ForgetError::Extra { field, kind });
+        }
+        if self.kind == ForgetKind::Random {
+            match (self.n, self.fraction) {
+                (Some(_), Some(_)) => return Err(ForgetError::Ambiguous),
+                (None, None) => return Err(ForgetError::Missing { field: "n", kind }),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The forget set over a train split with these labels. `base_dir` resolves relative paths.
+    pub fn resolve(&self, train_labels: &[i64], classes: usize, base_dir: &Path) -> Result<ForgetSet, ForgetError> {
+        self.check_fields()?;
+        let train = train_labels.len();
+        let (name, class, forget) = match self.kind {
+            ForgetKind::Class => {
+                let c = self.class.expect("checked");
+                if c >= classes {
+                    return Err(ForgetError::ClassOutOfRange { class: c, classes });
+                }
+                let f: Vec<usize> = (0..train).filter(|&i| train_labels[i] == c as i64).collect();
+                if f.is_empty() {
+                    return Err(ForgetError::EmptyClass { class: c });
+                }
+                (format!("class-{c}"), Some(c), f)
+            }
+            ForgetKind::Random => {
+                let n = match (self.n, self.fraction) {
+                    (Some(n), _) => n,
+                    (_, Some(f)) => (f * train as f64).round() as usize,
+                    _ => unreachable!("checked"),
+                };
+                if n == 0 || n >= train {
+                    return Err(ForgetError::Size { n, train });
+                }
+                let mut f = permutation(train, self.seed, "forget");
+                f.truncate(n);
+                (format!("random-{n}"), None, f)
+            }
+            ForgetKind::File => {
+                let path = base_dir.join(self.path.as_ref().expect("checked"));
+                let f = read_index_file(&path, train)?;
+                if f.is_empty() || f.len() >= train {
+                    return Err(ForgetError::Size { n: f.len(), train });
+                }
+                let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+                (format!("file-{}", stem.unwrap_or_default()), None, f)
+            }
+        };
+        Ok(ForgetSet::from_forget(self.name.clone().unwrap_or(name), self.kind, class, forget, train))
+    }
+}
+
+/// Reads and validates an index file: every index within `0..train`, none twice.
+pub fn read_index_file(path: &Path, train: usize) -> Result<Vec<usize>, ForgetError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ForgetError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    // (location, text) pairs, so errors can point at a line or a JSON position.
+    let items: Vec<(String, String)> = if text.trim_start().starts_with('[') {
+        let values: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| ForgetError::Io {
+            path: path.to_path_buf(),
+            message: format!("not a JSON array: {e}"),
+        })?;
+        values.iter().enumerate().map(|(k, v)| (format!("element {k}"), v.to_string())).collect()
+    } else {
+        text.lines()
+            .enumerate()
+            .map(|(k, l)| (format!("line {}", k + 1), l.split('#').next().unwrap_or("").trim().to_string()))
+            .filter(|(_, t)| !t.is_empty())
+            .collect()
+    };
+    let mut seen: HashMap<usize, String> = HashMap::new();
+    let mut out = Vec::with_capacity(items.len());
+    for (location, t) in items {
+        let index: usize = t.parse().map_err(|_| ForgetError::Parse {
+            path: path.to_path_buf(),
+            location: location.clone(),
+            text: t.clone(),
+        })?;
+        if index >= train {
+            return Err(ForgetError::OutOfRange { path: path.to_path_buf(), location, index, train });
+        }
+        if let Some(first) = seen.insert(index, location.clone()) {
+            return Err(ForgetError::Duplicate { path: path.to_path_buf(), index, first, second: location });
+        }
+        out.push(index);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels() -> Vec<i64> {
+        (0..100).map(|i| (i % 4) as i64).collect()
+    }
+
+    fn spec(kind: ForgetKind) -> ForgetSpec {
+        ForgetSpec { name: None, kind, class: None, n: None, fraction: None, seed: 0, path: None }
+    }
+
+    fn assert_partition(s: &ForgetSet, train: usize) {
+        let mut all = [s.forget.clone(), s.retain.clone()].concat();
+        all.sort();
+        assert_eq!(all, (0..train).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn class_wise_takes_exactly_the_class() {
+        let s = ForgetSpec { class: Some(2), ..spec(ForgetKind::Class) }.resolve(&labels(), 4, Path::new(".")).unwrap();
+        assert_eq!(s.forget, (0..100).filter(|i| i % 4 == 2).collect::<Vec<_>>());
+        assert_partition(&s, 100);
+        assert_eq!(s.name, "class-2");
+        let e = ForgetSpec { class: Some(4), ..spec(ForgetKind::Class) }.resolve(&labels(), 4, Path::new("."));
+        assert_eq!(e, Err(ForgetError::ClassOutOfRange { class: 4, classes: 4 }));
+    }
+
+    #[test]
+    fn random_is_seeded_sized_and_partitions() {
+        let r = ForgetSpec { n: Some(10), seed: 3, ..spec(ForgetKind::Random) };
+        let a = r.resolve(&labels(), 4, Path::new(".")).unwrap();
+        assert_eq!(a.forget.len(), 10);
+        assert_partition(&a, 100);
+        assert_eq!(a, r.resolve(&labels(), 4, Path::new(".")).unwrap());
+        let b = ForgetSpec { seed: 4, ..r.clone() }.resolve(&labels(), 4, Path::new(".")).unwrap();
+        assert_ne!(a.forget, b.forget);
+        let f = ForgetSpec { fraction: Some(0.1), n: None, ..r.clone() }.resolve(&labels(), 4, Path::new(".")).unwrap();
+        assert_eq!(f.forget.len(), 10);
+        assert_ne!(a.hash(), b.hash());
+        for n in [0, 100, 101] {
+            let e = ForgetSpec { n: Some(n), ..r.clone() }.resolve(&labels(), 4, Path::new("."));
+            assert_eq!(e, Err(ForgetError::Size { n, train: 100 }));
+        }
+        let e = ForgetSpec { fraction: Some(0.1), ..r }.resolve(&labels(), 4, Path::new("."));
+        assert_eq!(e, Err(ForgetError::Ambiguous));
+    }
+
+    #[test]
+    fn index_files_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.path().join(name), text).unwrap();
+            ForgetSpec { path: Some(name.into()), ..spec(ForgetKind::File) }.resolve(&labels(), 4, dir.path())
+        };
+        let ok = write("ok.txt", "# forget these\n5\n\n1 # and this\n").unwrap();
+        assert_eq!(ok.forget, vec![1, 5]);
+        assert_partition(&ok, 100);
+        assert_eq!(write("ok.json", "[7, 3]").unwrap().forget, vec![3, 7]);
+        let e = write("range.txt", "1\n100\n").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("index 100") && e.contains("0..100"), "{e}");
+        let e = write("dup.json", "[4, 2, 4]").unwrap_err().to_string();
+        assert!(e.contains("listed twice") && e.contains("element 0") && e.contains("element 2"), "{e}");
+        let e = write("neg.txt", "-1\n").unwrap_err().to_string();
+        assert!(e.contains("`-1`"), "{e}");
+        let e = ForgetSpec { path: Some("missing.txt".into()), ..spec(ForgetKind::File) }
+            .resolve(&labels(), 4, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.txt"), "{e}");
+    }
+
+    #[test]
+    fn fields_must_fit_the_kind() {
+        let e = spec(ForgetKind::Class).resolve(&labels(), 4, Path::new("."));
+        assert_eq!(e, Err(ForgetError::Missing { field: "class", kind: "class" }));
+        let e = ForgetSpec { class: Some(1), n: Some(3), ..spec(ForgetKind::Class) }.resolve(&labels(), 4, Path::new("."));
+        assert_eq!(e, Err(ForgetError::Extra { field: "n", kind: "class" }));
+    }
+}

@@ -1,0 +1,17 @@
+//! `unlearn` core: data, models, masks, the one training loop, metrics, the method registry,
+//! configs, the pipeline and its reports. Methods (pruners, unlearners) are plugins that use these.
+
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod eval;
+pub mod forget;
+pub mod mask;
+pub mod method;
+pub mod model;
+pub mod registry;
+pub mod rng;
+pub mod train;
+
+pub use inventory;
+pub use tch;

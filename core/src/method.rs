@@ -1,0 +1,294 @@
+//! What a method is: a pruner or an unlearner with a typed, schema-described config. A method
+//! sees a narrow context (model, mask, data, forget set, the training loop); it never parses
+//! flags or files. Built-ins register with [`register_unlearner!`] / [`register_pruner!`].
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::ConfigIssue;
+use crate::data::Dataset;
+use crate::forget::ForgetSet;
+use crate::mask::{Mask, MaskError};
+use crate::model::{Model, ModelError, Snapshot};
+use crate::train::{Objective, Run, Schedule, Stream, TrainError, TrainReport, Trainer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Pruner,
+    Unlearner,
+    Attack,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Pruner, Kind::Unlearner, Kind::Attack];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Pruner => "pruner",
+            Kind::Unlearner => "unlearner",
+            Kind::Attack => "attack",
+        }
+    }
+
+    pub fn with_article(self) -> &'static str {
+        match self {
+            Kind::Pruner => "a pruner",
+            Kind::Unlearner => "an unlearner",
+            Kind::Attack => "an attack",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown kind `{s}`: expected pruner, unlearner or attack"))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MethodError {
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Mask(#[from] MaskError),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A method's configuration: serde + JSON Schema (doc comments become descriptions), defaults
+/// from SPEC, and the rules a schema cannot express.
+pub trait MethodConfig: DeserializeOwned + Serialize + JsonSchema + Default {
+    /// Semantic rules: `(field, message)` for each violation.
+    fn check(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// The data a run works on, resident on the run's device. Forget and retain sets are positions
+/// in `train`.
+pub struct TaskData {
+    pub train: Dataset,
+    pub val: Dataset,
+    pub test: Dataset,
+}
+
+/// What an unlearner may use.
+pub struct UnlearnCtx<'a> {
+    /// The model to unlearn, changed in place (a copy of the original).
+    pub model: &'a mut Model,
+    /// The active mask of a sparse model; core enforces it during training, and a one-shot
+    /// method must re-apply it after changing weights ([`UnlearnCtx::enforce_mask`]).
+    pub mask: Option<&'a Mask>,
+    pub data: &'a TaskData,
+    pub forget: &'a ForgetSet,
+    pub trainer: &'a Trainer,
+    pub seed: u64,
+    /// Names this run in errors and progress (`FT on class-3 (sparse)`).
+    pub label: String,
+}
+
+impl<'a> UnlearnCtx<'a> {
+    pub fn retain_stream(&self) -> Stream<'a> {
+        Stream::new(&self.data.train, &self.forget.retain)
+    }
+
+    pub fn forget_stream(&self) -> Stream<'a> {
+        Stream::new(&self.data.train, &self.forget.forget)
+    }
+
+    /// Runs core's loop on the context's model, mask and seed.
+    pub fn train(&mut self, schedule: &Schedule, stream: &Stream<'_>, objective: &mut dyn Objective) -> Result<TrainReport, TrainError> {
+        let run = Run {
+            label: self.label.clone(),
+            schedule,
+            schedule_offset: 0,
+            stream,
+            mask: self.mask,
+            rewind_epoch: None,
+            seed: self.seed,
+        };
+        self.trainer.run(self.model, run, objective)
+    }
+
+    /// Replaces the model by a fresh initialisation of the same architecture (with the mask
+    /// applied when sparse): the starting point of retraining.
+    pub fn reinitialise(&mut self) -> Result<(), ModelError> {
+        let fresh = Model::new(self.model.spec().clone(), self.model.device(), self.seed)?;
+        *self.model = fresh;
+        self.enforce_mask();
+        Ok(())
+    }
+
+    pub fn enforce_mask(&self) {
+        if let Some(m) = self.mask {
+            m.apply(self.model);
+        }
+    }
+}
+
+/// What a pruner may use.
+pub struct PruneCtx<'a> {
+    /// The trained dense model; the pruner turns it into the trained sparse model.
+    pub model: &'a mut Model,
+    /// The weights after [`Pruner::rewind_epoch`] epochs of dense training, when it asked for them.
+    pub rewind: Option<&'a Snapshot>,
+    pub data: &'a TaskData,
+    /// The pipeline's training schedule (used to retrain after pruning).
+    pub schedule: &'a Schedule,
+    pub trainer: &'a Trainer,
+    pub seed: u64,
+    pub label: String,
+}
+
+impl PruneCtx<'_> {
+    pub fn train_stream(&self) -> Stream<'_> {
+        let all: Vec<usize> = (0..self.data.train.len()).collect();
+        Stream::new(&self.data.train, &all)
+    }
+}
+
+pub trait Unlearner: Send + Sync {
+    fn unlearn(&self, ctx: &mut UnlearnCtx<'_>) -> Result<(), MethodError>;
+}
+
+pub trait Pruner: Send + Sync {
+    /// Epoch after which dense training should keep a snapshot for this pruner to rewind to.
+    fn rewind_epoch(&self) -> Option<usize> {
+        None
+    }
+    fn prune(&self, ctx: &mut PruneCtx<'_>) -> Result<Mask, MethodError>;
+}
+
+/// An unlearning method with its typed config: what a plugin author implements.
+pub trait UnlearnMethod: Unlearner + Sized + 'static {
+    type Config: MethodConfig;
+    const NAME: &'static str;
+    const SUMMARY: &'static str;
+    fn new(config: Self::Config) -> Self;
+}
+
+/// A pruning method with its typed config.
+pub trait PruneMethod: Pruner + Sized + 'static {
+    type Config: MethodConfig;
+    const NAME: &'static str;
+    const SUMMARY: &'static str;
+    fn new(config: Self::Config) -> Self;
+}
+
+/// Makes a method from its JSON config, or says what is wrong with it (paths relative to the
+/// config object, e.g. `/lr`).
+pub enum Factory {
+    Unlearner(fn(&Value) -> Result<Box<dyn Unlearner>, Vec<ConfigIssue>>),
+    Pruner(fn(&Value) -> Result<Box<dyn Pruner>, Vec<ConfigIssue>>),
+}
+
+/// A statically registered method (collected with `inventory`).
+pub struct BuiltinMethod {
+    pub kind: Kind,
+    pub name: &'static str,
+    pub summary: &'static str,
+    /// The crate that registered it (shown as the source).
+    pub krate: &'static str,
+    pub schema: fn() -> Value,
+    pub default_config: fn() -> Value,
+    pub factory: Factory,
+}
+
+inventory::collect!(BuiltinMethod);
+
+impl BuiltinMethod {
+    pub const fn unlearner<M: UnlearnMethod>(krate: &'static str) -> BuiltinMethod {
+        BuiltinMethod {
+            kind: Kind::Unlearner,
+            name: M::NAME,
+            summary: M::SUMMARY,
+            krate,
+            schema: schema_of::<M::Config>,
+            default_config: default_of::<M::Config>,
+            factory: Factory::Unlearner(build_unlearner::<M>),
+        }
+    }
+
+    pub const fn pruner<M: PruneMethod>(krate: &'static str) -> BuiltinMethod {
+        BuiltinMethod {
+            kind: Kind::Pruner,
+            name: M::NAME,
+            summary: M::SUMMARY,
+            krate,
+            schema: schema_of::<M::Config>,
+            default_config: default_of::<M::Config>,
+            factory: Factory::Pruner(build_pruner::<M>),
+        }
+    }
+}
+
+pub fn schema_of<C: JsonSchema>() -> Value {
+    serde_json::to_value(schemars::schema_for!(C)).expect("schemas serialise")
+}
+
+fn default_of<C: MethodConfig>() -> Value {
+    serde_json::to_value(C::default()).expect("configs serialise")
+}
+
+/// Deserialises and checks a method config.
+pub fn parse_config<C: MethodConfig>(v: &Value) -> Result<C, Vec<ConfigIssue>> {
+    let c: C = serde_json::from_value(v.clone()).map_err(|e| vec![ConfigIssue::new("", None, e.to_string())])?;
+    let issues: Vec<ConfigIssue> = c
+        .check()
+        .into_iter()
+        .map(|(field, msg)| {
+            let value = v.get(&field).cloned();
+            ConfigIssue::new(&format!("/{field}"), value, msg)
+        })
+        .collect();
+    if issues.is_empty() {
+        Ok(c)
+    } else {
+        Err(issues)
+    }
+}
+
+fn build_unlearner<M: UnlearnMethod>(v: &Value) -> Result<Box<dyn Unlearner>, Vec<ConfigIssue>> {
+    Ok(Box::new(M::new(parse_config::<M::Config>(v)?)))
+}
+
+fn build_pruner<M: PruneMethod>(v: &Value) -> Result<Box<dyn Pruner>, Vec<ConfigIssue>> {
+    Ok(Box::new(M::new(parse_config::<M::Config>(v)?)))
+}
+
+/// Registers an [`UnlearnMethod`] as a built-in.
+#[macro_export]
+macro_rules! register_unlearner {
+    ($t:ty) => {
+        $crate::inventory::submit! {
+            $crate::method::BuiltinMethod::unlearner::<$t>(env!("CARGO_PKG_NAME"))
+        }
+    };
+}
+
+/// Registers a [`PruneMethod`] as a built-in.
+#[macro_export]
+macro_rules! register_pruner {
+    ($t:ty) => {
+        $crate::inventory::submit! {
+            $crate::method::BuiltinMethod::pruner::<$t>(env!("CARGO_PKG_NAME"))
+        }
+    };
+}

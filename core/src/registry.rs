@@ -1,0 +1,196 @@
+//! One map of every available method, built once, sorted by name. Built-ins come from
+//! `inventory`; later sources (dynamic libraries) enter the same map.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::config::ConfigIssue;
+use crate::method::{BuiltinMethod, Factory, Kind, Pruner, Unlearner};
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "type", content = "name")]
+pub enum Source {
+    /// Linked into the binary, registered by this crate.
+    BuiltIn(String),
+    /// Loaded from a shared library at this path.
+    Library(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::BuiltIn(k) => write!(f, "built-in ({k})"),
+            Source::Library(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RegistryError {
+    #[error("method `{name}` is registered twice: by {first} and by {second}")]
+    Duplicate { name: String, first: Source, second: Source },
+    #[error("unknown {} `{name}`{}; known: {}", kind.map(|k| k.name()).unwrap_or("method"), suggestion(.name, .known), .known.join(", "))]
+    Unknown { name: String, kind: Option<Kind>, known: Vec<String> },
+    #[error("`{name}` is {}, not {}", actual.with_article(), expected.with_article())]
+    WrongKind { name: String, expected: Kind, actual: Kind },
+}
+
+fn suggestion(name: &str, known: &[String]) -> String {
+    known
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(name))
+        .map(|k| format!(" (did you mean `{k}`?)"))
+        .unwrap_or_default()
+}
+
+pub struct Method {
+    pub kind: Kind,
+    pub name: String,
+    pub summary: String,
+    pub source: Source,
+    /// JSON Schema of the method's config.
+    pub schema: Value,
+    /// The config with every default filled in.
+    pub default_config: Value,
+    factory: Factory,
+}
+
+impl Method {
+    pub fn from_builtin(b: &BuiltinMethod) -> Method {
+        let factory = match b.factory {
+            Factory::Unlearner(f) => Factory::Unlearner(f),
+            Factory::Pruner(f) => Factory::Pruner(f),
+        };
+        Method {
+            kind: b.kind,
+            name: b.name.to_string(),
+            summary: b.summary.to_string(),
+            source: Source::BuiltIn(b.krate.to_string()),
+            schema: (b.schema)(),
+            default_config: (b.default_config)(),
+            factory,
+        }
+    }
+
+    pub fn build_unlearner(&self, config: &Value) -> Result<Box<dyn Unlearner>, Vec<ConfigIssue>> {
+        match &self.factory {
+            Factory::Unlearner(f) => f(config),
+            Factory::Pruner(_) => Err(vec![ConfigIssue::new("", None, format!("`{}` is a pruner, not an unlearner", self.name))]),
+        }
+    }
+
+    pub fn build_pruner(&self, config: &Value) -> Result<Box<dyn Pruner>, Vec<ConfigIssue>> {
+        match &self.factory {
+            Factory::Pruner(f) => f(config),
+            Factory::Unlearner(_) => Err(vec![ConfigIssue::new("", None, format!("`{}` is an unlearner, not a pruner", self.name))]),
+        }
+    }
+}
+
+pub struct Registry {
+    methods: BTreeMap<String, Method>,
+}
+
+impl Registry {
+    /// Every method registered by the crates linked into this binary.
+    pub fn builtin() -> Result<Registry, RegistryError> {
+        Registry::from_methods(inventory::iter::<BuiltinMethod>.into_iter().map(Method::from_builtin))
+    }
+
+    pub fn from_methods(methods: impl IntoIterator<Item = Method>) -> Result<Registry, RegistryError> {
+        let mut r = Registry { methods: BTreeMap::new() };
+        for m in methods {
+            r.add(m)?;
+        }
+        Ok(r)
+    }
+
+    /// Adds a method; a name already taken is an error naming both sources.
+    pub fn add(&mut self, m: Method) -> Result<(), RegistryError> {
+        if let Some(existing) = self.methods.get(&m.name) {
+            return Err(RegistryError::Duplicate {
+                name: m.name.clone(),
+                first: existing.source.clone(),
+                second: m.source.clone(),
+            });
+        }
+        self.methods.insert(m.name.clone(), m);
+        Ok(())
+    }
+
+    /// Methods sorted by name, optionally of one kind.
+    pub fn list(&self, kind: Option<Kind>) -> impl Iterator<Item = &Method> {
+        self.methods.values().filter(move |m| kind.is_none_or(|k| m.kind == k))
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Method, RegistryError> {
+        self.methods.get(name).ok_or_else(|| RegistryError::Unknown {
+            name: name.to_string(),
+            kind: None,
+            known: self.methods.keys().cloned().collect(),
+        })
+    }
+
+    /// The method `name`, which must be of `kind`.
+    pub fn get_kind(&self, name: &str, kind: Kind) -> Result<&Method, RegistryError> {
+        match self.methods.get(name) {
+            Some(m) if m.kind == kind => Ok(m),
+            Some(m) => Err(RegistryError::WrongKind { name: name.to_string(), expected: kind, actual: m.kind }),
+            None => Err(RegistryError::Unknown {
+                name: name.to_string(),
+                kind: Some(kind),
+                known: self.list(Some(kind)).map(|m| m.name.clone()).collect(),
+            }),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.methods.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.methods.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn method(name: &str, kind: Kind, krate: &str) -> Method {
+        fn never(_: &Value) -> Result<Box<dyn Unlearner>, Vec<ConfigIssue>> {
+            Err(vec![])
+        }
+        Method {
+            kind,
+            name: name.into(),
+            summary: String::new(),
+            source: Source::BuiltIn(krate.into()),
+            schema: Value::Null,
+            default_config: Value::Null,
+            factory: Factory::Unlearner(never),
+        }
+    }
+
+    #[test]
+    fn duplicates_name_both_sources() {
+        let e = Registry::from_methods([method("FT", Kind::Unlearner, "a"), method("FT", Kind::Unlearner, "b")]).err().unwrap();
+        assert_eq!(e.to_string(), "method `FT` is registered twice: by built-in (a) and by built-in (b)");
+    }
+
+    #[test]
+    fn lookup_lists_known_names_and_checks_kind() {
+        let r = Registry::from_methods([method("FT", Kind::Unlearner, "a"), method("OMP", Kind::Pruner, "b")]).unwrap();
+        let names: Vec<&str> = r.list(None).map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["FT", "OMP"]);
+        let e = r.get("ft").err().unwrap().to_string();
+        assert!(e.contains("unknown method `ft` (did you mean `FT`?); known: FT, OMP"), "{e}");
+        let e = r.get_kind("OMP", Kind::Unlearner).err().unwrap().to_string();
+        assert_eq!(e, "`OMP` is a pruner, not an unlearner");
+        let e = r.get_kind("GA", Kind::Unlearner).err().unwrap().to_string();
+        assert!(e.contains("unknown unlearner `GA`; known: FT"), "{e}");
+    }
+}
