@@ -62,7 +62,11 @@ fn default_dataset() -> DatasetName {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        DataConfig { dataset: default_dataset(), split: SplitConfig::default(), synthetic: SyntheticConfig::default() }
+        DataConfig {
+            dataset: default_dataset(),
+            split: SplitConfig::default(),
+            synthetic: SyntheticConfig::default(),
+        }
     }
 }
 
@@ -79,7 +83,9 @@ fn default_arch() -> Arch {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { arch: default_arch() }
+        ModelConfig {
+            arch: default_arch(),
+        }
     }
 }
 
@@ -106,7 +112,11 @@ pub struct ConfigIssue {
 
 impl ConfigIssue {
     pub fn new(path: &str, value: Option<Value>, message: impl Into<String>) -> ConfigIssue {
-        ConfigIssue { path: path.to_string(), value, message: message.into() }
+        ConfigIssue {
+            path: path.to_string(),
+            value,
+            message: message.into(),
+        }
     }
 
     fn prefixed(mut self, prefix: &str) -> ConfigIssue {
@@ -117,7 +127,11 @@ impl ConfigIssue {
 
 impl fmt::Display for ConfigIssue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let path = if self.path.is_empty() { "/" } else { &self.path };
+        let path = if self.path.is_empty() {
+            "/"
+        } else {
+            &self.path
+        };
         match &self.value {
             Some(v) => write!(f, "{path} = {v}: {}", self.message),
             None => write!(f, "{path}: {}", self.message),
@@ -128,18 +142,36 @@ impl fmt::Display for ConfigIssue {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config {path} is not valid {format}: {message}")]
-    Parse { path: PathBuf, format: &'static str, message: String },
+    Parse {
+        path: PathBuf,
+        format: &'static str,
+        message: String,
+    },
     #[error("config {} has {} error(s):\n{}", .path.display(), .issues.len(), .issues.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
-    Invalid { path: PathBuf, issues: Vec<ConfigIssue> },
+    Invalid {
+        path: PathBuf,
+        issues: Vec<ConfigIssue>,
+    },
 }
 
 /// Reads a TOML or JSON config (by extension; otherwise TOML, then JSON).
 pub fn read_config_file(path: &Path) -> Result<Value, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
-    let is_json = path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
-    parse_config_text(&text, is_json).map_err(|(format, message)| ConfigError::Parse { path: path.to_path_buf(), format, message })
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let is_json =
+        path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
+    parse_config_text(&text, is_json).map_err(|(format, message)| ConfigError::Parse {
+        path: path.to_path_buf(),
+        format,
+        message,
+    })
 }
 
 pub fn parse_config_text(text: &str, json: bool) -> Result<Value, (&'static str, String)> {
@@ -176,11 +208,22 @@ pub struct Plan {
     pub unlearners: Vec<Planned<Box<dyn Unlearner>>>,
 }
 
+/// A validator for a schema this program generated (which always compiles).
+pub fn schema_validator(schema: &Value) -> jsonschema::Validator {
+    jsonschema::validator_for(schema).expect("generated schemas compile")
+}
+
 fn issues_from_schema(schema: &Value, instance: &Value, prefix: &str) -> Vec<ConfigIssue> {
-    let validator = jsonschema::validator_for(schema).expect("generated schemas compile");
+    let validator = schema_validator(schema);
     validator
         .iter_errors(instance)
-        .map(|e| ConfigIssue::new(&format!("{prefix}{}", e.instance_path()), None, e.to_string()))
+        .map(|e| {
+            ConfigIssue::new(
+                &format!("{prefix}{}", e.instance_path()),
+                None,
+                e.to_string(),
+            )
+        })
         .collect()
 }
 
@@ -190,17 +233,26 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
     let mut issues = issues_from_schema(&pipeline_schema(), raw, "");
 
     // Methods: known, of the right kind, and their settings valid against their own schema.
-    let pruner = raw
-        .get("prune")
-        .filter(|v| v.is_object())
-        .and_then(|v| plan_method(v, "/prune", Kind::Pruner, registry, &mut issues, |m, p| m.build_pruner(p)));
+    let pruner = raw.get("prune").filter(|v| v.is_object()).and_then(|v| {
+        plan_method(v, "/prune", Kind::Pruner, registry, &mut issues, |m, p| {
+            m.build_pruner(p)
+        })
+    });
     let mut unlearners = Vec::new();
     if let Some(list) = raw.get("unlearn").and_then(Value::as_array) {
         for (i, v) in list.iter().enumerate() {
             let path = format!("/unlearn/{i}");
-            if let Some(p) = plan_method(v, &path, Kind::Unlearner, registry, &mut issues, |m, p| m.build_unlearner(p)) {
+            if let Some(p) =
+                plan_method(v, &path, Kind::Unlearner, registry, &mut issues, |m, p| {
+                    m.build_unlearner(p)
+                })
+            {
                 if unlearners.iter().any(|u: &Planned<_>| u.label == p.label) {
-                    issues.push(ConfigIssue::new(&format!("{path}/label"), Some(Value::from(p.label.clone())), "two unlearners have this label; give one a distinct `label`"));
+                    issues.push(ConfigIssue::new(
+                        &format!("{path}/label"),
+                        Some(Value::from(p.label.clone())),
+                        "two unlearners have this label; give one a distinct `label`",
+                    ));
                 }
                 unlearners.push(p);
             }
@@ -211,37 +263,62 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
     let section = |name: &str| raw.get(name).cloned().unwrap_or(Value::Object(Map::new()));
     if let Ok(train) = serde_json::from_value::<Schedule>(section("train")) {
         if let Err(m) = train.check() {
-            issues.push(ConfigIssue::new("/train", None, m));
+            issues.push(ConfigIssue::new(
+                "/train/milestones",
+                Some(serde_json::json!(train.milestones)),
+                m,
+            ));
         }
         if let Some(r) = pruner.as_ref().and_then(|p| p.instance.rewind_epoch()) {
             if r > train.epochs {
-                issues.push(ConfigIssue::new("/prune/rewind_epoch", Some(r.into()), format!("rewinds to epoch {r}, but dense training has only {} epochs", train.epochs)));
+                issues.push(ConfigIssue::new(
+                    "/prune/rewind_epoch",
+                    Some(r.into()),
+                    format!(
+                        "rewinds to epoch {r}, but dense training has only {} epochs",
+                        train.epochs
+                    ),
+                ));
             }
         }
     }
-    let loaded = serde_json::from_value::<DataConfig>(section("data")).ok().and_then(|d| match load_split(&d) {
-        Ok(x) => Some(x),
-        Err(e) => {
-            issues.push(ConfigIssue::new("/data", None, e.to_string()));
-            None
-        }
-    });
+    let loaded = serde_json::from_value::<DataConfig>(section("data"))
+        .ok()
+        .and_then(|d| match load_split(&d) {
+            Ok(x) => Some(x),
+            Err(e) => {
+                issues.push(ConfigIssue::new("/data", None, e.to_string()));
+                None
+            }
+        });
     let mut forget = Vec::new();
-    if let (Some((dataset, split)), Some(list)) = (&loaded, raw.get("forget").and_then(Value::as_array)) {
+    if let (Some((dataset, split)), Some(list)) =
+        (&loaded, raw.get("forget").and_then(Value::as_array))
+    {
         let all_labels = dataset.labels_vec();
         let train_labels: Vec<i64> = split.train.iter().map(|&i| all_labels[i]).collect();
         for (i, v) in list.iter().enumerate() {
-            let Ok(spec) = serde_json::from_value::<ForgetSpec>(v.clone()) else { continue };
+            let Ok(spec) = serde_json::from_value::<ForgetSpec>(v.clone()) else {
+                continue;
+            };
             match spec.resolve(&train_labels, dataset.classes, base_dir) {
                 Ok(set) => {
                     if forget.iter().any(|f: &ForgetSet| f.name == set.name) {
-                        issues.push(ConfigIssue::new(&format!("/forget/{i}/name"), Some(Value::from(set.name.clone())), "two scenarios have this name; give one a distinct `name`"));
+                        issues.push(ConfigIssue::new(
+                            &format!("/forget/{i}/name"),
+                            Some(Value::from(set.name.clone())),
+                            "two scenarios have this name; give one a distinct `name`",
+                        ));
                     }
                     forget.push(set);
                 }
                 Err(e) => {
                     let field = e.field();
-                    issues.push(ConfigIssue::new(&format!("/forget/{i}/{field}"), v.get(field).cloned(), e.to_string()));
+                    issues.push(ConfigIssue::new(
+                        &format!("/forget/{i}/{field}"),
+                        v.get(field).cloned(),
+                        e.to_string(),
+                    ));
                 }
             }
         }
@@ -250,9 +327,17 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
     if !issues.is_empty() {
         return Err(issues);
     }
-    let config: PipelineConfig = serde_json::from_value(raw.clone()).map_err(|e| vec![ConfigIssue::new("", None, e.to_string())])?;
+    let config: PipelineConfig = serde_json::from_value(raw.clone())
+        .map_err(|e| vec![ConfigIssue::new("", None, e.to_string())])?;
     let (dataset, split) = loaded.expect("no issues, so the data loaded");
-    Ok(Plan { config, dataset, split, forget, pruner, unlearners })
+    Ok(Plan {
+        config,
+        dataset,
+        split,
+        forget,
+        pruner,
+        unlearners,
+    })
 }
 
 fn plan_method<T>(
@@ -267,7 +352,11 @@ fn plan_method<T>(
     let method = match registry.get_kind(name, kind) {
         Ok(m) => m,
         Err(e) => {
-            issues.push(ConfigIssue::new(&format!("{path}/method"), Some(Value::from(name)), e.to_string()));
+            issues.push(ConfigIssue::new(
+                &format!("{path}/method"),
+                Some(Value::from(name)),
+                e.to_string(),
+            ));
             return None;
         }
     };
@@ -284,7 +373,12 @@ fn plan_method<T>(
         return None;
     }
     match build(method, &params) {
-        Ok(instance) => Some(Planned { method: name.to_string(), label, params, instance }),
+        Ok(instance) => Some(Planned {
+            method: name.to_string(),
+            label,
+            params,
+            instance,
+        }),
         Err(errs) => {
             issues.extend(errs.into_iter().map(|e| e.prefixed(path)));
             None

@@ -117,7 +117,9 @@ pub fn report() -> DeviceReport {
 
 /// The libtorch version this binary was built against (torch-sys records it at build time).
 pub fn libtorch_version() -> String {
-    option_env!("LIBTORCH_VERSION").unwrap_or("2.11.0").to_string()
+    option_env!("LIBTORCH_VERSION")
+        .unwrap_or("2.11.0")
+        .to_string()
 }
 
 #[cfg(test)]

@@ -50,9 +50,15 @@ pub struct ForgetSpec {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ForgetError {
     #[error("`{field}` is required for kind `{kind}`")]
-    Missing { field: &'static str, kind: &'static str },
+    Missing {
+        field: &'static str,
+        kind: &'static str,
+    },
     #[error("`{field}` does not apply to kind `{kind}`")]
-    Extra { field: &'static str, kind: &'static str },
+    Extra {
+        field: &'static str,
+        kind: &'static str,
+    },
     #[error("class {class} is outside 0..{classes}")]
     ClassOutOfRange { class: usize, classes: usize },
     #[error("class {class} has no samples in the training split")]
@@ -64,11 +70,27 @@ pub enum ForgetError {
     #[error("cannot read index file {path}: {message}")]
     Io { path: PathBuf, message: String },
     #[error("index file {path}, {location}: `{text}` is not a non-negative integer index")]
-    Parse { path: PathBuf, location: String, text: String },
-    #[error("index file {path}, {location}: index {index} is outside the training split (0..{train})")]
-    OutOfRange { path: PathBuf, location: String, index: usize, train: usize },
+    Parse {
+        path: PathBuf,
+        location: String,
+        text: String,
+    },
+    #[error(
+        "index file {path}, {location}: index {index} is outside the training split (0..{train})"
+    )]
+    OutOfRange {
+        path: PathBuf,
+        location: String,
+        index: usize,
+        train: usize,
+    },
     #[error("index file {path}: index {index} is listed twice ({first} and {second})")]
-    Duplicate { path: PathBuf, index: usize, first: String, second: String },
+    Duplicate {
+        path: PathBuf,
+        index: usize,
+        first: String,
+        second: String,
+    },
 }
 
 impl ForgetError {
@@ -95,14 +117,26 @@ pub struct ForgetSet {
 }
 
 impl ForgetSet {
-    fn from_forget(name: String, kind: ForgetKind, class: Option<usize>, mut forget: Vec<usize>, train: usize) -> Self {
+    fn from_forget(
+        name: String,
+        kind: ForgetKind,
+        class: Option<usize>,
+        mut forget: Vec<usize>,
+        train: usize,
+    ) -> Self {
         forget.sort_unstable();
         let mut in_forget = vec![false; train];
         for &i in &forget {
             in_forget[i] = true;
         }
         let retain = (0..train).filter(|&i| !in_forget[i]).collect();
-        Self { name, kind, class, forget, retain }
+        Self {
+            name,
+            kind,
+            class,
+            forget,
+            retain,
+        }
     }
 
     /// SHA-256 of the sorted forget indices (one decimal per line), recorded with results.
@@ -118,11 +152,12 @@ impl ForgetSet {
 impl ForgetSpec {
     /// Checks the fields that must (not) be present for the kind.
     fn check_fields(&self) -> Result<(), ForgetError> {
-        let (kind, needs, forbids): (&'static str, &[&'static str], &[&'static str]) = match self.kind {
-            ForgetKind::Class => ("class", &["class"], &["n", "fraction", "path"]),
-            ForgetKind::Random => ("random", &[], &["class", "path"]),
-            ForgetKind::File => ("file", &["path"], &["class", "n", "fraction"]),
-        };
+        let (kind, needs, forbids): (&'static str, &[&'static str], &[&'static str]) =
+            match self.kind {
+                ForgetKind::Class => ("class", &["class"], &["n", "fraction", "path"]),
+                ForgetKind::Random => ("random", &[], &["class", "path"]),
+                ForgetKind::File => ("file", &["path"], &["class", "n", "fraction"]),
+            };
         let present = |f: &str| match f {
             "class" => self.class.is_some(),
             "n" => self.n.is_some(),
@@ -146,7 +181,12 @@ impl ForgetSpec {
     }
 
     /// The forget set over a train split with these labels. `base_dir` resolves relative paths.
-    pub fn resolve(&self, train_labels: &[i64], classes: usize, base_dir: &Path) -> Result<ForgetSet, ForgetError> {
+    pub fn resolve(
+        &self,
+        train_labels: &[i64],
+        classes: usize,
+        base_dir: &Path,
+    ) -> Result<ForgetSet, ForgetError> {
         self.check_fields()?;
         let train = train_labels.len();
         let (name, class, forget) = match self.kind {
@@ -155,7 +195,9 @@ impl ForgetSpec {
                 if c >= classes {
                     return Err(ForgetError::ClassOutOfRange { class: c, classes });
                 }
-                let f: Vec<usize> = (0..train).filter(|&i| train_labels[i] == c as i64).collect();
+                let f: Vec<usize> = (0..train)
+                    .filter(|&i| train_labels[i] == c as i64)
+                    .collect();
                 if f.is_empty() {
                     return Err(ForgetError::EmptyClass { class: c });
                 }
@@ -184,7 +226,13 @@ impl ForgetSpec {
                 (format!("file-{}", stem.unwrap_or_default()), None, f)
             }
         };
-        Ok(ForgetSet::from_forget(self.name.clone().unwrap_or(name), self.kind, class, forget, train))
+        Ok(ForgetSet::from_forget(
+            self.name.clone().unwrap_or(name),
+            self.kind,
+            class,
+            forget,
+            train,
+        ))
     }
 }
 
@@ -196,15 +244,25 @@ pub fn read_index_file(path: &Path, train: usize) -> Result<Vec<usize>, ForgetEr
     })?;
     // (location, text) pairs, so errors can point at a line or a JSON position.
     let items: Vec<(String, String)> = if text.trim_start().starts_with('[') {
-        let values: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| ForgetError::Io {
-            path: path.to_path_buf(),
-            message: format!("not a JSON array: {e}"),
-        })?;
-        values.iter().enumerate().map(|(k, v)| (format!("element {k}"), v.to_string())).collect()
+        let values: Vec<serde_json::Value> =
+            serde_json::from_str(&text).map_err(|e| ForgetError::Io {
+                path: path.to_path_buf(),
+                message: format!("not a JSON array: {e}"),
+            })?;
+        values
+            .iter()
+            .enumerate()
+            .map(|(k, v)| (format!("element {k}"), v.to_string()))
+            .collect()
     } else {
         text.lines()
             .enumerate()
-            .map(|(k, l)| (format!("line {}", k + 1), l.split('#').next().unwrap_or("").trim().to_string()))
+            .map(|(k, l)| {
+                (
+                    format!("line {}", k + 1),
+                    l.split('#').next().unwrap_or("").trim().to_string(),
+                )
+            })
             .filter(|(_, t)| !t.is_empty())
             .collect()
     };
@@ -217,10 +275,20 @@ pub fn read_index_file(path: &Path, train: usize) -> Result<Vec<usize>, ForgetEr
             text: t.clone(),
         })?;
         if index >= train {
-            return Err(ForgetError::OutOfRange { path: path.to_path_buf(), location, index, train });
+            return Err(ForgetError::OutOfRange {
+                path: path.to_path_buf(),
+                location,
+                index,
+                train,
+            });
         }
         if let Some(first) = seen.insert(index, location.clone()) {
-            return Err(ForgetError::Duplicate { path: path.to_path_buf(), index, first, second: location });
+            return Err(ForgetError::Duplicate {
+                path: path.to_path_buf(),
+                index,
+                first,
+                second: location,
+            });
         }
         out.push(index);
     }
@@ -236,7 +304,15 @@ mod tests {
     }
 
     fn spec(kind: ForgetKind) -> ForgetSpec {
-        ForgetSpec { name: None, kind, class: None, n: None, fraction: None, seed: 0, path: None }
+        ForgetSpec {
+            name: None,
+            kind,
+            class: None,
+            n: None,
+            fraction: None,
+            seed: 0,
+            path: None,
+        }
     }
 
     fn assert_partition(s: &ForgetSet, train: usize) {
@@ -247,31 +323,72 @@ mod tests {
 
     #[test]
     fn class_wise_takes_exactly_the_class() {
-        let s = ForgetSpec { class: Some(2), ..spec(ForgetKind::Class) }.resolve(&labels(), 4, Path::new(".")).unwrap();
-        assert_eq!(s.forget, (0..100).filter(|i| i % 4 == 2).collect::<Vec<_>>());
+        let s = ForgetSpec {
+            class: Some(2),
+            ..spec(ForgetKind::Class)
+        }
+        .resolve(&labels(), 4, Path::new("."))
+        .unwrap();
+        assert_eq!(
+            s.forget,
+            (0..100).filter(|i| i % 4 == 2).collect::<Vec<_>>()
+        );
         assert_partition(&s, 100);
         assert_eq!(s.name, "class-2");
-        let e = ForgetSpec { class: Some(4), ..spec(ForgetKind::Class) }.resolve(&labels(), 4, Path::new("."));
-        assert_eq!(e, Err(ForgetError::ClassOutOfRange { class: 4, classes: 4 }));
+        let e = ForgetSpec {
+            class: Some(4),
+            ..spec(ForgetKind::Class)
+        }
+        .resolve(&labels(), 4, Path::new("."));
+        assert_eq!(
+            e,
+            Err(ForgetError::ClassOutOfRange {
+                class: 4,
+                classes: 4
+            })
+        );
     }
 
     #[test]
     fn random_is_seeded_sized_and_partitions() {
-        let r = ForgetSpec { n: Some(10), seed: 3, ..spec(ForgetKind::Random) };
+        let r = ForgetSpec {
+            n: Some(10),
+            seed: 3,
+            ..spec(ForgetKind::Random)
+        };
         let a = r.resolve(&labels(), 4, Path::new(".")).unwrap();
         assert_eq!(a.forget.len(), 10);
         assert_partition(&a, 100);
         assert_eq!(a, r.resolve(&labels(), 4, Path::new(".")).unwrap());
-        let b = ForgetSpec { seed: 4, ..r.clone() }.resolve(&labels(), 4, Path::new(".")).unwrap();
+        let b = ForgetSpec {
+            seed: 4,
+            ..r.clone()
+        }
+        .resolve(&labels(), 4, Path::new("."))
+        .unwrap();
         assert_ne!(a.forget, b.forget);
-        let f = ForgetSpec { fraction: Some(0.1), n: None, ..r.clone() }.resolve(&labels(), 4, Path::new(".")).unwrap();
+        let f = ForgetSpec {
+            fraction: Some(0.1),
+            n: None,
+            ..r.clone()
+        }
+        .resolve(&labels(), 4, Path::new("."))
+        .unwrap();
         assert_eq!(f.forget.len(), 10);
         assert_ne!(a.hash(), b.hash());
         for n in [0, 100, 101] {
-            let e = ForgetSpec { n: Some(n), ..r.clone() }.resolve(&labels(), 4, Path::new("."));
+            let e = ForgetSpec {
+                n: Some(n),
+                ..r.clone()
+            }
+            .resolve(&labels(), 4, Path::new("."));
             assert_eq!(e, Err(ForgetError::Size { n, train: 100 }));
         }
-        let e = ForgetSpec { fraction: Some(0.1), ..r }.resolve(&labels(), 4, Path::new("."));
+        let e = ForgetSpec {
+            fraction: Some(0.1),
+            ..r
+        }
+        .resolve(&labels(), 4, Path::new("."));
         assert_eq!(e, Err(ForgetError::Ambiguous));
     }
 
@@ -280,30 +397,60 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, text: &str| {
             std::fs::write(dir.path().join(name), text).unwrap();
-            ForgetSpec { path: Some(name.into()), ..spec(ForgetKind::File) }.resolve(&labels(), 4, dir.path())
+            ForgetSpec {
+                path: Some(name.into()),
+                ..spec(ForgetKind::File)
+            }
+            .resolve(&labels(), 4, dir.path())
         };
         let ok = write("ok.txt", "# forget these\n5\n\n1 # and this\n").unwrap();
         assert_eq!(ok.forget, vec![1, 5]);
         assert_partition(&ok, 100);
         assert_eq!(write("ok.json", "[7, 3]").unwrap().forget, vec![3, 7]);
         let e = write("range.txt", "1\n100\n").unwrap_err().to_string();
-        assert!(e.contains("line 2") && e.contains("index 100") && e.contains("0..100"), "{e}");
+        assert!(
+            e.contains("line 2") && e.contains("index 100") && e.contains("0..100"),
+            "{e}"
+        );
         let e = write("dup.json", "[4, 2, 4]").unwrap_err().to_string();
-        assert!(e.contains("listed twice") && e.contains("element 0") && e.contains("element 2"), "{e}");
+        assert!(
+            e.contains("listed twice") && e.contains("element 0") && e.contains("element 2"),
+            "{e}"
+        );
         let e = write("neg.txt", "-1\n").unwrap_err().to_string();
         assert!(e.contains("`-1`"), "{e}");
-        let e = ForgetSpec { path: Some("missing.txt".into()), ..spec(ForgetKind::File) }
-            .resolve(&labels(), 4, dir.path())
-            .unwrap_err()
-            .to_string();
+        let e = ForgetSpec {
+            path: Some("missing.txt".into()),
+            ..spec(ForgetKind::File)
+        }
+        .resolve(&labels(), 4, dir.path())
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("missing.txt"), "{e}");
     }
 
     #[test]
     fn fields_must_fit_the_kind() {
         let e = spec(ForgetKind::Class).resolve(&labels(), 4, Path::new("."));
-        assert_eq!(e, Err(ForgetError::Missing { field: "class", kind: "class" }));
-        let e = ForgetSpec { class: Some(1), n: Some(3), ..spec(ForgetKind::Class) }.resolve(&labels(), 4, Path::new("."));
-        assert_eq!(e, Err(ForgetError::Extra { field: "n", kind: "class" }));
+        assert_eq!(
+            e,
+            Err(ForgetError::Missing {
+                field: "class",
+                kind: "class"
+            })
+        );
+        let e = ForgetSpec {
+            class: Some(1),
+            n: Some(3),
+            ..spec(ForgetKind::Class)
+        }
+        .resolve(&labels(), 4, Path::new("."));
+        assert_eq!(
+            e,
+            Err(ForgetError::Extra {
+                field: "n",
+                kind: "class"
+            })
+        );
     }
 }

@@ -6,10 +6,13 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod forget;
+pub mod io;
 pub mod mask;
 pub mod method;
 pub mod model;
+pub mod pipeline;
 pub mod registry;
+pub mod report;
 pub mod rng;
 pub mod train;
 

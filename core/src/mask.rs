@@ -13,7 +13,11 @@ pub enum MaskError {
     #[error("mask has `{0}`, which is not a prunable parameter of the model")]
     UnknownParameter(String),
     #[error("mask for `{name}` has shape {mask:?}, the parameter {param:?}")]
-    Shape { name: String, mask: Vec<i64>, param: Vec<i64> },
+    Shape {
+        name: String,
+        mask: Vec<i64>,
+        param: Vec<i64>,
+    },
     #[error("mask for `{0}` has values other than 0 and 1")]
     NotBinary(String),
     #[error("sparsity {0} is outside [0, 1)")]
@@ -29,23 +33,41 @@ pub struct Mask {
 
 impl Clone for Mask {
     fn clone(&self) -> Self {
-        Mask { masks: self.masks.iter().map(|(k, t)| (k.clone(), t.copy())).collect() }
+        Mask {
+            masks: self
+                .masks
+                .iter()
+                .map(|(k, t)| (k.clone(), t.copy()))
+                .collect(),
+        }
     }
 }
 
 impl Mask {
     /// A mask that keeps everything, over the model's prunable parameters.
     pub fn dense(model: &Model) -> Mask {
-        Mask { masks: model.prunable().into_iter().map(|(k, t)| (k, t.ones_like().detach())).collect() }
+        Mask {
+            masks: model
+                .prunable()
+                .into_iter()
+                .map(|(k, t)| (k, t.ones_like().detach()))
+                .collect(),
+        }
     }
 
     /// Builds a mask from 0/1 tensors, checking names, shapes and values against the model.
     pub fn from_tensors(model: &Model, masks: BTreeMap<String, Tensor>) -> Result<Mask, MaskError> {
         let params = model.prunable();
         for (name, m) in &masks {
-            let p = params.get(name).ok_or_else(|| MaskError::UnknownParameter(name.clone()))?;
+            let p = params
+                .get(name)
+                .ok_or_else(|| MaskError::UnknownParameter(name.clone()))?;
             if p.size() != m.size() {
-                return Err(MaskError::Shape { name: name.clone(), mask: m.size(), param: p.size() });
+                return Err(MaskError::Shape {
+                    name: name.clone(),
+                    mask: m.size(),
+                    param: p.size(),
+                });
             }
             let binary = m.eq(0.0).logical_or(&m.eq(1.0)).all().int64_value(&[]) != 0;
             if !binary {
@@ -53,7 +75,12 @@ impl Mask {
             }
         }
         let device = model.device();
-        Ok(Mask { masks: masks.into_iter().map(|(k, t)| (k, t.to_kind(Kind::Float).to_device(device))).collect() })
+        Ok(Mask {
+            masks: masks
+                .into_iter()
+                .map(|(k, t)| (k, t.to_kind(Kind::Float).to_device(device)))
+                .collect(),
+        })
     }
 
     /// Keeps the highest-scoring weights over all parameters at once (global, unstructured) and
@@ -76,7 +103,10 @@ impl Mask {
             }
             // Already-pruned entries sort before every real score.
             let s = match current.and_then(|c| c.masks.get(name)) {
-                Some(m) => s.where_self(&m.flatten(0, -1).to_kind(Kind::Double).ne(0.0), &Tensor::from(-1.0f64)),
+                Some(m) => s.where_self(
+                    &m.flatten(0, -1).to_kind(Kind::Double).ne(0.0),
+                    &Tensor::from(-1.0f64),
+                ),
                 None => s,
             };
             flat.push(s);
@@ -91,7 +121,10 @@ impl Mask {
         let mut offset = 0;
         for (name, s) in scores {
             let n = s.numel() as i64;
-            masks.insert(name.clone(), keep.narrow(0, offset, n).view_as(s).to_device(s.device()));
+            masks.insert(
+                name.clone(),
+                keep.narrow(0, offset, n).view_as(s).to_device(s.device()),
+            );
             offset += n;
         }
         Ok(Mask { masks })
@@ -111,7 +144,10 @@ impl Mask {
 
     /// Number of pruned (zero) entries.
     pub fn zeros(&self) -> i64 {
-        self.masks.values().map(|m| m.eq(0.0).sum(Kind::Int64).int64_value(&[])).sum()
+        self.masks
+            .values()
+            .map(|m| m.eq(0.0).sum(Kind::Int64).int64_value(&[]))
+            .sum()
     }
 
     pub fn total(&self) -> i64 {
@@ -160,19 +196,34 @@ impl Mask {
         self.masks
             .iter()
             .map(|(name, m)| {
-                params[name].detach().ne(0.0).logical_and(&m.eq(0.0)).sum(Kind::Int64).int64_value(&[])
+                params[name]
+                    .detach()
+                    .ne(0.0)
+                    .logical_and(&m.eq(0.0))
+                    .sum(Kind::Int64)
+                    .int64_value(&[])
             })
             .sum()
     }
 
     pub fn to_device(&self, device: Device) -> Mask {
-        Mask { masks: self.masks.iter().map(|(k, t)| (k.clone(), t.to_device(device))).collect() }
+        Mask {
+            masks: self
+                .masks
+                .iter()
+                .map(|(k, t)| (k.clone(), t.to_device(device)))
+                .collect(),
+        }
     }
 }
 
 /// Magnitude scores `|w|` of the model's prunable weights (OMP, IMP).
 pub fn magnitude_scores(model: &Model) -> BTreeMap<String, Tensor> {
-    model.prunable().into_iter().map(|(k, t)| (k, t.detach().abs())).collect()
+    model
+        .prunable()
+        .into_iter()
+        .map(|(k, t)| (k, t.detach().abs()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -183,18 +234,37 @@ mod tests {
     #[test]
     fn global_magnitude_prunes_exactly_the_smallest() {
         let mut scores = BTreeMap::new();
-        scores.insert("a".to_string(), Tensor::from_slice(&[0.5f32, 0.1, 0.9, 0.3]));
-        scores.insert("b".to_string(), Tensor::from_slice(&[0.2f32, 0.8]).view([1, 2]));
+        scores.insert(
+            "a".to_string(),
+            Tensor::from_slice(&[0.5f32, 0.1, 0.9, 0.3]),
+        );
+        scores.insert(
+            "b".to_string(),
+            Tensor::from_slice(&[0.2f32, 0.8]).view([1, 2]),
+        );
         let m = Mask::from_scores(&scores, None, 0.5).unwrap();
-        assert_eq!(Vec::<f32>::try_from(m.get("a").unwrap()).unwrap(), vec![1.0, 0.0, 1.0, 0.0]);
-        assert_eq!(Vec::<f32>::try_from(m.get("b").unwrap().flatten(0, -1)).unwrap(), vec![0.0, 1.0]);
+        assert_eq!(
+            Vec::<f32>::try_from(m.get("a").unwrap()).unwrap(),
+            vec![1.0, 0.0, 1.0, 0.0]
+        );
+        assert_eq!(
+            Vec::<f32>::try_from(m.get("b").unwrap().flatten(0, -1)).unwrap(),
+            vec![0.0, 1.0]
+        );
         assert_eq!(m.get("b").unwrap().size(), vec![1, 2]);
         assert_eq!((m.zeros(), m.total()), (3, 6));
         // Iterative: pruned entries stay pruned even when their score is now large.
-        let mut rescored: BTreeMap<String, Tensor> = scores.iter().map(|(k, v)| (k.clone(), v.copy())).collect();
-        rescored.insert("a".to_string(), Tensor::from_slice(&[0.5f32, 5.0, 0.9, 5.0]));
+        let mut rescored: BTreeMap<String, Tensor> =
+            scores.iter().map(|(k, v)| (k.clone(), v.copy())).collect();
+        rescored.insert(
+            "a".to_string(),
+            Tensor::from_slice(&[0.5f32, 5.0, 0.9, 5.0]),
+        );
         let m2 = Mask::from_scores(&rescored, Some(&m), 4.0 / 6.0).unwrap();
-        assert_eq!(Vec::<f32>::try_from(m2.get("a").unwrap()).unwrap(), vec![0.0, 0.0, 1.0, 0.0]);
+        assert_eq!(
+            Vec::<f32>::try_from(m2.get("a").unwrap()).unwrap(),
+            vec![0.0, 0.0, 1.0, 0.0]
+        );
         assert!(Mask::from_scores(&scores, None, 1.0).is_err());
     }
 
@@ -216,7 +286,11 @@ mod tests {
         assert!(m.violations(&model) > 0);
         m.apply(&model);
         assert_eq!(m.violations(&model), 0);
-        let zeros: i64 = model.prunable().values().map(|t| t.eq(0.0).sum(Kind::Int64).int64_value(&[])).sum();
+        let zeros: i64 = model
+            .prunable()
+            .values()
+            .map(|t| t.eq(0.0).sum(Kind::Int64).int64_value(&[]))
+            .sum();
         assert_eq!(zeros, m.zeros());
     }
 
@@ -224,13 +298,31 @@ mod tests {
     fn from_tensors_checks_names_shapes_values() {
         let model = Model::new(tiny_spec(3), Device::Cpu, 0).unwrap();
         let mut t = BTreeMap::new();
-        t.insert("fc.weight".to_string(), Tensor::ones([3, 128], (Kind::Float, Device::Cpu)));
-        assert_eq!(Mask::from_tensors(&model, t).unwrap_err(), MaskError::UnknownParameter("fc.weight".into()));
+        t.insert(
+            "fc.weight".to_string(),
+            Tensor::ones([3, 128], (Kind::Float, Device::Cpu)),
+        );
+        assert_eq!(
+            Mask::from_tensors(&model, t).unwrap_err(),
+            MaskError::UnknownParameter("fc.weight".into())
+        );
         let mut t = BTreeMap::new();
-        t.insert("conv1.weight".to_string(), Tensor::ones([2, 2], (Kind::Float, Device::Cpu)));
-        assert!(matches!(Mask::from_tensors(&model, t), Err(MaskError::Shape { .. })));
+        t.insert(
+            "conv1.weight".to_string(),
+            Tensor::ones([2, 2], (Kind::Float, Device::Cpu)),
+        );
+        assert!(matches!(
+            Mask::from_tensors(&model, t),
+            Err(MaskError::Shape { .. })
+        ));
         let mut t = BTreeMap::new();
-        t.insert("conv1.weight".to_string(), Tensor::full([32, 1, 3, 3], 0.5, (Kind::Float, Device::Cpu)));
-        assert_eq!(Mask::from_tensors(&model, t).unwrap_err(), MaskError::NotBinary("conv1.weight".into()));
+        t.insert(
+            "conv1.weight".to_string(),
+            Tensor::full([32, 1, 3, 3], 0.5, (Kind::Float, Device::Cpu)),
+        );
+        assert_eq!(
+            Mask::from_tensors(&model, t).unwrap_err(),
+            MaskError::NotBinary("conv1.weight".into())
+        );
     }
 }

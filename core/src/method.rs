@@ -14,7 +14,9 @@ use crate::mask::{Mask, MaskError};
 use crate::model::{Model, ModelError, Snapshot};
 use crate::train::{Objective, Run, Schedule, Stream, TrainError, TrainReport, Trainer};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     Pruner,
@@ -114,7 +116,12 @@ impl<'a> UnlearnCtx<'a> {
     }
 
     /// Runs core's loop on the context's model, mask and seed.
-    pub fn train(&mut self, schedule: &Schedule, stream: &Stream<'_>, objective: &mut dyn Objective) -> Result<TrainReport, TrainError> {
+    pub fn train(
+        &mut self,
+        schedule: &Schedule,
+        stream: &Stream<'_>,
+        objective: &mut dyn Objective,
+    ) -> Result<TrainReport, TrainError> {
         let run = Run {
             label: self.label.clone(),
             schedule,
@@ -157,10 +164,32 @@ pub struct PruneCtx<'a> {
     pub label: String,
 }
 
-impl PruneCtx<'_> {
-    pub fn train_stream(&self) -> Stream<'_> {
+impl<'a> PruneCtx<'a> {
+    /// Every training sample.
+    pub fn train_stream(&self) -> Stream<'a> {
         let all: Vec<usize> = (0..self.data.train.len()).collect();
         Stream::new(&self.data.train, &all)
+    }
+
+    /// Trains the context's model on all of train with the pipeline's schedule, under `mask`,
+    /// with the lr schedule advanced by `schedule_offset` epochs.
+    pub fn train(
+        &mut self,
+        mask: &Mask,
+        schedule_offset: usize,
+    ) -> Result<TrainReport, TrainError> {
+        let stream = self.train_stream();
+        let run = Run {
+            label: self.label.clone(),
+            schedule: self.schedule,
+            schedule_offset,
+            stream: &stream,
+            mask: Some(mask),
+            rewind_epoch: None,
+            seed: self.seed,
+        };
+        self.trainer
+            .run(self.model, run, &mut crate::train::CrossEntropy)
     }
 }
 
@@ -192,11 +221,15 @@ pub trait PruneMethod: Pruner + Sized + 'static {
     fn new(config: Self::Config) -> Self;
 }
 
-/// Makes a method from its JSON config, or says what is wrong with it (paths relative to the
-/// config object, e.g. `/lr`).
+/// The result of building a method from its config: the method, or every problem found (paths
+/// relative to the config object, e.g. `/lr`).
+pub type Built<T> = Result<Box<T>, Vec<ConfigIssue>>;
+
+/// Makes a method from its JSON config.
+#[derive(Clone, Copy)]
 pub enum Factory {
-    Unlearner(fn(&Value) -> Result<Box<dyn Unlearner>, Vec<ConfigIssue>>),
-    Pruner(fn(&Value) -> Result<Box<dyn Pruner>, Vec<ConfigIssue>>),
+    Unlearner(fn(&Value) -> Built<dyn Unlearner>),
+    Pruner(fn(&Value) -> Built<dyn Pruner>),
 }
 
 /// A statically registered method (collected with `inventory`).
@@ -249,7 +282,8 @@ fn default_of<C: MethodConfig>() -> Value {
 
 /// Deserialises and checks a method config.
 pub fn parse_config<C: MethodConfig>(v: &Value) -> Result<C, Vec<ConfigIssue>> {
-    let c: C = serde_json::from_value(v.clone()).map_err(|e| vec![ConfigIssue::new("", None, e.to_string())])?;
+    let c: C = serde_json::from_value(v.clone())
+        .map_err(|e| vec![ConfigIssue::new("", None, e.to_string())])?;
     let issues: Vec<ConfigIssue> = c
         .check()
         .into_iter()
@@ -265,11 +299,11 @@ pub fn parse_config<C: MethodConfig>(v: &Value) -> Result<C, Vec<ConfigIssue>> {
     }
 }
 
-fn build_unlearner<M: UnlearnMethod>(v: &Value) -> Result<Box<dyn Unlearner>, Vec<ConfigIssue>> {
+fn build_unlearner<M: UnlearnMethod>(v: &Value) -> Built<dyn Unlearner> {
     Ok(Box::new(M::new(parse_config::<M::Config>(v)?)))
 }
 
-fn build_pruner<M: PruneMethod>(v: &Value) -> Result<Box<dyn Pruner>, Vec<ConfigIssue>> {
+fn build_pruner<M: PruneMethod>(v: &Value) -> Built<dyn Pruner> {
     Ok(Box::new(M::new(parse_config::<M::Config>(v)?)))
 }
 

@@ -10,11 +10,17 @@ use tch::{Device, Kind, Tensor};
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("architecture {arch} expects {expected} input, the data set has {found}")]
-    Input { arch: Arch, expected: String, found: String },
+    Input {
+        arch: Arch,
+        expected: String,
+        found: String,
+    },
     #[error("model state: {0}")]
     State(String),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -48,6 +54,30 @@ pub struct ModelSpec {
 #[derive(Debug)]
 pub struct Snapshot(pub BTreeMap<String, Tensor>);
 
+impl Snapshot {
+    /// Writes the tensors as safetensors, atomically.
+    pub fn save(&self, path: &std::path::Path) -> Result<(), ModelError> {
+        let cpu: Vec<(String, Tensor)> = self
+            .0
+            .iter()
+            .map(|(k, t)| (k.clone(), t.to_device(Device::Cpu).contiguous()))
+            .collect();
+        crate::io::write_atomic_with(path, |tmp| {
+            Tensor::write_safetensors(&cpu, tmp).map_err(ModelError::from)
+        })
+    }
+
+    pub fn load(path: &std::path::Path, device: Device) -> Result<Snapshot, ModelError> {
+        let tensors = Tensor::read_safetensors(path)?;
+        Ok(Snapshot(
+            tensors
+                .into_iter()
+                .map(|(k, t)| (k, t.to_device(device)))
+                .collect(),
+        ))
+    }
+}
+
 pub struct Model {
     spec: ModelSpec,
     vs: nn::VarStore,
@@ -56,7 +86,10 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("spec", &self.spec).field("device", &self.vs.device()).finish()
+        f.debug_struct("Model")
+            .field("spec", &self.spec)
+            .field("device", &self.vs.device())
+            .finish()
     }
 }
 
@@ -69,7 +102,12 @@ impl Model {
         let root = vs.root();
         let norm = Normalize::new(&root / "normalize", &spec.mean, &spec.std);
         let net: Box<dyn ModuleT> = match spec.arch {
-            Arch::SmallCnn => Box::new(SmallCnn::new(&root, norm, spec.input[0], spec.classes as i64)),
+            Arch::SmallCnn => Box::new(SmallCnn::new(
+                &root,
+                norm,
+                spec.input[0],
+                spec.classes as i64,
+            )),
         };
         Ok(Model { spec, vs, net })
     }
@@ -101,12 +139,19 @@ impl Model {
 
     /// Trainable parameters by name, sorted.
     pub fn parameters(&self) -> BTreeMap<String, Tensor> {
-        self.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect()
+        self.vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect()
     }
 
     /// The parameters that pruning applies to: convolution weights (SPEC §4).
     pub fn prunable(&self) -> BTreeMap<String, Tensor> {
-        self.parameters().into_iter().filter(|(_, t)| t.dim() == 4).collect()
+        self.parameters()
+            .into_iter()
+            .filter(|(_, t)| t.dim() == 4)
+            .collect()
     }
 
     /// The name prefix of the final classifier layer (its weight has one row per class).
@@ -121,7 +166,13 @@ impl Model {
     /// A deep copy of every variable, buffers included.
     pub fn snapshot(&self) -> Snapshot {
         let _g = tch::no_grad_guard();
-        Snapshot(self.vs.variables().into_iter().map(|(k, t)| (k, t.detach().copy())).collect())
+        Snapshot(
+            self.vs
+                .variables()
+                .into_iter()
+                .map(|(k, t)| (k, t.detach().copy()))
+                .collect(),
+        )
     }
 
     /// Restores values from a snapshot of a model with the same spec.
@@ -129,7 +180,9 @@ impl Model {
         let _g = tch::no_grad_guard();
         let vars = self.vs.variables();
         for (name, mut t) in vars {
-            let src = s.0.get(&name).ok_or_else(|| ModelError::State(format!("snapshot has no `{name}`")))?;
+            let src =
+                s.0.get(&name)
+                    .ok_or_else(|| ModelError::State(format!("snapshot has no `{name}`")))?;
             if src.size() != t.size() {
                 return Err(ModelError::State(format!(
                     "`{name}` has shape {:?} in the snapshot, {:?} in the model",
@@ -189,8 +242,16 @@ impl Normalize {
         let mut m = p.zeros_no_train("mean", &[1, c, 1, 1]);
         let mut s = p.ones_no_train("std", &[1, c, 1, 1]);
         tch::no_grad(|| {
-            m.copy_(&Tensor::from_slice(mean).to_kind(Kind::Float).view([1, c, 1, 1]));
-            s.copy_(&Tensor::from_slice(std).to_kind(Kind::Float).view([1, c, 1, 1]));
+            m.copy_(
+                &Tensor::from_slice(mean)
+                    .to_kind(Kind::Float)
+                    .view([1, c, 1, 1]),
+            );
+            s.copy_(
+                &Tensor::from_slice(std)
+                    .to_kind(Kind::Float)
+                    .view([1, c, 1, 1]),
+            );
         });
         Normalize { mean: m, std: s }
     }
@@ -211,12 +272,26 @@ struct SmallCnn {
 
 impl SmallCnn {
     fn new(root: &nn::Path, norm: Normalize, in_channels: i64, classes: i64) -> Self {
-        let conv_cfg = nn::ConvConfig { padding: 1, bias: false, ..Default::default() };
+        let conv_cfg = nn::ConvConfig {
+            padding: 1,
+            bias: false,
+            ..Default::default()
+        };
         let widths = [in_channels, 32, 64, 128];
         let convs = (0..3)
             .map(|i| {
-                let conv = nn::conv2d(root / format!("conv{}", i + 1), widths[i], widths[i + 1], 3, conv_cfg);
-                let bn = nn::batch_norm2d(root / format!("bn{}", i + 1), widths[i + 1], Default::default());
+                let conv = nn::conv2d(
+                    root / format!("conv{}", i + 1),
+                    widths[i],
+                    widths[i + 1],
+                    3,
+                    conv_cfg,
+                );
+                let bn = nn::batch_norm2d(
+                    root / format!("bn{}", i + 1),
+                    widths[i + 1],
+                    Default::default(),
+                );
                 (conv, bn)
             })
             .collect();
@@ -243,7 +318,13 @@ pub(crate) mod tests {
     use super::*;
 
     pub fn tiny_spec(classes: usize) -> ModelSpec {
-        ModelSpec { arch: Arch::SmallCnn, input: [1, 8, 8], classes, mean: vec![0.3], std: vec![0.4] }
+        ModelSpec {
+            arch: Arch::SmallCnn,
+            input: [1, 8, 8],
+            classes,
+            mean: vec![0.3],
+            std: vec![0.4],
+        }
     }
 
     #[test]
@@ -253,15 +334,29 @@ pub(crate) mod tests {
         let names: Vec<&str> = p.keys().map(|s| s.as_str()).collect();
         assert_eq!(
             names,
-            ["bn1.bias", "bn1.weight", "bn2.bias", "bn2.weight", "bn3.bias", "bn3.weight",
-             "conv1.weight", "conv2.weight", "conv3.weight", "fc.bias", "fc.weight"]
+            [
+                "bn1.bias",
+                "bn1.weight",
+                "bn2.bias",
+                "bn2.weight",
+                "bn3.bias",
+                "bn3.weight",
+                "conv1.weight",
+                "conv2.weight",
+                "conv3.weight",
+                "fc.bias",
+                "fc.weight"
+            ]
         );
         // conv: 1*32*9 + 32*64*9 + 64*128*9; bn: 2*(32+64+128); fc: 128*10 + 10
         assert_eq!(m.num_parameters(), 288 + 18432 + 73728 + 448 + 1290);
         assert_eq!(m.prunable().len(), 3);
         let vars = m.var_store().variables();
         assert!(vars.contains_key("bn1.running_mean") && vars.contains_key("normalize.mean"));
-        let y = m.forward_t(&Tensor::rand([5, 1, 8, 8], (Kind::Float, Device::Cpu)), false);
+        let y = m.forward_t(
+            &Tensor::rand([5, 1, 8, 8], (Kind::Float, Device::Cpu)),
+            false,
+        );
         assert_eq!(y.size(), vec![5, 10]);
     }
 
@@ -284,7 +379,10 @@ pub(crate) mod tests {
     fn normalisation_is_the_first_layer() {
         let m = Model::new(tiny_spec(2), Device::Cpu, 0).unwrap();
         let vars = m.var_store().variables();
-        assert_eq!(vars["normalize.mean"].double_value(&[0, 0, 0, 0]), 0.3f32 as f64);
+        assert_eq!(
+            vars["normalize.mean"].double_value(&[0, 0, 0, 0]),
+            0.3f32 as f64
+        );
         assert!(!vars["normalize.std"].requires_grad());
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use crate::config::ConfigIssue;
-use crate::method::{BuiltinMethod, Factory, Kind, Pruner, Unlearner};
+use crate::method::{Built, BuiltinMethod, Factory, Kind, Pruner, Unlearner};
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case", tag = "type", content = "name")]
@@ -31,11 +31,23 @@ impl fmt::Display for Source {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RegistryError {
     #[error("method `{name}` is registered twice: by {first} and by {second}")]
-    Duplicate { name: String, first: Source, second: Source },
+    Duplicate {
+        name: String,
+        first: Source,
+        second: Source,
+    },
     #[error("unknown {} `{name}`{}; known: {}", kind.map(|k| k.name()).unwrap_or("method"), suggestion(.name, .known), .known.join(", "))]
-    Unknown { name: String, kind: Option<Kind>, known: Vec<String> },
+    Unknown {
+        name: String,
+        kind: Option<Kind>,
+        known: Vec<String>,
+    },
     #[error("`{name}` is {}, not {}", actual.with_article(), expected.with_article())]
-    WrongKind { name: String, expected: Kind, actual: Kind },
+    WrongKind {
+        name: String,
+        expected: Kind,
+        actual: Kind,
+    },
 }
 
 fn suggestion(name: &str, known: &[String]) -> String {
@@ -60,10 +72,6 @@ pub struct Method {
 
 impl Method {
     pub fn from_builtin(b: &BuiltinMethod) -> Method {
-        let factory = match b.factory {
-            Factory::Unlearner(f) => Factory::Unlearner(f),
-            Factory::Pruner(f) => Factory::Pruner(f),
-        };
         Method {
             kind: b.kind,
             name: b.name.to_string(),
@@ -71,21 +79,29 @@ impl Method {
             source: Source::BuiltIn(b.krate.to_string()),
             schema: (b.schema)(),
             default_config: (b.default_config)(),
-            factory,
+            factory: b.factory,
         }
     }
 
-    pub fn build_unlearner(&self, config: &Value) -> Result<Box<dyn Unlearner>, Vec<ConfigIssue>> {
+    pub fn build_unlearner(&self, config: &Value) -> Built<dyn Unlearner> {
         match &self.factory {
             Factory::Unlearner(f) => f(config),
-            Factory::Pruner(_) => Err(vec![ConfigIssue::new("", None, format!("`{}` is a pruner, not an unlearner", self.name))]),
+            Factory::Pruner(_) => Err(vec![ConfigIssue::new(
+                "",
+                None,
+                format!("`{}` is a pruner, not an unlearner", self.name),
+            )]),
         }
     }
 
-    pub fn build_pruner(&self, config: &Value) -> Result<Box<dyn Pruner>, Vec<ConfigIssue>> {
+    pub fn build_pruner(&self, config: &Value) -> Built<dyn Pruner> {
         match &self.factory {
             Factory::Pruner(f) => f(config),
-            Factory::Unlearner(_) => Err(vec![ConfigIssue::new("", None, format!("`{}` is an unlearner, not a pruner", self.name))]),
+            Factory::Unlearner(_) => Err(vec![ConfigIssue::new(
+                "",
+                None,
+                format!("`{}` is an unlearner, not a pruner", self.name),
+            )]),
         }
     }
 }
@@ -97,11 +113,19 @@ pub struct Registry {
 impl Registry {
     /// Every method registered by the crates linked into this binary.
     pub fn builtin() -> Result<Registry, RegistryError> {
-        Registry::from_methods(inventory::iter::<BuiltinMethod>.into_iter().map(Method::from_builtin))
+        Registry::from_methods(
+            inventory::iter::<BuiltinMethod>
+                .into_iter()
+                .map(Method::from_builtin),
+        )
     }
 
-    pub fn from_methods(methods: impl IntoIterator<Item = Method>) -> Result<Registry, RegistryError> {
-        let mut r = Registry { methods: BTreeMap::new() };
+    pub fn from_methods(
+        methods: impl IntoIterator<Item = Method>,
+    ) -> Result<Registry, RegistryError> {
+        let mut r = Registry {
+            methods: BTreeMap::new(),
+        };
         for m in methods {
             r.add(m)?;
         }
@@ -123,22 +147,30 @@ impl Registry {
 
     /// Methods sorted by name, optionally of one kind.
     pub fn list(&self, kind: Option<Kind>) -> impl Iterator<Item = &Method> {
-        self.methods.values().filter(move |m| kind.is_none_or(|k| m.kind == k))
+        self.methods
+            .values()
+            .filter(move |m| kind.is_none_or(|k| m.kind == k))
     }
 
     pub fn get(&self, name: &str) -> Result<&Method, RegistryError> {
-        self.methods.get(name).ok_or_else(|| RegistryError::Unknown {
-            name: name.to_string(),
-            kind: None,
-            known: self.methods.keys().cloned().collect(),
-        })
+        self.methods
+            .get(name)
+            .ok_or_else(|| RegistryError::Unknown {
+                name: name.to_string(),
+                kind: None,
+                known: self.methods.keys().cloned().collect(),
+            })
     }
 
     /// The method `name`, which must be of `kind`.
     pub fn get_kind(&self, name: &str, kind: Kind) -> Result<&Method, RegistryError> {
         match self.methods.get(name) {
             Some(m) if m.kind == kind => Ok(m),
-            Some(m) => Err(RegistryError::WrongKind { name: name.to_string(), expected: kind, actual: m.kind }),
+            Some(m) => Err(RegistryError::WrongKind {
+                name: name.to_string(),
+                expected: kind,
+                actual: m.kind,
+            }),
             None => Err(RegistryError::Unknown {
                 name: name.to_string(),
                 kind: Some(kind),
@@ -161,7 +193,7 @@ mod tests {
     use super::*;
 
     fn method(name: &str, kind: Kind, krate: &str) -> Method {
-        fn never(_: &Value) -> Result<Box<dyn Unlearner>, Vec<ConfigIssue>> {
+        fn never(_: &Value) -> Built<dyn Unlearner> {
             Err(vec![])
         }
         Method {
@@ -177,18 +209,37 @@ mod tests {
 
     #[test]
     fn duplicates_name_both_sources() {
-        let e = Registry::from_methods([method("FT", Kind::Unlearner, "a"), method("FT", Kind::Unlearner, "b")]).err().unwrap();
-        assert_eq!(e.to_string(), "method `FT` is registered twice: by built-in (a) and by built-in (b)");
+        let e = Registry::from_methods([
+            method("FT", Kind::Unlearner, "a"),
+            method("FT", Kind::Unlearner, "b"),
+        ])
+        .err()
+        .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "method `FT` is registered twice: by built-in (a) and by built-in (b)"
+        );
     }
 
     #[test]
     fn lookup_lists_known_names_and_checks_kind() {
-        let r = Registry::from_methods([method("FT", Kind::Unlearner, "a"), method("OMP", Kind::Pruner, "b")]).unwrap();
+        let r = Registry::from_methods([
+            method("FT", Kind::Unlearner, "a"),
+            method("OMP", Kind::Pruner, "b"),
+        ])
+        .unwrap();
         let names: Vec<&str> = r.list(None).map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["FT", "OMP"]);
         let e = r.get("ft").err().unwrap().to_string();
-        assert!(e.contains("unknown method `ft` (did you mean `FT`?); known: FT, OMP"), "{e}");
-        let e = r.get_kind("OMP", Kind::Unlearner).err().unwrap().to_string();
+        assert!(
+            e.contains("unknown method `ft` (did you mean `FT`?); known: FT, OMP"),
+            "{e}"
+        );
+        let e = r
+            .get_kind("OMP", Kind::Unlearner)
+            .err()
+            .unwrap()
+            .to_string();
         assert_eq!(e, "`OMP` is a pruner, not an unlearner");
         let e = r.get_kind("GA", Kind::Unlearner).err().unwrap().to_string();
         assert!(e.contains("unknown unlearner `GA`; known: FT"), "{e}");

@@ -28,7 +28,10 @@ pub enum TrainError {
     #[error("{label}: cancelled")]
     Cancelled { label: String },
     #[error("{label}: {source}")]
-    Torch { label: String, source: tch::TchError },
+    Torch {
+        label: String,
+        source: tch::TchError,
+    },
 }
 
 /// SGD hyper-parameters and the lr schedule (SPEC §3: multistep with optional linear warm-up).
@@ -75,7 +78,11 @@ impl Schedule {
     /// The lr of (0-based) `epoch`, the schedule advanced by `offset` epochs.
     pub fn lr_at(&self, epoch: usize, offset: usize) -> f64 {
         let e = epoch + offset;
-        let warm = if e < self.warmup_epochs { (e + 1) as f64 / self.warmup_epochs as f64 } else { 1.0 };
+        let warm = if e < self.warmup_epochs {
+            (e + 1) as f64 / self.warmup_epochs as f64
+        } else {
+            1.0
+        };
         let decays = self.milestones.iter().filter(|&&m| m <= e).count() as i32;
         self.lr * warm * self.gamma.powi(decays)
     }
@@ -83,10 +90,22 @@ impl Schedule {
     /// Rules the JSON Schema cannot express.
     pub fn check(&self) -> Result<(), String> {
         if self.milestones.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(format!("milestones {:?} must be strictly increasing", self.milestones));
+            return Err(format!(
+                "milestones {:?} must be strictly increasing",
+                self.milestones
+            ));
         }
+        Ok(())
+    }
+
+    /// Everything a run needs, for schedules built in code rather than read from a config.
+    fn check_all(&self) -> Result<(), String> {
+        self.check()?;
         if !(self.lr.is_finite() && self.lr >= 0.0) {
-            return Err(format!("lr {} must be a finite non-negative number", self.lr));
+            return Err(format!(
+                "lr {} must be a finite non-negative number",
+                self.lr
+            ));
         }
         if self.batch_size == 0 {
             return Err("batch_size must be at least 1".into());
@@ -154,7 +173,12 @@ impl Objective for CrossEntropy {
 
 /// Mean cross-entropy of logits against class labels (fallible, for use at boundaries).
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor, tch::TchError> {
-    logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss(labels, None::<Tensor>, tch::Reduction::Mean, -100)
+    logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss(
+        labels,
+        None::<Tensor>,
+        tch::Reduction::Mean,
+        -100,
+    )
 }
 
 /// One call of the loop.
@@ -193,13 +217,30 @@ pub struct Trainer {
 
 impl Trainer {
     pub fn new(device: Device, progress: bool) -> Trainer {
-        Trainer { device, progress, cancel: Arc::new(AtomicBool::new(false)) }
+        Trainer {
+            device,
+            progress,
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
     }
 
-    pub fn run(&self, model: &mut Model, run: Run<'_>, objective: &mut dyn Objective) -> Result<TrainReport, TrainError> {
+    pub fn run(
+        &self,
+        model: &mut Model,
+        run: Run<'_>,
+        objective: &mut dyn Objective,
+    ) -> Result<TrainReport, TrainError> {
         let label = run.label.clone();
-        let torch = |source| TrainError::Torch { label: label.clone(), source };
-        run.schedule.check().map_err(|message| TrainError::Schedule { label: label.clone(), message })?;
+        let torch = |source| TrainError::Torch {
+            label: label.clone(),
+            source,
+        };
+        run.schedule
+            .check_all()
+            .map_err(|message| TrainError::Schedule {
+                label: label.clone(),
+                message,
+            })?;
         let n = run.stream.len();
         if n == 0 {
             return Err(TrainError::EmptyStream { label });
@@ -207,9 +248,14 @@ impl Trainer {
         synchronize(self.device);
         let start = Instant::now();
         let s = run.schedule;
-        let mut opt = nn::Sgd { momentum: s.momentum, dampening: 0.0, wd: s.weight_decay, nesterov: false }
-            .build(model.var_store(), s.lr)
-            .map_err(torch)?;
+        let mut opt = nn::Sgd {
+            momentum: s.momentum,
+            dampening: 0.0,
+            wd: s.weight_decay,
+            nesterov: false,
+        }
+        .build(model.var_store(), s.lr)
+        .map_err(torch)?;
         if let Some(m) = run.mask {
             m.apply(model);
         }
@@ -221,7 +267,10 @@ impl Trainer {
         for epoch in 0..s.epochs {
             opt.set_lr(s.lr_at(epoch, run.schedule_offset));
             objective.start_epoch(epoch, s.epochs);
-            let order = index_tensor(&permutation(n, run.seed.wrapping_add(epoch as u64), "batches"), self.device);
+            let order = index_tensor(
+                &permutation(n, run.seed.wrapping_add(epoch as u64), "batches"),
+                self.device,
+            );
             let mut loss_sum = Tensor::zeros([], (Kind::Double, self.device));
             for chunk in 0..steps_per_epoch {
                 if self.cancel.load(Ordering::Relaxed) {
@@ -231,7 +280,10 @@ impl Trainer {
                 let len = (s.batch_size as i64).min(n as i64 - start);
                 let pick = order.narrow(0, start, len);
                 let batch = Batch {
-                    x: run.stream.data.batch_images(&run.stream.rows.index_select(0, &pick)),
+                    x: run
+                        .stream
+                        .data
+                        .batch_images(&run.stream.rows.index_select(0, &pick)),
                     y: run.stream.labels.index_select(0, &pick),
                     epoch,
                     epochs: s.epochs,
@@ -264,7 +316,12 @@ impl Trainer {
         }
         synchronize(self.device);
         bar.finish_and_clear();
-        Ok(TrainReport { seconds: start.elapsed().as_secs_f64(), rewind, last_loss, steps })
+        Ok(TrainReport {
+            seconds: start.elapsed().as_secs_f64(),
+            rewind,
+            last_loss,
+            steps,
+        })
     }
 }
 
@@ -275,9 +332,11 @@ fn progress_bar(enabled: bool, len: u64, label: &str) -> indicatif::ProgressBar 
     }
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix:>32} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
-            .expect("valid template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>32} [{bar:30}] {pos}/{len} {msg} ({elapsed})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.set_prefix(label.to_string());
     bar
@@ -291,26 +350,54 @@ mod tests {
     use crate::model::{Arch, ModelSpec};
 
     fn setup() -> (Dataset, Model) {
-        let d = synthetic(&SyntheticConfig { samples: 120, classes: 4, ..Default::default() }).unwrap();
-        let spec = ModelSpec { arch: Arch::SmallCnn, input: [1, 8, 8], classes: 4, mean: d.mean.clone(), std: d.std.clone() };
+        let d = synthetic(&SyntheticConfig {
+            samples: 120,
+            classes: 4,
+            ..Default::default()
+        })
+        .unwrap();
+        let spec = ModelSpec {
+            arch: Arch::SmallCnn,
+            input: [1, 8, 8],
+            classes: 4,
+            mean: d.mean.clone(),
+            std: d.std.clone(),
+        };
         let m = Model::new(spec, Device::Cpu, 1).unwrap();
         (d, m)
     }
 
     fn schedule(epochs: usize) -> Schedule {
-        Schedule { epochs, lr: 0.05, batch_size: 16, milestones: vec![], ..Default::default() }
+        Schedule {
+            epochs,
+            lr: 0.05,
+            batch_size: 16,
+            milestones: vec![],
+            ..Default::default()
+        }
     }
 
     #[test]
     fn lr_schedule_is_multistep_with_warmup_and_offset() {
-        let s = Schedule { lr: 0.1, milestones: vec![3, 5], gamma: 0.1, warmup_epochs: 2, ..Default::default() };
+        let s = Schedule {
+            lr: 0.1,
+            milestones: vec![3, 5],
+            gamma: 0.1,
+            warmup_epochs: 2,
+            ..Default::default()
+        };
         let lrs: Vec<f64> = (0..7).map(|e| s.lr_at(e, 0)).collect();
         let want = [0.05, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001];
         for (a, b) in lrs.iter().zip(want) {
             assert!((a - b).abs() < 1e-12, "{lrs:?}");
         }
         assert!((s.lr_at(0, 3) - 0.01).abs() < 1e-12);
-        assert!(Schedule { milestones: vec![5, 5], ..s }.check().is_err());
+        assert!(Schedule {
+            milestones: vec![5, 5],
+            ..s
+        }
+        .check()
+        .is_err());
     }
 
     #[test]
@@ -323,7 +410,19 @@ mod tests {
         let run = |m: &mut Model, epochs| {
             let s = schedule(epochs);
             trainer
-                .run(m, Run { label: "t".into(), schedule: &s, schedule_offset: 0, stream: &stream, mask: None, rewind_epoch: Some(1), seed: 0 }, &mut CrossEntropy)
+                .run(
+                    m,
+                    Run {
+                        label: "t".into(),
+                        schedule: &s,
+                        schedule_offset: 0,
+                        stream: &stream,
+                        mask: None,
+                        rewind_epoch: Some(1),
+                        seed: 0,
+                    },
+                    &mut CrossEntropy,
+                )
                 .unwrap()
         };
         let mut m2 = m.try_clone().unwrap();
@@ -348,14 +447,36 @@ mod tests {
         let rows: Vec<usize> = (0..d.len()).collect();
         let stream = Stream::new(&d, &rows);
         // A large lr, momentum and weight decay all push on pruned weights.
-        let s = Schedule { epochs: 6, lr: 0.5, batch_size: 8, weight_decay: 1e-2, milestones: vec![], ..Default::default() };
+        let s = Schedule {
+            epochs: 6,
+            lr: 0.5,
+            batch_size: 8,
+            weight_decay: 1e-2,
+            milestones: vec![],
+            ..Default::default()
+        };
         let r = Trainer::new(Device::Cpu, false)
-            .run(&mut m, Run { label: "t".into(), schedule: &s, schedule_offset: 0, stream: &stream, mask: Some(&mask), rewind_epoch: None, seed: 0 }, &mut CrossEntropy)
+            .run(
+                &mut m,
+                Run {
+                    label: "t".into(),
+                    schedule: &s,
+                    schedule_offset: 0,
+                    stream: &stream,
+                    mask: Some(&mask),
+                    rewind_epoch: None,
+                    seed: 0,
+                },
+                &mut CrossEntropy,
+            )
             .unwrap();
         assert_eq!(r.steps, 6 * 15);
         assert_eq!(mask.violations(&m), 0);
         // and the surviving weights did move
-        let moved = m.prunable()["conv2.weight"].ne(0.0).sum(Kind::Int64).int64_value(&[]);
+        let moved = m.prunable()["conv2.weight"]
+            .ne(0.0)
+            .sum(Kind::Int64)
+            .int64_value(&[]);
         assert!(moved > 0);
     }
 
@@ -363,7 +484,10 @@ mod tests {
     impl Objective for Exploding {
         fn loss(&mut self, model: &Model, batch: &Batch) -> Result<Tensor, tch::TchError> {
             // Gradient ascent with a huge lr: diverges.
-            Ok(-model.forward_t(&batch.x, true).cross_entropy_for_logits(&batch.y) * 1e30)
+            Ok(-model
+                .forward_t(&batch.x, true)
+                .cross_entropy_for_logits(&batch.y)
+                * 1e30)
         }
     }
 
@@ -372,9 +496,27 @@ mod tests {
         let (d, mut m) = setup();
         let rows: Vec<usize> = (0..d.len()).collect();
         let stream = Stream::new(&d, &rows);
-        let s = Schedule { epochs: 3, lr: 10.0, batch_size: 16, milestones: vec![], ..Default::default() };
+        let s = Schedule {
+            epochs: 3,
+            lr: 10.0,
+            batch_size: 16,
+            milestones: vec![],
+            ..Default::default()
+        };
         let e = Trainer::new(Device::Cpu, false)
-            .run(&mut m, Run { label: "GA on class-1".into(), schedule: &s, schedule_offset: 0, stream: &stream, mask: None, rewind_epoch: None, seed: 0 }, &mut Exploding)
+            .run(
+                &mut m,
+                Run {
+                    label: "GA on class-1".into(),
+                    schedule: &s,
+                    schedule_offset: 0,
+                    stream: &stream,
+                    mask: None,
+                    rewind_epoch: None,
+                    seed: 0,
+                },
+                &mut Exploding,
+            )
             .unwrap_err();
         assert!(matches!(e, TrainError::NonFinite { epoch: 0, .. }), "{e}");
         assert!(e.to_string().contains("GA on class-1"));

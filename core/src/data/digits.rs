@@ -32,7 +32,11 @@ fn malformed(message: String) -> DataError {
 fn parse_digits_csv(text: &str) -> Result<Dataset, DataError> {
     let mut pixels = Vec::with_capacity(1797 * 64);
     let mut labels = Vec::with_capacity(1797);
-    for (line_no, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (line_no, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let fields: Vec<&str> = line.split(',').collect();
         if fields.len() != 65 {
             return Err(malformed(format!(
@@ -43,7 +47,11 @@ fn parse_digits_csv(text: &str) -> Result<Dataset, DataError> {
         }
         for (i, f) in fields.iter().enumerate() {
             let v: u8 = f.trim().parse().map_err(|_| {
-                malformed(format!("line {}: field {} `{f}` is not a small integer", line_no + 1, i + 1))
+                malformed(format!(
+                    "line {}: field {} `{f}` is not a small integer",
+                    line_no + 1,
+                    i + 1
+                ))
             })?;
             let max = if i == 64 { 9 } else { 16 };
             if v > max {
@@ -85,7 +93,10 @@ mod tests {
         assert_eq!(d.image_shape(), [1, 8, 8]);
         let counts = d.class_counts();
         assert_eq!(counts.iter().sum::<usize>(), 1797);
-        assert!(counts.iter().all(|&c| (170..=190).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (170..=190).contains(&c)),
+            "{counts:?}"
+        );
         // First row of the file: label 0, pixels starting 0,0,5,13,9,1.
         assert_eq!(d.labels_vec()[0], 0);
         let first: Vec<u8> = Vec::try_from(d.images.get(0).flatten(0, -1)).unwrap();
@@ -93,7 +104,11 @@ mod tests {
         // Mean and std recomputed independently from the raw values.
         let all: Vec<u8> = Vec::try_from(d.images.flatten(0, -1)).unwrap();
         let m = all.iter().map(|&v| v as f64 / 16.0).sum::<f64>() / all.len() as f64;
-        let var = all.iter().map(|&v| (v as f64 / 16.0 - m).powi(2)).sum::<f64>() / all.len() as f64;
+        let var = all
+            .iter()
+            .map(|&v| (v as f64 / 16.0 - m).powi(2))
+            .sum::<f64>()
+            / all.len() as f64;
         assert!((d.mean[0] - m).abs() < 1e-9);
         assert!((d.std[0] - var.sqrt()).abs() < 1e-9);
     }
@@ -103,7 +118,10 @@ mod tests {
         let bad = "1,2,3\n";
         let e = parse_digits_csv(bad).unwrap_err().to_string();
         assert!(e.contains("line 1") && e.contains("65"), "{e}");
-        let row: Vec<String> = (0..64).map(|_| "17".to_string()).chain(["3".into()]).collect();
+        let row: Vec<String> = (0..64)
+            .map(|_| "17".to_string())
+            .chain(["3".into()])
+            .collect();
         let e = parse_digits_csv(&row.join(",")).unwrap_err().to_string();
         assert!(e.contains("above 16"), "{e}");
     }

@@ -43,7 +43,10 @@ pub fn stratified_split(
     classes: usize,
     cfg: &SplitConfig,
 ) -> Result<Split, DataError> {
-    for (name, f) in [("test_fraction", cfg.test_fraction), ("val_fraction", cfg.val_fraction)] {
+    for (name, f) in [
+        ("test_fraction", cfg.test_fraction),
+        ("val_fraction", cfg.val_fraction),
+    ] {
         if !(0.0..1.0).contains(&f) {
             return Err(DataError::Split(format!("{name} = {f} must be in [0, 1)")));
         }
@@ -53,7 +56,9 @@ pub fn stratified_split(
         let c = usize::try_from(y)
             .ok()
             .filter(|&c| c < classes)
-            .ok_or_else(|| DataError::Split(format!("sample {i} has label {y}, outside 0..{classes}")))?;
+            .ok_or_else(|| {
+                DataError::Split(format!("sample {i} has label {y}, outside 0..{classes}"))
+            })?;
         by_class[c].push(i);
     }
     let mut split = Split {
@@ -95,7 +100,13 @@ mod tests {
         // 3 classes of 100, 50 and 20 samples, interleaved.
         let mut labels = vec![];
         for i in 0..170 {
-            labels.push(if i < 100 { 0 } else if i < 150 { 1 } else { 2 });
+            labels.push(if i < 100 {
+                0
+            } else if i < 150 {
+                1
+            } else {
+                2
+            });
         }
         let cfg = SplitConfig::default();
         let s = stratified_split(&labels, 3, &cfg).unwrap();
@@ -104,8 +115,14 @@ mod tests {
         assert_eq!(all, (0..170).collect::<Vec<_>>());
         let count = |v: &[usize], c: i64| v.iter().filter(|&&i| labels[i] == c).count();
         // class 0: 20 test, 8 val (10% of 80), 72 train; class 2: 4 test, 2 val (round 1.6), 14 train
-        assert_eq!((count(&s.test, 0), count(&s.val, 0), count(&s.train, 0)), (20, 8, 72));
-        assert_eq!((count(&s.test, 2), count(&s.val, 2), count(&s.train, 2)), (4, 2, 14));
+        assert_eq!(
+            (count(&s.test, 0), count(&s.val, 0), count(&s.train, 0)),
+            (20, 8, 72)
+        );
+        assert_eq!(
+            (count(&s.test, 2), count(&s.val, 2), count(&s.train, 2)),
+            (4, 2, 14)
+        );
         assert_eq!(s, stratified_split(&labels, 3, &cfg).unwrap());
         let other = stratified_split(&labels, 3, &SplitConfig { seed: 9, ..cfg }).unwrap();
         assert_ne!(s.test, other.test);
@@ -114,7 +131,10 @@ mod tests {
     #[test]
     fn bad_labels_and_fractions_are_errors() {
         assert!(stratified_split(&[0, 5], 3, &SplitConfig::default()).is_err());
-        let cfg = SplitConfig { test_fraction: 1.5, ..Default::default() };
+        let cfg = SplitConfig {
+            test_fraction: 1.5,
+            ..Default::default()
+        };
         assert!(stratified_split(&[0, 1], 2, &cfg).is_err());
     }
 }

@@ -46,7 +46,11 @@ pub fn synthetic(cfg: &SyntheticConfig) -> Result<Dataset, DataError> {
     }
     let mut r = rng(cfg.seed, "synthetic");
     let patterns: Vec<Vec<f64>> = (0..cfg.classes)
-        .map(|_| (0..64).map(|_| if r.random_bool(0.35) { 14.0 } else { 1.0 }).collect())
+        .map(|_| {
+            (0..64)
+                .map(|_| if r.random_bool(0.35) { 14.0 } else { 1.0 })
+                .collect()
+        })
         .collect();
     let mut pixels = Vec::with_capacity(cfg.samples * 64);
     let mut labels = Vec::with_capacity(cfg.samples);
@@ -81,7 +85,11 @@ mod tests {
         let a = synthetic(&cfg).unwrap();
         let b = synthetic(&cfg).unwrap();
         assert!(a.images.equal(&b.images) && a.labels.equal(&b.labels));
-        let c = synthetic(&SyntheticConfig { seed: 1, ..cfg.clone() }).unwrap();
+        let c = synthetic(&SyntheticConfig {
+            seed: 1,
+            ..cfg.clone()
+        })
+        .unwrap();
         assert!(!a.images.equal(&c.images));
         assert_eq!(a.class_counts(), vec![60; 10]);
     }

@@ -8,11 +8,12 @@ use super::Metrics;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Gap {
     pub ua: f64,
-    /// On the headline (confidence) MIA-Efficacy; None when either side lacks it.
+    /// On the headline (confidence) MIA-Efficacy; None when either side lacks it or its attack
+    /// was constant (uninformative).
     pub mia: Option<f64>,
     pub ra: f64,
     pub ta: f64,
-    /// Mean of the four (of three when MIA is missing).
+    /// Mean of the four (of three without an informative MIA).
     pub avg: f64,
 }
 
@@ -20,12 +21,22 @@ pub fn gap(m: &Metrics, retrain: &Metrics) -> Gap {
     let ua = (m.ua - retrain.ua).abs();
     let ra = (m.ra - retrain.ra).abs();
     let ta = (m.ta - retrain.ta).abs();
-    let mia = match (m.mia(), retrain.mia()) {
-        (Some(a), Some(b)) => Some((a.value - b.value).abs()),
+    let informative = |x: &Metrics| x.mia().filter(|s| s.informative).map(|s| s.value);
+    let mia = match (informative(m), informative(retrain)) {
+        (Some(a), Some(b)) => Some((a - b).abs()),
         _ => None,
     };
-    let parts: Vec<f64> = [Some(ua), mia, Some(ra), Some(ta)].into_iter().flatten().collect();
-    Gap { ua, mia, ra, ta, avg: parts.iter().sum::<f64>() / parts.len() as f64 }
+    let parts: Vec<f64> = [Some(ua), mia, Some(ra), Some(ta)]
+        .into_iter()
+        .flatten()
+        .collect();
+    Gap {
+        ua,
+        mia,
+        ra,
+        ta,
+        avg: parts.iter().sum::<f64>() / parts.len() as f64,
+    }
 }
 
 #[cfg(test)]
@@ -35,22 +46,52 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn metrics(ua: f64, mia: Option<f64>, ra: f64, ta: f64) -> Metrics {
+        metrics_flagged(ua, mia, ra, ta, true)
+    }
+
+    fn metrics_flagged(ua: f64, mia: Option<f64>, ra: f64, ta: f64, informative: bool) -> Metrics {
         let mut e = BTreeMap::new();
         if let Some(v) = mia {
             e.insert(
                 MiaFeature::Confidence,
-                MiaScore { value: v, shadow_accuracy: 60.0, majority_share: 55.0, informative: true, shadow_members: 1, shadow_nonmembers: 1 },
+                MiaScore {
+                    value: v,
+                    shadow_accuracy: 60.0,
+                    majority_share: 55.0,
+                    informative,
+                    shadow_members: 1,
+                    shadow_nonmembers: 1,
+                },
             );
         }
-        Metrics { ua, ra, ta, val: 0.0, mia_efficacy: e, mia_privacy: BTreeMap::new() }
+        Metrics {
+            ua,
+            ra,
+            ta,
+            val: 0.0,
+            mia_efficacy: e,
+            mia_privacy: BTreeMap::new(),
+        }
     }
 
     #[test]
     fn avg_gap_is_the_mean_absolute_difference() {
-        let g = gap(&metrics(10.0, Some(20.0), 99.0, 90.0), &metrics(14.0, Some(12.0), 100.0, 91.0));
+        let g = gap(
+            &metrics(10.0, Some(20.0), 99.0, 90.0),
+            &metrics(14.0, Some(12.0), 100.0, 91.0),
+        );
         assert_eq!((g.ua, g.mia, g.ra, g.ta), (4.0, Some(8.0), 1.0, 1.0));
         assert_eq!(g.avg, 3.5);
-        let g = gap(&metrics(10.0, None, 99.0, 90.0), &metrics(13.0, Some(12.0), 100.0, 92.0));
+        let g = gap(
+            &metrics(10.0, None, 99.0, 90.0),
+            &metrics(13.0, Some(12.0), 100.0, 92.0),
+        );
         assert_eq!(g.avg, 2.0);
+        // A constant attack's number is not a result: left out.
+        let g = gap(
+            &metrics_flagged(10.0, Some(100.0), 99.0, 90.0, false),
+            &metrics(13.0, Some(0.0), 100.0, 92.0),
+        );
+        assert_eq!((g.mia, g.avg), (None, 2.0));
     }
 }

@@ -14,13 +14,29 @@ pub const CONSTANT_ATTACK_SHARE: f64 = 99.0;
 #[derive(Debug, thiserror::Error)]
 pub enum MiaError {
     #[error("MIA ({feature}): {what} is empty")]
-    Empty { feature: MiaFeature, what: &'static str },
+    Empty {
+        feature: MiaFeature,
+        what: &'static str,
+    },
     #[error("MIA ({feature}): {source}")]
-    Svm { feature: MiaFeature, source: SvmError },
+    Svm {
+        feature: MiaFeature,
+        source: SvmError,
+    },
 }
 
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum MiaFeature {
@@ -37,8 +53,13 @@ pub enum MiaFeature {
 }
 
 impl MiaFeature {
-    pub const ALL: [MiaFeature; 5] =
-        [Self::Confidence, Self::Entropy, Self::MEntropy, Self::Correctness, Self::Prob];
+    pub const ALL: [MiaFeature; 5] = [
+        Self::Confidence,
+        Self::Entropy,
+        Self::MEntropy,
+        Self::Correctness,
+        Self::Prob,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -67,7 +88,9 @@ pub fn features(out: &Outputs, feature: MiaFeature) -> (Vec<f32>, usize) {
     let y = out.labels.unsqueeze(1);
     let col: Tensor = match feature {
         MiaFeature::Confidence => p.gather(1, &y, false).squeeze_dim(1),
-        MiaFeature::Entropy => -(&p * p.clamp_min(LOG_FLOOR).log()).sum_dim_intlist(1, false, Kind::Double),
+        MiaFeature::Entropy => {
+            -(&p * p.clamp_min(LOG_FLOOR).log()).sum_dim_intlist(1, false, Kind::Double)
+        }
         MiaFeature::MEntropy => {
             let onehot = p.zeros_like().scatter_value(1, &y, 1.0);
             let log_p = p.clamp_min(LOG_FLOOR).log();
@@ -76,10 +99,17 @@ pub fn features(out: &Outputs, feature: MiaFeature) -> (Vec<f32>, usize) {
             let terms = &onehot * (p.neg() + 1.0) * log_p + (onehot.neg() + 1.0) * &p * log_not_p;
             -terms.sum_dim_intlist(1, false, Kind::Double)
         }
-        MiaFeature::Correctness => p.argmax(1, false).eq_tensor(&out.labels).to_kind(Kind::Double),
+        MiaFeature::Correctness => p
+            .argmax(1, false)
+            .eq_tensor(&out.labels)
+            .to_kind(Kind::Double),
         MiaFeature::Prob => p.shallow_clone(),
     };
-    let dim = if col.dim() == 1 { 1 } else { col.size()[1] as usize };
+    let dim = if col.dim() == 1 {
+        1
+    } else {
+        col.size()[1] as usize
+    };
     let v = Vec::<f32>::try_from(col.to_kind(Kind::Float).flatten(0, -1)).expect("f32 features");
     (v, dim)
 }
@@ -111,17 +141,30 @@ struct Attack {
 }
 
 impl Attack {
-    fn fit(members: &Outputs, nonmembers: &Outputs, feature: MiaFeature) -> Result<Attack, MiaError> {
+    fn fit(
+        members: &Outputs,
+        nonmembers: &Outputs,
+        feature: MiaFeature,
+    ) -> Result<Attack, MiaError> {
         if members.is_empty() {
-            return Err(MiaError::Empty { feature, what: "the shadow member set" });
+            return Err(MiaError::Empty {
+                feature,
+                what: "the shadow member set",
+            });
         }
         if nonmembers.is_empty() {
-            return Err(MiaError::Empty { feature, what: "the shadow non-member set" });
+            return Err(MiaError::Empty {
+                feature,
+                what: "the shadow non-member set",
+            });
         }
         let (xm, dim) = features(members, feature);
         let (xn, _) = features(nonmembers, feature);
         let x = [xm, xn].concat();
-        let y: Vec<bool> = (0..members.len()).map(|_| true).chain((0..nonmembers.len()).map(|_| false)).collect();
+        let y: Vec<bool> = (0..members.len())
+            .map(|_| true)
+            .chain((0..nonmembers.len()).map(|_| false))
+            .collect();
         let svm = |source| MiaError::Svm { feature, source };
         let svc = Svc::fit(&x, dim, &y, &SvcParams::default()).map_err(svm)?;
         let pred = svc.predict(&x).map_err(svm)?;
@@ -141,7 +184,10 @@ impl Attack {
     /// Share of `target` predicted member, in percent.
     fn member_share(&self, target: &Outputs) -> Result<f64, MiaError> {
         let (x, _) = features(target, self.feature);
-        let pred = self.svc.predict(&x).map_err(|source| MiaError::Svm { feature: self.feature, source })?;
+        let pred = self.svc.predict(&x).map_err(|source| MiaError::Svm {
+            feature: self.feature,
+            source,
+        })?;
         Ok(100.0 * pred.iter().filter(|&&p| p).count() as f64 / pred.len() as f64)
     }
 
@@ -159,9 +205,17 @@ impl Attack {
 
 /// MIA-Efficacy: shadow = first n of `D_r` vs first n of `test` (n = the smaller size); the score
 /// is the share of `D_f` predicted non-member. Higher means `D_f` looks less like training data.
-pub fn efficacy(retain: &Outputs, test: &Outputs, forget: &Outputs, feature: MiaFeature) -> Result<MiaScore, MiaError> {
+pub fn efficacy(
+    retain: &Outputs,
+    test: &Outputs,
+    forget: &Outputs,
+    feature: MiaFeature,
+) -> Result<MiaScore, MiaError> {
     if forget.is_empty() {
-        return Err(MiaError::Empty { feature, what: "the forget set" });
+        return Err(MiaError::Empty {
+            feature,
+            what: "the forget set",
+        });
     }
     let n = retain.len().min(test.len());
     let attack = Attack::fit(&retain.head(n), &test.head(n), feature)?;
@@ -170,13 +224,20 @@ pub fn efficacy(retain: &Outputs, test: &Outputs, forget: &Outputs, feature: Mia
 
 /// MIA-Privacy: shadow = first half of `D_r` vs first half of `test`; the score is the mean of the
 /// share of the rest of `D_r` predicted member and of the rest of `test` predicted non-member.
-pub fn privacy(retain: &Outputs, test: &Outputs, feature: MiaFeature) -> Result<MiaScore, MiaError> {
+pub fn privacy(
+    retain: &Outputs,
+    test: &Outputs,
+    feature: MiaFeature,
+) -> Result<MiaScore, MiaError> {
     let (hr, ht) = (retain.len() / 2, test.len() / 2);
     let attack = Attack::fit(&retain.head(hr), &test.head(ht), feature)?;
     let rest_r = retain.tail_from(hr);
     let rest_t = test.tail_from(ht);
     if rest_r.is_empty() || rest_t.is_empty() {
-        return Err(MiaError::Empty { feature, what: "the privacy target set" });
+        return Err(MiaError::Empty {
+            feature,
+            what: "the privacy target set",
+        });
     }
     let member_acc = attack.member_share(&rest_r)?;
     let nonmember_acc = 100.0 - attack.member_share(&rest_t)?;
@@ -191,7 +252,9 @@ mod tests {
         // logits = log p reproduce p exactly under softmax
         let flat: Vec<f64> = probs.iter().flatten().map(|p| p.ln()).collect();
         Outputs {
-            logits: Tensor::from_slice(&flat).view([probs.len() as i64, 3]).to_kind(Kind::Float),
+            logits: Tensor::from_slice(&flat)
+                .view([probs.len() as i64, 3])
+                .to_kind(Kind::Float),
             labels: Tensor::from_slice(labels),
         }
     }
@@ -205,14 +268,23 @@ mod tests {
         close(c[0], 0.7);
         close(c[1], 0.25);
         let (e, _) = features(&o, MiaFeature::Entropy);
-        close(e[0], -(0.7f64 * 0.7f64.ln() + 0.2 * 0.2f64.ln() + 0.1 * 0.1f64.ln()));
+        close(
+            e[0],
+            -(0.7f64 * 0.7f64.ln() + 0.2 * 0.2f64.ln() + 0.1 * 0.1f64.ln()),
+        );
         close(e[1], -(2.0 * 0.25 * 0.25f64.ln() + 0.5 * 0.5f64.ln()));
         let (m, _) = features(&o, MiaFeature::MEntropy);
         // row 0, y = 0: -(0.3 ln 0.7) - 0.2 ln 0.8 - 0.1 ln 0.9
-        close(m[0], -(0.3 * 0.7f64.ln()) - 0.2 * 0.8f64.ln() - 0.1 * 0.9f64.ln());
+        close(
+            m[0],
+            -(0.3 * 0.7f64.ln()) - 0.2 * 0.8f64.ln() - 0.1 * 0.9f64.ln(),
+        );
         // row 1, y = 1 (the reference code's defect would use column 0 or 1 for all rows;
         // per row: -(0.75 ln 0.25) - 0.25 ln 0.75 - 0.5 ln 0.5)
-        close(m[1], -(0.75 * 0.25f64.ln()) - 0.25 * 0.75f64.ln() - 0.5 * 0.5f64.ln());
+        close(
+            m[1],
+            -(0.75 * 0.25f64.ln()) - 0.25 * 0.75f64.ln() - 0.5 * 0.5f64.ln(),
+        );
         let (k, _) = features(&o, MiaFeature::Correctness);
         assert_eq!(k, vec![1.0, 0.0]);
         let (p, d) = features(&o, MiaFeature::Prob);
@@ -222,7 +294,10 @@ mod tests {
 
     #[test]
     fn features_are_finite_at_certainty() {
-        let o = Outputs { logits: Tensor::from_slice(&[200.0f32, 0.0, 0.0]).view([1, 3]), labels: Tensor::from_slice(&[1i64]) };
+        let o = Outputs {
+            logits: Tensor::from_slice(&[200.0f32, 0.0, 0.0]).view([1, 3]),
+            labels: Tensor::from_slice(&[1i64]),
+        };
         for f in MiaFeature::ALL {
             assert!(features(&o, f).0.iter().all(|v| v.is_finite()), "{f}");
         }

@@ -33,7 +33,11 @@ impl Outputs {
         while start < n {
             let len = (batch_size as i64).min(n - start);
             let idx = Tensor::arange_start(start, start + len, (Kind::Int64, device));
-            chunks.push(model.forward_t(&data.batch_images(&idx), false).to_kind(Kind::Float));
+            chunks.push(
+                model
+                    .forward_t(&data.batch_images(&idx), false)
+                    .to_kind(Kind::Float),
+            );
             start += len;
         }
         let logits = if chunks.is_empty() {
@@ -41,24 +45,36 @@ impl Outputs {
         } else {
             Tensor::cat(&chunks, 0)
         };
-        Outputs { logits: logits.to_device(Device::Cpu), labels: data.labels.to_device(Device::Cpu) }
+        Outputs {
+            logits: logits.to_device(Device::Cpu),
+            labels: data.labels.to_device(Device::Cpu),
+        }
     }
 
     /// The rows at `positions`.
     pub fn select(&self, positions: &[usize]) -> Outputs {
         let idx = index_tensor(positions, Device::Cpu);
-        Outputs { logits: self.logits.index_select(0, &idx), labels: self.labels.index_select(0, &idx) }
+        Outputs {
+            logits: self.logits.index_select(0, &idx),
+            labels: self.labels.index_select(0, &idx),
+        }
     }
 
     /// The first `n` rows.
     pub fn head(&self, n: usize) -> Outputs {
-        Outputs { logits: self.logits.narrow(0, 0, n as i64), labels: self.labels.narrow(0, 0, n as i64) }
+        Outputs {
+            logits: self.logits.narrow(0, 0, n as i64),
+            labels: self.labels.narrow(0, 0, n as i64),
+        }
     }
 
     /// Rows from `start` to the end.
     pub fn tail_from(&self, start: usize) -> Outputs {
         let n = self.len() as i64 - start as i64;
-        Outputs { logits: self.logits.narrow(0, start as i64, n), labels: self.labels.narrow(0, start as i64, n) }
+        Outputs {
+            logits: self.logits.narrow(0, start as i64, n),
+            labels: self.labels.narrow(0, start as i64, n),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -74,7 +90,11 @@ impl Outputs {
         if self.is_empty() {
             return f64::NAN;
         }
-        let correct = self.logits.argmax(1, false).eq_tensor(&self.labels).to_kind(Kind::Double);
+        let correct = self
+            .logits
+            .argmax(1, false)
+            .eq_tensor(&self.labels)
+            .to_kind(Kind::Double);
         100.0 * correct.mean(Kind::Double).double_value(&[])
     }
 }
@@ -87,7 +107,13 @@ pub struct SplitOutputs {
 }
 
 impl SplitOutputs {
-    pub fn compute(model: &Model, train: &Dataset, val: &Dataset, test: &Dataset, batch_size: usize) -> Self {
+    pub fn compute(
+        model: &Model,
+        train: &Dataset,
+        val: &Dataset,
+        test: &Dataset,
+        batch_size: usize,
+    ) -> Self {
         SplitOutputs {
             train: Outputs::compute(model, train, batch_size),
             val: Outputs::compute(model, val, batch_size),
@@ -110,7 +136,11 @@ pub struct EvalConfig {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        EvalConfig { mia: true, mia_features: MiaFeature::ALL.to_vec(), batch_size: 1024 }
+        EvalConfig {
+            mia: true,
+            mia_features: MiaFeature::ALL.to_vec(),
+            batch_size: 1024,
+        }
     }
 }
 
@@ -138,7 +168,11 @@ impl Metrics {
 }
 
 /// All metrics for one model's outputs and one forget set.
-pub fn evaluate(out: &SplitOutputs, forget: &ForgetSet, cfg: &EvalConfig) -> Result<Metrics, MiaError> {
+pub fn evaluate(
+    out: &SplitOutputs,
+    forget: &ForgetSet,
+    cfg: &EvalConfig,
+) -> Result<Metrics, MiaError> {
     let f = out.train.select(&forget.forget);
     let r = out.train.select(&forget.retain);
     let mut m = Metrics {
@@ -151,8 +185,10 @@ pub fn evaluate(out: &SplitOutputs, forget: &ForgetSet, cfg: &EvalConfig) -> Res
     };
     if cfg.mia {
         for &feat in &cfg.mia_features {
-            m.mia_efficacy.insert(feat, mia::efficacy(&r, &out.test, &f, feat)?);
-            m.mia_privacy.insert(feat, mia::privacy(&r, &out.test, feat)?);
+            m.mia_efficacy
+                .insert(feat, mia::efficacy(&r, &out.test, &f, feat)?);
+            m.mia_privacy
+                .insert(feat, mia::privacy(&r, &out.test, feat)?);
         }
     }
     Ok(m)
@@ -171,7 +207,10 @@ mod tests {
             4.0, 0.0, 0.0, // 0
         ])
         .view([4, 3]);
-        let o = Outputs { logits, labels: Tensor::from_slice(&[0i64, 1, 1, 2]) };
+        let o = Outputs {
+            logits,
+            labels: Tensor::from_slice(&[0i64, 1, 1, 2]),
+        };
         assert_eq!(o.accuracy(), 50.0);
         assert_eq!(o.select(&[0, 1]).accuracy(), 100.0);
         assert_eq!(o.select(&[2, 3]).accuracy(), 0.0);

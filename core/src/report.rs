@@ -1,0 +1,200 @@
+//! The paper-style results table (terminal and `report.md`).
+
+use std::fmt::Write;
+
+use crate::eval::{MiaFeature, MiaScore};
+use crate::pipeline::{Row, RunResults};
+
+/// A number with two decimals, or `-` when absent.
+fn num(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into())
+}
+
+/// An MIA score, or a flag when the attack was constant and the number means nothing.
+fn mia(s: Option<&MiaScore>) -> String {
+    match s {
+        Some(s) if s.informative => format!("{:.2}", s.value),
+        Some(s) => format!("({:.0})†", s.value),
+        None => "-".into(),
+    }
+}
+
+fn model_name(r: &Row) -> String {
+    if r.model == "dense" {
+        "dense".into()
+    } else {
+        format!("{} {:.1}%", r.model, 100.0 * r.sparsity)
+    }
+}
+
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!("| {} |\n", padded.join(" | "))
+    };
+    let mut out = line(header.iter().map(|s| s.to_string()).collect());
+    out += &line(widths.iter().map(|w| "-".repeat(*w)).collect());
+    for r in rows {
+        out += &line(r.clone());
+    }
+    out
+}
+
+/// The headline table: scenario, model, method, UA, MIA-Efficacy, RA, TA, RTE, Avg. Gap.
+pub fn results_table(results: &RunResults) -> String {
+    let rows: Vec<Vec<String>> = results
+        .rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.scenario.clone(),
+                model_name(r),
+                r.label.clone(),
+                num(Some(r.metrics.ua)),
+                mia(r.metrics.mia()),
+                num(Some(r.metrics.ra)),
+                num(Some(r.metrics.ta)),
+                num(r.rte),
+                num(r.gap.as_ref().map(|g| g.avg)),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "Scenario",
+            "Model",
+            "Method",
+            "UA",
+            "MIA-Efficacy",
+            "RA",
+            "TA",
+            "RTE (s)",
+            "Avg. Gap",
+        ],
+        &rows,
+    );
+    if results
+        .rows
+        .iter()
+        .any(|r| r.metrics.mia().is_some_and(|s| !s.informative))
+    {
+        out += &format!(
+            "\n† uninformative: the shadow SVC gave one prediction to >= {}% of its shadow set, so it cannot tell members from non-members; the value (in brackets) is not a result and is left out of the gap.\n",
+            crate::eval::mia::CONSTANT_ATTACK_SHARE
+        );
+    }
+    out
+}
+
+/// The full report: models, the headline table, MIA per feature, forget sets.
+pub fn markdown(results: &RunResults) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# unlearn report\n");
+    let _ = writeln!(
+        out,
+        "Data set `{}` (train {}, val {}, test {}), device `{}`, libtorch {}, unlearn {}; {:.1} s in all.\n",
+        results.dataset,
+        results.split.train.len(),
+        results.split.val.len(),
+        results.split.test.len(),
+        results.device,
+        results.libtorch,
+        results.unlearn_version,
+        results.seconds
+    );
+    let _ = writeln!(out, "## Models\n");
+    let models: Vec<Vec<String>> = results
+        .models
+        .iter()
+        .map(|m| {
+            vec![
+                m.name.clone(),
+                format!("{:.2}%", 100.0 * m.sparsity),
+                format!("{} / {}", m.pruned_weights, m.prunable_weights),
+                m.parameters.to_string(),
+                num(Some(m.train_accuracy)),
+                num(Some(m.val_accuracy)),
+                num(Some(m.test_accuracy)),
+                num(Some(m.train_seconds)),
+            ]
+        })
+        .collect();
+    out += &table(
+        &[
+            "Model",
+            "Sparsity",
+            "Pruned / prunable",
+            "Parameters",
+            "Train acc",
+            "Val acc",
+            "Test acc",
+            "Train s",
+        ],
+        &models,
+    );
+    let _ = writeln!(out, "\n## Unlearning\n");
+    let _ = writeln!(out, "UA = 100 - accuracy on the forget set; RA, TA: accuracy on the retain and test sets; MIA-Efficacy: share of the forget set a confidence-based membership attack calls non-member; RTE: seconds of the unlearning step; Avg. Gap: mean |difference| to `retrain` on the same scenario and model (lower is better). All in percent except RTE.\n");
+    out += &results_table(results);
+    let features: Vec<MiaFeature> = MiaFeature::ALL
+        .into_iter()
+        .filter(|f| {
+            results
+                .rows
+                .iter()
+                .any(|r| r.metrics.mia_efficacy.contains_key(f))
+        })
+        .collect();
+    if !features.is_empty() {
+        let _ = writeln!(out, "\n## Membership inference by feature\n");
+        let _ = writeln!(out, "MIA-Efficacy per feature, and MIA-Privacy (confidence). † marks a constant (uninformative) attack; shadow accuracy of the confidence attack in the last column.\n");
+        let mut header: Vec<String> = vec!["Scenario".into(), "Model".into(), "Method".into()];
+        header.extend(features.iter().map(|f| format!("Eff. {f}")));
+        header.push("Privacy".into());
+        header.push("Shadow acc".into());
+        let rows: Vec<Vec<String>> = results
+            .rows
+            .iter()
+            .map(|r| {
+                let mut c = vec![r.scenario.clone(), model_name(r), r.label.clone()];
+                c.extend(features.iter().map(|f| mia(r.metrics.mia_efficacy.get(f))));
+                c.push(mia(r.metrics.mia_privacy.get(&MiaFeature::Confidence)));
+                c.push(num(r.metrics.mia().map(|s| s.shadow_accuracy)));
+                c
+            })
+            .collect();
+        let header: Vec<&str> = header.iter().map(|s| s.as_str()).collect();
+        out += &table(&header, &rows);
+    }
+    let _ = writeln!(out, "\n## Forget sets\n");
+    let sets: Vec<Vec<String>> = results
+        .scenarios
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                format!("{:?}", s.kind).to_lowercase(),
+                s.forget_size.to_string(),
+                s.retain_size.to_string(),
+                s.forget_sha256[..16].to_string(),
+            ]
+        })
+        .collect();
+    out += &table(
+        &["Scenario", "Kind", "Forget", "Retain", "SHA-256 (prefix)"],
+        &sets,
+    );
+    if results.dataset == "digits" {
+        let _ = writeln!(out, "\n{}.", crate::data::DIGITS_CREDIT);
+    }
+    out
+}
