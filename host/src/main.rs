@@ -1,0 +1,268 @@
+//! `unlearn`: a thin CLI over the core library and the method registry.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::builder::PossibleValuesParser;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use unlearn_core::config::{self, ConfigError, Plan};
+use unlearn_core::device::{self, DeviceChoice};
+use unlearn_core::method::Kind;
+use unlearn_core::pipeline::{self, RunOptions};
+use unlearn_core::registry::Registry;
+use unlearn_core::train::Trainer;
+
+// Built-in plugins register themselves when linked; naming them here links them.
+use unlearn_ft as _;
+use unlearn_prune_imp as _;
+
+/// The built-in demo pipeline (embedded digits).
+const DEMO_CONFIG: &str = include_str!("../presets/demo.toml");
+
+#[derive(Parser)]
+#[command(
+    name = "unlearn",
+    version,
+    about = "Machine unlearning for image classifiers: prune first, then unlearn"
+)]
+struct Cli {
+    /// Device to run on: auto (CUDA when present), cpu, cuda or cuda:N.
+    #[arg(long, global = true, default_value = "auto")]
+    device: DeviceChoice,
+    /// Print no progress (results and errors only).
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List registered methods.
+    List {
+        /// Only methods of this kind: pruner, unlearner or attack.
+        #[arg(long)]
+        kind: Option<Kind>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of a method's config (or of the pipeline config with --config).
+    Schema {
+        /// A registered method name.
+        #[arg(required_unless_present = "config")]
+        method: Option<String>,
+        /// The schema of `unlearn run` config files instead.
+        #[arg(long, conflicts_with = "method")]
+        config: bool,
+    },
+    /// Check a config file (TOML or JSON) without running it; reports every problem at once.
+    Validate { config: PathBuf },
+    /// Run the pipeline a config file describes.
+    Run {
+        config: PathBuf,
+        /// Output directory (default: runs/<config name>). Re-running into it resumes.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Run the built-in demo on the embedded digits.
+    Demo {
+        /// Output directory.
+        #[arg(long, default_value = "runs/demo")]
+        out: PathBuf,
+        /// Print the demo's config (a starting point for your own) and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+    /// Show libtorch, CUDA and the device `--device` resolves to.
+    Info,
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let (code, e) = match e.downcast::<BadInputError>() {
+                Ok(b) => (2, b.0),
+                Err(e) => (1, e),
+            };
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Marks an error as the user's input (arguments, configs, paths): exit code 2, not 1.
+#[derive(Debug)]
+struct BadInputError(anyhow::Error);
+impl std::fmt::Display for BadInputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+impl std::error::Error for BadInputError {}
+
+fn bad(e: impl Into<anyhow::Error>) -> anyhow::Error {
+    BadInputError(e.into()).into()
+}
+
+fn real_main() -> Result<()> {
+    let registry = Registry::builtin().context("building the method registry")?;
+    // `schema <method>` offers the registered names (in --help, errors and completions).
+    let names: Vec<String> = registry.list(None).map(|m| m.name.clone()).collect();
+    let command = Cli::command().mut_subcommand("schema", |s| {
+        s.mut_arg("method", |a| {
+            a.value_parser(PossibleValuesParser::new(names))
+        })
+    });
+    let matches = command.try_get_matches().unwrap_or_else(|e| e.exit());
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let notify = |msg: &str| {
+        if !cli.quiet {
+            eprintln!("[unlearn] {msg}");
+        }
+    };
+    match cli.command {
+        Command::List { kind, json } => list(&registry, kind, json),
+        Command::Schema { method, config } => {
+            let schema = match method {
+                Some(name) if !config => registry.get(&name).map_err(bad)?.schema.clone(),
+                _ => config::pipeline_schema(),
+            };
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(())
+        }
+        Command::Validate { config } => {
+            let plan = load_plan(&registry, &config)?;
+            println!(
+                "{}: valid ({} scenario(s), {} unlearner(s){})",
+                config.display(),
+                plan.forget.len(),
+                plan.unlearners.len(),
+                plan.pruner
+                    .as_ref()
+                    .map(|p| format!(", pruner {}", p.label))
+                    .unwrap_or_default()
+            );
+            Ok(())
+        }
+        Command::Run { config, out } => {
+            let plan = load_plan(&registry, &config)?;
+            let out = out
+                .unwrap_or_else(|| Path::new("runs").join(config.file_stem().unwrap_or_default()));
+            execute(&plan, cli.device, &out, cli.quiet, &notify)
+        }
+        Command::Demo { out, print_config } => {
+            if print_config {
+                print!("{DEMO_CONFIG}");
+                return Ok(());
+            }
+            let raw = config::parse_config_text(DEMO_CONFIG, false)
+                .map_err(|(_, m)| anyhow::anyhow!("built-in demo config: {m}"))?;
+            let plan = config::plan(&raw, &registry, Path::new(".")).map_err(|issues| {
+                ConfigError::Invalid {
+                    path: "<built-in demo>".into(),
+                    issues,
+                }
+            })?;
+            execute(&plan, cli.device, &out, cli.quiet, &notify)
+        }
+        Command::Info => {
+            let r = device::report();
+            let chosen = cli.device.resolve().map_err(bad)?;
+            println!("unlearn {}", env!("CARGO_PKG_VERSION"));
+            println!("libtorch {}", r.libtorch);
+            println!(
+                "cuda available: {} ({} device(s)), cudnn: {}",
+                r.cuda_available, r.cuda_devices, r.cudnn_available
+            );
+            println!("cpu threads: {}", r.cpu_threads);
+            println!("device: {}", device::device_name(chosen));
+            Ok(())
+        }
+    }
+}
+
+fn list(registry: &Registry, kind: Option<Kind>, json: bool) -> Result<()> {
+    let methods: Vec<_> = registry.list(kind).collect();
+    if json {
+        let v: Vec<serde_json::Value> = methods
+            .iter()
+            .map(|m| serde_json::json!({"kind": m.kind, "name": m.name, "summary": m.summary, "source": m.source.to_string()}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let w = methods
+        .iter()
+        .map(|m| m.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let sw = methods
+        .iter()
+        .map(|m| m.source.to_string().len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    println!("{:<9}  {:<w$}  {:<sw$}  SUMMARY", "KIND", "NAME", "SOURCE");
+    for m in methods {
+        println!(
+            "{:<9}  {:<w$}  {:<sw$}  {}",
+            m.kind.name(),
+            m.name,
+            m.source.to_string(),
+            m.summary
+        );
+    }
+    Ok(())
+}
+
+fn load_plan(registry: &Registry, path: &Path) -> Result<Plan> {
+    let raw = config::read_config_file(path).map_err(bad)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    config::plan(&raw, registry, base).map_err(|issues| {
+        bad(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            issues,
+        })
+    })
+}
+
+fn execute(
+    plan: &Plan,
+    device: DeviceChoice,
+    out: &Path,
+    quiet: bool,
+    notify: &dyn Fn(&str),
+) -> Result<()> {
+    let device = device.resolve().map_err(bad)?;
+    let trainer = Trainer::new(device, !quiet);
+    let cancel = trainer.cancel.clone();
+    // First Ctrl-C: stop at the next batch (finished work stays in <out>/state for resuming).
+    let _ = ctrlc::set_handler(move || cancel.store(true, std::sync::atomic::Ordering::Relaxed));
+    notify(&format!(
+        "device {}, output {}",
+        device::device_name(device),
+        out.display()
+    ));
+    let opts = RunOptions {
+        device,
+        out_dir: out.to_path_buf(),
+        trainer,
+        notify,
+    };
+    let results = pipeline::run(plan, &opts).map_err(|e| match e {
+        pipeline::PipelineError::Output { .. } => bad(e),
+        e => anyhow::Error::from(e),
+    })?;
+    println!("{}", unlearn_core::report::results_table(&results));
+    notify(&format!(
+        "wrote {} and {} ({:.1} s)",
+        out.join("results.json").display(),
+        out.join("report.md").display(),
+        results.seconds
+    ));
+    Ok(())
+}

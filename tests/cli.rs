@@ -1,0 +1,382 @@
+//! End-to-end tests of the `unlearn` binary: what a user types, what they get back.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use unlearn_core::config::{load_split, PipelineConfig};
+use unlearn_core::model::{Model, ModelSpec, Snapshot};
+use unlearn_core::tch::{Device, Kind};
+
+fn unlearn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_unlearn"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+}
+
+/// Writes `text` as a config file in `dir`.
+fn config(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn tiny_with(replace: &[(&str, &str)]) -> String {
+    let mut t = std::fs::read_to_string(fixture("tiny.toml")).unwrap();
+    for (a, b) in replace {
+        assert!(t.contains(a), "fixture has `{a}`");
+        t = t.replacen(a, b, 1);
+    }
+    t
+}
+
+#[test]
+fn list_shows_every_builtin_with_kind_and_source() {
+    let o = unlearn(&["list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for (kind, name, source) in [
+        ("pruner", "OMP", "unlearn-prune-imp"),
+        ("unlearner", "FT", "unlearn-ft"),
+        ("unlearner", "retrain", "unlearn-ft"),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("{name} in {out}"));
+        assert!(line.starts_with(kind) && line.contains(source), "{line}");
+    }
+    let o = unlearn(&["list", "--kind", "pruner", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["OMP"]);
+    assert_eq!(v[0]["kind"], "pruner");
+    assert_eq!(unlearn(&["list", "--kind", "nope"]).status.code(), Some(2));
+}
+
+#[test]
+fn schema_prints_defaults_and_unknown_method_lists_known_ones() {
+    let o = unlearn(&["schema", "FT"]);
+    assert!(o.status.success());
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["properties"]["epochs"]["default"], 10);
+    assert_eq!(s["properties"]["lr"]["default"], 0.01);
+    assert_eq!(s["additionalProperties"], false);
+    let o = unlearn(&["schema", "NoSuchMethod"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("NoSuchMethod")
+            && e.contains("FT")
+            && e.contains("OMP")
+            && e.contains("retrain"),
+        "{e}"
+    );
+    let o = unlearn(&["schema", "--config"]);
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(s["properties"]["forget"].is_object());
+}
+
+#[test]
+fn validate_reports_every_error_with_its_path_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = tiny_with(&[
+        ("lr = 0.05\nbatch_size = 32\nmilestones = []\n\n[prune]", "lr = -0.5\nbatch_size = 32\nmilestones = []\n\n[prune]"),
+        ("class = 1", "class = 9"),
+        ("method = \"retrain\"\nepochs = 3\nlr = 0.05", "method = \"retrain\"\nepochs = 3\nlr = -1"),
+        ("method = \"FT\"", "method = \"GA-typo\""),
+    ]) + "\n[[forget]]\nkind = \"random\"\nn = 5000\n\n[[unlearn]]\nmethod = \"FT\"\nlrr = 0.1\nlabel = \"FT2\"\n";
+    let p = config(dir.path(), "bad.toml", &bad);
+    let o = unlearn(&["validate", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    for needle in [
+        "/train/lr: -0.5 is less than the minimum of 0.0",
+        "/unlearn/0/lr: -1 is less than the minimum of 0.0",
+        "/unlearn/1/method = \"GA-typo\": unknown unlearner `GA-typo`; known: FT, retrain",
+        "/forget/0/class = 9: class 9 is outside 0..4",
+        "/forget/1/n = 5000: forget set of 5000 samples must be non-empty and smaller than the training split",
+        "/unlearn/2: Additional properties are not allowed ('lrr' was unexpected)",
+    ] {
+        assert!(e.contains(needle), "missing `{needle}` in:\n{e}");
+    }
+    assert!(e.contains("has 6 error(s)"), "{e}");
+    assert!(!e.contains("panicked"));
+}
+
+#[test]
+fn malformed_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = config(dir.path(), "syntax.toml", "seed = [\n");
+    let o = unlearn(&["validate", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("is not valid TOML"), "{}", stderr(&o));
+    let o = unlearn(&[
+        "validate",
+        dir.path().join("missing.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("cannot read config") && stderr(&o).contains("missing.toml"));
+    let p = config(dir.path(), "empty.json", "{}");
+    let o = unlearn(&["validate", p.to_str().unwrap()]);
+    assert!(
+        stderr(&o).contains("/: \"forget\" is a required property"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn index_files_out_of_range_or_duplicated_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_file = |name: &str, text: &str| {
+        std::fs::write(dir.path().join(name), text).unwrap();
+        let cfg = tiny_with(&[(
+            "kind = \"class\"\nclass = 1",
+            &format!("kind = \"file\"\npath = \"{name}\""),
+        )]);
+        let p = config(dir.path(), &format!("{name}.toml"), &cfg);
+        unlearn(&["validate", p.to_str().unwrap()])
+    };
+    let o = with_file("ok.txt", "0\n5\n7\n");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = with_file("range.txt", "0\n5000\n");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("/forget/0/path")
+            && stderr(&o).contains("line 2: index 5000 is outside the training split"),
+        "{}",
+        stderr(&o)
+    );
+    let o = with_file("dup.json", "[3, 4, 3]");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("index 3 is listed twice (element 0 and element 2)"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn unwritable_output_directory_fails_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let out = file.join("out");
+    let o = unlearn(&[
+        "run",
+        fixture("tiny.toml").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("output directory") && e.contains("a-file/out"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("training the dense model") && !e.contains("panicked"),
+        "{e}"
+    );
+}
+
+#[test]
+fn demo_config_is_printed_and_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = unlearn(&["demo", "--print-config"]);
+    assert!(o.status.success());
+    let p = config(dir.path(), "demo.toml", &stdout(&o));
+    let o = unlearn(&["validate", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("2 scenario(s), 2 unlearner(s), pruner OMP"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn info_reports_the_device() {
+    let o = unlearn(&["info"]);
+    assert!(o.status.success());
+    let out = stdout(&o);
+    assert!(out.contains("libtorch 2.11.0"), "{out}");
+    let cuda = unlearn_core::device::cuda_device_count() > 0;
+    assert!(
+        out.contains(if cuda {
+            "device: cuda:0"
+        } else {
+            "device: cpu"
+        }),
+        "{out}"
+    );
+    let o = unlearn(&["--device", "tpu", "info"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+/// Runs the tiny pipeline and checks results.json against independent computations, then
+/// re-runs into the same directory and checks that it resumed.
+#[test]
+fn run_results_are_consistent_and_a_rerun_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cfg = fixture("tiny.toml");
+    let o = unlearn(&[
+        "--device",
+        "cpu",
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("training the dense model"));
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    assert!(std::fs::read_to_string(out.join("report.md"))
+        .unwrap()
+        .contains("| Scenario"));
+
+    // The split partitions the 300 samples; the forget set is exactly class 1 of train
+    // (synthetic labels are `index % classes`).
+    let idx = |v: &Value| -> Vec<usize> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect()
+    };
+    let (train, val, test) = (
+        idx(&r["split"]["train"]),
+        idx(&r["split"]["val"]),
+        idx(&r["split"]["test"]),
+    );
+    let mut all = [train.clone(), val, test].concat();
+    all.sort();
+    assert_eq!(all, (0..300).collect::<Vec<_>>());
+    let forget = idx(&r["scenarios"][0]["forget_indices"]);
+    let expected: Vec<usize> = (0..train.len()).filter(|&p| train[p] % 4 == 1).collect();
+    assert_eq!(forget, expected);
+    assert_eq!(
+        r["scenarios"][0]["retain_size"].as_u64().unwrap() as usize,
+        train.len() - forget.len()
+    );
+
+    // 1 scenario x (dense, sparse) x (original, retrain, FT)
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6);
+    let sparsity = r["models"][1]["sparsity"].as_f64().unwrap();
+    assert_eq!(
+        r["models"][1]["pruned_weights"].as_i64().unwrap(),
+        (0.8 * r["models"][1]["prunable_weights"].as_f64().unwrap()).round() as i64
+    );
+    assert!((sparsity - 0.8).abs() < 1e-4);
+
+    // The original dense model's UA, RA and TA, recomputed sample by sample from its checkpoint.
+    let pcfg: PipelineConfig = serde_json::from_value(r["config"].clone()).unwrap();
+    let (data, _) = load_split(&pcfg.data).unwrap();
+    let spec = ModelSpec {
+        arch: pcfg.model.arch,
+        input: data.image_shape(),
+        classes: 4,
+        mean: data.mean.clone(),
+        std: data.std.clone(),
+    };
+    let mut model = Model::new(spec, Device::Cpu, 99).unwrap();
+    model
+        .load_snapshot(&Snapshot::load(&out.join("state/dense.safetensors"), Device::Cpu).unwrap())
+        .unwrap();
+    let labels = data.labels_vec();
+    let correct = |i: usize| -> bool {
+        let x = data.images.get(i as i64).unsqueeze(0).to_kind(Kind::Float) / 16.0;
+        let y = unlearn_core::tch::no_grad(|| model.forward_t(&x, false));
+        y.argmax(1, false).int64_value(&[0]) == labels[i]
+    };
+    let acc =
+        |ix: &[usize]| 100.0 * ix.iter().filter(|&&i| correct(i)).count() as f64 / ix.len() as f64;
+    let retain: Vec<usize> = (0..train.len())
+        .filter(|p| !forget.contains(p))
+        .map(|p| train[p])
+        .collect();
+    let forget_ds: Vec<usize> = forget.iter().map(|&p| train[p]).collect();
+    let original = &rows[0];
+    assert_eq!(
+        (original["model"].as_str(), original["method"].as_str()),
+        (Some("dense"), Some("original"))
+    );
+    let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+    close(
+        original["metrics"]["ua"].as_f64().unwrap(),
+        100.0 - acc(&forget_ds),
+    );
+    close(original["metrics"]["ra"].as_f64().unwrap(), acc(&retain));
+    close(
+        original["metrics"]["ta"].as_f64().unwrap(),
+        acc(&idx(&r["split"]["test"])),
+    );
+
+    // Each gap is the mean |difference| to its group's retrain row, recomputed here.
+    for group in rows.chunks(3) {
+        let retrain = group.iter().find(|r| r["method"] == "retrain").unwrap();
+        for row in group {
+            let m = |r: &Value, k: &str| r["metrics"][k].as_f64().unwrap();
+            let mia = |r: &Value| r["metrics"]["mia_efficacy"]["confidence"].clone();
+            let mut parts = vec![
+                (m(row, "ua") - m(retrain, "ua")).abs(),
+                (m(row, "ra") - m(retrain, "ra")).abs(),
+                (m(row, "ta") - m(retrain, "ta")).abs(),
+            ];
+            if mia(row)["informative"] == true && mia(retrain)["informative"] == true {
+                parts.push(
+                    (mia(row)["value"].as_f64().unwrap() - mia(retrain)["value"].as_f64().unwrap())
+                        .abs(),
+                );
+            }
+            close(
+                row["gap"]["avg"].as_f64().unwrap(),
+                parts.iter().sum::<f64>() / parts.len() as f64,
+            );
+        }
+        assert!(group[1..].iter().all(|r| r["rte"].as_f64().unwrap() > 0.0));
+    }
+
+    // Same config, same directory: everything comes from the saved state.
+    let o2 = unlearn(&[
+        "--device",
+        "cpu",
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o2.status.success(), "{}", stderr(&o2));
+    assert!(
+        !stderr(&o2).contains("training the dense model") && !stderr(&o2).contains("unlearning:"),
+        "{}",
+        stderr(&o2)
+    );
+    let r2: Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(r["rows"], r2["rows"]);
+}
