@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/setup.sh
-cargo run --quiet --release -p unlearn -- demo "$@"
+cargo run --release -p unlearn -- demo "$@"

@@ -122,15 +122,7 @@ impl<'a> UnlearnCtx<'a> {
         stream: &Stream<'_>,
         objective: &mut dyn Objective,
     ) -> Result<TrainReport, TrainError> {
-        let run = Run {
-            label: self.label.clone(),
-            schedule,
-            schedule_offset: 0,
-            stream,
-            mask: self.mask,
-            rewind_epoch: None,
-            seed: self.seed,
-        };
+        let run = Run::new(self.label.clone(), schedule, stream, self.mask, self.seed);
         self.trainer.run(self.model, run, objective)
     }
 
@@ -180,13 +172,14 @@ impl<'a> PruneCtx<'a> {
     ) -> Result<TrainReport, TrainError> {
         let stream = self.train_stream();
         let run = Run {
-            label: self.label.clone(),
-            schedule: self.schedule,
             schedule_offset,
-            stream: &stream,
-            mask: Some(mask),
-            rewind_epoch: None,
-            seed: self.seed,
+            ..Run::new(
+                self.label.clone(),
+                self.schedule,
+                &stream,
+                Some(mask),
+                self.seed,
+            )
         };
         self.trainer
             .run(self.model, run, &mut crate::train::CrossEntropy)
@@ -198,7 +191,10 @@ pub trait Unlearner: Send + Sync {
 }
 
 pub trait Pruner: Send + Sync {
-    /// Epoch after which dense training should keep a snapshot for this pruner to rewind to.
+    /// The share of prunable weights the returned mask zeroes (exactly `round(s * total)`).
+    fn sparsity(&self) -> f64;
+    /// Epoch after which dense training should keep a snapshot for this pruner to rewind to
+    /// (0: the initialisation).
     fn rewind_epoch(&self) -> Option<usize> {
         None
     }

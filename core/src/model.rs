@@ -26,8 +26,9 @@ pub enum ModelError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Arch {
-    /// A small CNN for 8x8 single-channel images (three 3x3 conv layers with BatchNorm, ~93k
-    /// conv weights), fast enough for CPU tests and the demo.
+    /// A small CNN made for 8x8 digits (three 3x3 conv layers with BatchNorm, global average
+    /// pooling; 92k conv weights for one channel), fast enough for CPU tests and the demo. It
+    /// accepts any image size and channel count.
     SmallCnn,
 }
 
@@ -216,14 +217,15 @@ impl Model {
 
 fn check_input(spec: &ModelSpec) -> Result<(), ModelError> {
     let ok = match spec.arch {
-        Arch::SmallCnn => spec.input[1] == 8 && spec.input[2] == 8,
+        // Global average pooling makes it size-agnostic; one 2x2 max-pool needs at least 2x2.
+        Arch::SmallCnn => spec.input[1] >= 2 && spec.input[2] >= 2,
     };
     if ok && spec.mean.len() == spec.input[0] as usize && spec.std.len() == spec.input[0] as usize {
         Ok(())
     } else {
         Err(ModelError::Input {
             arch: spec.arch,
-            expected: "8x8 images with per-channel mean/std".into(),
+            expected: "images of at least 2x2 pixels with per-channel mean/std".into(),
             found: format!("{:?} with {} mean values", spec.input, spec.mean.len()),
         })
     }

@@ -29,7 +29,7 @@ pub enum PipelineError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{label}: {source}")]
+    #[error("{}", method_message(label, source))]
     Method { label: String, source: MethodError },
     #[error("{label} left non-finite weights; no result was recorded for it")]
     NonFinite { label: String },
@@ -39,6 +39,14 @@ pub enum PipelineError {
     State { path: PathBuf, message: String },
     #[error(transparent)]
     Model(#[from] ModelError),
+}
+
+/// Training errors already name their run; other method errors get the label in front.
+fn method_message(label: &str, e: &MethodError) -> String {
+    match e {
+        MethodError::Train(t) => t.to_string(),
+        other => format!("{label}: {other}"),
+    }
 }
 
 pub struct RunOptions<'a> {

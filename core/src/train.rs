@@ -19,8 +19,13 @@ use crate::rng::permutation;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    #[error("{label}: the loss or the weights became non-finite (NaN or inf) in epoch {epoch}; lower the learning rate or the number of epochs")]
-    NonFinite { label: String, epoch: usize },
+    /// `epoch` is 0-based; the message counts from 1.
+    #[error("{label}: the loss or the weights became non-finite (NaN or inf) in epoch {} of {epochs}; lower the learning rate or the number of epochs", epoch + 1)]
+    NonFinite {
+        label: String,
+        epoch: usize,
+        epochs: usize,
+    },
     #[error("{label}: the training stream is empty")]
     EmptyStream { label: String },
     #[error("{label}: invalid schedule: {message}")]
@@ -196,6 +201,27 @@ pub struct Run<'a> {
     pub seed: u64,
 }
 
+impl<'a> Run<'a> {
+    /// A run from the start of the schedule, without a rewind snapshot.
+    pub fn new(
+        label: String,
+        schedule: &'a Schedule,
+        stream: &'a Stream<'a>,
+        mask: Option<&'a Mask>,
+        seed: u64,
+    ) -> Run<'a> {
+        Run {
+            label,
+            schedule,
+            schedule_offset: 0,
+            stream,
+            mask,
+            rewind_epoch: None,
+            seed,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct TrainReport {
     /// Wall-clock seconds of the loop, device synchronised.
@@ -307,7 +333,11 @@ impl Trainer {
             last_loss = loss_sum.double_value(&[]) / steps_per_epoch as f64;
             if !last_loss.is_finite() || !model.all_finite() {
                 bar.abandon();
-                return Err(TrainError::NonFinite { label, epoch });
+                return Err(TrainError::NonFinite {
+                    label,
+                    epoch,
+                    epochs: s.epochs,
+                });
             }
             bar.set_message(format!("loss {last_loss:.4}"));
             if run.rewind_epoch == Some(epoch + 1) {
@@ -518,7 +548,17 @@ mod tests {
                 &mut Exploding,
             )
             .unwrap_err();
-        assert!(matches!(e, TrainError::NonFinite { epoch: 0, .. }), "{e}");
-        assert!(e.to_string().contains("GA on class-1"));
+        assert!(
+            matches!(
+                e,
+                TrainError::NonFinite {
+                    epoch: 0,
+                    epochs: 3,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("GA on class-1: the loss or the weights became non-finite (NaN or inf) in epoch 1 of 3"), "{e}");
     }
 }

@@ -2,9 +2,7 @@
 
 use std::io::Read;
 
-use tch::Tensor;
-
-use super::{channel_stats, DataError, Dataset};
+use super::{DataError, Dataset};
 
 /// Shipped inside the binary; see `core/data/DIGITS-NOTICE.md`.
 const DIGITS_CSV_GZ: &[u8] = include_bytes!("../../data/digits.csv.gz");
@@ -68,18 +66,14 @@ fn parse_digits_csv(text: &str) -> Result<Dataset, DataError> {
             }
         }
     }
-    let n = labels.len() as i64;
-    let images = Tensor::from_slice(&pixels).reshape([n, 1, 8, 8]);
-    let (mean, std) = channel_stats(&images, 16.0);
-    Ok(Dataset {
-        name: "digits".into(),
-        images,
-        labels: Tensor::from_slice(&labels),
-        classes: 10,
-        max_value: 16.0,
-        mean,
-        std,
-    })
+    Ok(Dataset::from_pixels(
+        "digits",
+        &pixels,
+        [1, 8, 8],
+        &labels,
+        10,
+        16.0,
+    ))
 }
 
 #[cfg(test)]

@@ -37,6 +37,30 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// A data set from row-major u8 pixels (`n * C * H * W` values); mean and std are computed
+    /// from the pixels (for sets without published constants).
+    pub fn from_pixels(
+        name: &str,
+        pixels: &[u8],
+        shape: [i64; 3],
+        labels: &[i64],
+        classes: usize,
+        max_value: f64,
+    ) -> Dataset {
+        let n = labels.len() as i64;
+        let images = Tensor::from_slice(pixels).reshape([n, shape[0], shape[1], shape[2]]);
+        let (mean, std) = channel_stats(&images, max_value);
+        Dataset {
+            name: name.into(),
+            images,
+            labels: Tensor::from_slice(labels),
+            classes,
+            max_value,
+            mean,
+            std,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.labels.size()[0] as usize
     }

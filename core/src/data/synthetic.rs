@@ -1,12 +1,10 @@
 //! A deterministic synthetic 8x8 data set for tests: each class is a fixed random pattern,
 //! and each sample is its pattern with seeded noise, quantised to 0..16 like the digits.
 
+use super::{DataError, Dataset};
+use crate::rng::rng;
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
-
-use super::{channel_stats, DataError, Dataset};
-use crate::rng::rng;
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -21,6 +19,12 @@ pub struct SyntheticConfig {
     #[schemars(range(min = 0.0))]
     pub noise: f64,
     pub seed: u64,
+    /// Image channels (1 like the digits, 3 for CIFAR-sized batches).
+    #[schemars(range(min = 1, max = 4))]
+    pub channels: usize,
+    /// Image side in pixels (8 like the digits, 32 like CIFAR).
+    #[schemars(range(min = 2, max = 256))]
+    pub size: usize,
 }
 
 impl Default for SyntheticConfig {
@@ -30,6 +34,8 @@ impl Default for SyntheticConfig {
             classes: 10,
             noise: 6.0,
             seed: 0,
+            channels: 1,
+            size: 8,
         }
     }
 }
@@ -45,14 +51,15 @@ pub fn synthetic(cfg: &SyntheticConfig) -> Result<Dataset, DataError> {
         });
     }
     let mut r = rng(cfg.seed, "synthetic");
+    let dims = cfg.channels * cfg.size * cfg.size;
     let patterns: Vec<Vec<f64>> = (0..cfg.classes)
         .map(|_| {
-            (0..64)
+            (0..dims)
                 .map(|_| if r.random_bool(0.35) { 14.0 } else { 1.0 })
                 .collect()
         })
         .collect();
-    let mut pixels = Vec::with_capacity(cfg.samples * 64);
+    let mut pixels = Vec::with_capacity(cfg.samples * dims);
     let mut labels = Vec::with_capacity(cfg.samples);
     for i in 0..cfg.samples {
         let y = i % cfg.classes; // balanced classes
@@ -62,17 +69,15 @@ pub fn synthetic(cfg: &SyntheticConfig) -> Result<Dataset, DataError> {
         }
         labels.push(y as i64);
     }
-    let images = Tensor::from_slice(&pixels).reshape([cfg.samples as i64, 1, 8, 8]);
-    let (mean, std) = channel_stats(&images, 16.0);
-    Ok(Dataset {
-        name: "synthetic".into(),
-        images,
-        labels: Tensor::from_slice(&labels),
-        classes: cfg.classes,
-        max_value: 16.0,
-        mean,
-        std,
-    })
+    let shape = [cfg.channels as i64, cfg.size as i64, cfg.size as i64];
+    Ok(Dataset::from_pixels(
+        "synthetic",
+        &pixels,
+        shape,
+        &labels,
+        cfg.classes,
+        16.0,
+    ))
 }
 
 #[cfg(test)]
@@ -92,5 +97,14 @@ mod tests {
         .unwrap();
         assert!(!a.images.equal(&c.images));
         assert_eq!(a.class_counts(), vec![60; 10]);
+        let cifar = synthetic(&SyntheticConfig {
+            samples: 20,
+            channels: 3,
+            size: 32,
+            ..cfg
+        })
+        .unwrap();
+        assert_eq!(cifar.image_shape(), [3, 32, 32]);
+        assert_eq!(cifar.mean.len(), 3);
     }
 }

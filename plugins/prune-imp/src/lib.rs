@@ -45,6 +45,10 @@ impl PruneMethod for Omp {
 }
 
 impl Pruner for Omp {
+    fn sparsity(&self) -> f64 {
+        self.config.sparsity
+    }
+
     fn rewind_epoch(&self) -> Option<usize> {
         Some(self.config.rewind_epoch)
     }
