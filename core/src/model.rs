@@ -98,7 +98,6 @@ impl Model {
     /// A freshly initialised model; `seed` fixes the initial weights.
     pub fn new(spec: ModelSpec, device: Device, seed: u64) -> Result<Model, ModelError> {
         check_input(&spec)?;
-        tch::manual_seed(seed as i64);
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let norm = Normalize::new(&root / "normalize", &spec.mean, &spec.std);
@@ -110,6 +109,7 @@ impl Model {
                 spec.classes as i64,
             )),
         };
+        init_parameters(&vs, seed)?;
         Ok(Model { spec, vs, net })
     }
 
@@ -213,6 +213,43 @@ impl Model {
             }
         }
     }
+}
+
+/// PyTorch's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for conv and linear
+/// weights and their biases, weight 1 and bias 0 for BatchNorm. The random values are drawn from host generators
+/// seeded by `seed` and the parameter name: the same seed gives the same weights on every device
+/// and whatever other threads do with libtorch's global generator.
+fn init_parameters(vs: &nn::VarStore, seed: u64) -> Result<(), ModelError> {
+    use rand::RngExt;
+    let _g = tch::no_grad_guard();
+    let vars = vs.variables();
+    for (name, w) in &vars {
+        let Some(prefix) = name.strip_suffix(".weight") else {
+            continue;
+        };
+        if vars.contains_key(&format!("{prefix}.running_mean")) {
+            // BatchNorm: PyTorch starts at weight 1 (tch would draw it from U(0, 1)).
+            let _ = w.shallow_clone().f_fill_(1.0)?;
+            continue;
+        }
+        if !w.requires_grad() || w.dim() < 2 {
+            continue;
+        }
+        let fan_in = (w.numel() / w.size()[0] as usize) as f64;
+        let bound = 1.0 / fan_in.sqrt();
+        let bias = vars.get(&format!("{prefix}.bias"));
+        for t in std::iter::once(w).chain(bias) {
+            let mut r = crate::rng::rng(seed, &format!("init {name} {:?}", t.size()));
+            let values: Vec<f32> = (0..t.numel())
+                .map(|_| r.random_range(-bound..bound) as f32)
+                .collect();
+            let src = Tensor::from_slice(&values)
+                .view(t.size().as_slice())
+                .to_device(t.device());
+            t.shallow_clone().f_copy_(&src)?;
+        }
+    }
+    Ok(())
 }
 
 fn check_input(spec: &ModelSpec) -> Result<(), ModelError> {
@@ -360,6 +397,30 @@ pub(crate) mod tests {
             false,
         );
         assert_eq!(y.size(), vec![5, 10]);
+    }
+
+    #[test]
+    fn init_follows_pytorch_bounds() {
+        let m = Model::new(tiny_spec(10), Device::Cpu, 3).unwrap();
+        let p = m.parameters();
+        // conv2: fan_in 32*3*3 = 288; fc: fan_in 128 (weight and bias).
+        for (name, fan_in) in [
+            ("conv2.weight", 288.0),
+            ("fc.weight", 128.0),
+            ("fc.bias", 128.0),
+        ] {
+            let t = &p[name];
+            let max = t.abs().max().double_value(&[]);
+            let bound = 1.0 / f64::sqrt(fan_in);
+            assert!(
+                max <= bound && max > 0.9 * bound,
+                "{name}: {max} vs {bound}"
+            );
+            let mean = t.mean(Kind::Double).double_value(&[]);
+            assert!(mean.abs() < 0.2 * bound, "{name}: mean {mean}");
+        }
+        assert!(p["bn1.weight"].eq(1.0).all().int64_value(&[]) == 1);
+        assert!(p["bn1.bias"].eq(0.0).all().int64_value(&[]) == 1);
     }
 
     #[test]
