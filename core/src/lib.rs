@@ -6,14 +6,17 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod forget;
+pub mod grad;
 pub mod io;
 pub mod mask;
 pub mod method;
 pub mod model;
+pub mod objective;
 pub mod pipeline;
 pub mod registry;
 pub mod report;
 pub mod rng;
+pub mod testing;
 pub mod train;
 
 pub use inventory;

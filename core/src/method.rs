@@ -322,3 +322,90 @@ macro_rules! register_pruner {
         }
     };
 }
+
+/// Defines the config of an iterative method: SGD settings (epochs, lr, batch size, momentum,
+/// weight decay, milestones, with the given defaults and SPEC's momentum 0.9 / wd 5e-4), plus
+/// extra fields, with `MethodConfig` (milestones must increase) and `schedule()`.
+///
+/// ```ignore
+/// sgd_config!(
+///     /// Doc of the config.
+///     FtL1Config { epochs: 10, lr: 0.01, milestones: vec![] }
+///     extra {
+///         /// The L1 weight a.
+///         #[schemars(range(min = 0.0))]
+///         alpha: f64 = 5e-4,
+///     }
+///     // optional: rules a schema cannot express, as (field, message) pairs
+///     rules(c) { (c.alpha > 1.0).then(|| ("alpha".to_string(), "too large".to_string())) }
+/// );
+/// ```
+#[macro_export]
+macro_rules! sgd_config {
+    (
+        $(#[$doc:meta])* $name:ident { epochs: $epochs:expr, lr: $lr:expr, milestones: $ms:expr }
+        $( extra { $( $(#[$fmeta:meta])* $field:ident : $fty:ty = $fdef:expr ),* $(,)? } )?
+        $( rules($c:ident) $rules:block )?
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, ::serde::Serialize, ::serde::Deserialize, ::schemars::JsonSchema)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct $name {
+            /// Passes over the method's data.
+            #[schemars(range(min = 1))]
+            pub epochs: usize,
+            /// Initial learning rate.
+            #[schemars(range(min = 0.0))]
+            pub lr: f64,
+            #[schemars(range(min = 1))]
+            pub batch_size: usize,
+            #[schemars(range(min = 0.0, max = 1.0))]
+            pub momentum: f64,
+            #[schemars(range(min = 0.0))]
+            pub weight_decay: f64,
+            /// Epochs at which the lr is multiplied by 0.1.
+            pub milestones: Vec<usize>,
+            $($( $(#[$fmeta])* pub $field: $fty, )*)?
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name {
+                    epochs: $epochs,
+                    lr: $lr,
+                    batch_size: 256,
+                    momentum: 0.9,
+                    weight_decay: 5e-4,
+                    milestones: $ms,
+                    $($( $field: $fdef, )*)?
+                }
+            }
+        }
+
+        impl $crate::method::MethodConfig for $name {
+            fn check(&self) -> Vec<(String, String)> {
+                #[allow(unused_mut)]
+                let mut issues: Vec<(String, String)> =
+                    self.schedule().check().err().map(|m| ("milestones".to_string(), m)).into_iter().collect();
+                $( let $c = self; issues.extend($rules); )?
+                issues
+            }
+        }
+
+        impl $name {
+            /// The SGD schedule these settings describe.
+            pub fn schedule(&self) -> $crate::train::Schedule {
+                $crate::train::Schedule {
+                    epochs: self.epochs,
+                    lr: self.lr,
+                    momentum: self.momentum,
+                    weight_decay: self.weight_decay,
+                    batch_size: self.batch_size,
+                    milestones: self.milestones.clone(),
+                    gamma: 0.1,
+                    warmup_epochs: 0,
+                }
+            }
+        }
+    };
+}
