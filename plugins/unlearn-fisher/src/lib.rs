@@ -1,0 +1,13 @@
+//! One-shot unlearners for unlearn (SPEC §5): Fisher forgetting (`FF`) and influence unlearning
+//! (`IU`). Neither runs the training loop: both use core's gradient tools
+//! ([`unlearn_core::grad`]) and change the weights once, re-applying the mask afterwards so that
+//! pruned weights stay exactly 0.
+
+pub mod ff;
+pub mod iu;
+
+pub use ff::{Ff, FfConfig, FfReport};
+pub use iu::{Iu, IuConfig, IuReport};
+
+unlearn_core::register_unlearner!(Ff);
+unlearn_core::register_unlearner!(Iu);
