@@ -45,6 +45,17 @@ fn tiny_with(replace: &[(&str, &str)]) -> String {
     t
 }
 
+/// Registered unlearners, sorted, as `unlearn list` reports them.
+fn unlearner_names() -> Vec<String> {
+    let o = unlearn(&["list", "--kind", "unlearner", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 #[test]
 fn list_shows_every_builtin_with_kind_and_source() {
     let o = unlearn(&["list"]);
@@ -52,6 +63,11 @@ fn list_shows_every_builtin_with_kind_and_source() {
     let out = stdout(&o);
     for (kind, name, source) in [
         ("pruner", "OMP", "unlearn-prune-imp"),
+        ("pruner", "SynFlow", "unlearn-prune-synflow"),
+        ("unlearner", "GA", "unlearn-ga"),
+        ("unlearner", "FF", "unlearn-fisher"),
+        ("unlearner", "IU", "unlearn-fisher"),
+        ("unlearner", "l1-sparse", "unlearn-ft"),
         ("unlearner", "FT", "unlearn-ft"),
         ("unlearner", "retrain", "unlearn-ft"),
     ] {
@@ -69,8 +85,8 @@ fn list_shows_every_builtin_with_kind_and_source() {
         .iter()
         .map(|m| m["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["OMP"]);
-    assert_eq!(v[0]["kind"], "pruner");
+    assert_eq!(names, ["IMP", "OMP", "SynFlow", "random"]);
+    assert!(v.as_array().unwrap().iter().all(|m| m["kind"] == "pruner"));
     assert_eq!(unlearn(&["list", "--kind", "nope"]).status.code(), Some(2));
 }
 
@@ -110,10 +126,14 @@ fn validate_reports_every_error_with_its_path_at_once() {
     let o = unlearn(&["validate", p.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
+    let unlearners = unlearner_names().join(", ");
+    let unknown = format!(
+        "/unlearn/1/method = \"GA-typo\": unknown unlearner `GA-typo`; known: {unlearners}"
+    );
     for needle in [
         "/train/lr: -0.5 is less than the minimum of 0.0",
         "/unlearn/0/lr: -1 is less than the minimum of 0.0",
-        "/unlearn/1/method = \"GA-typo\": unknown unlearner `GA-typo`; known: FT, retrain",
+        &unknown,
         "/forget/0/class = 9: class 9 is outside 0..4",
         "/forget/1/n = 5000: forget set of 5000 samples must be non-empty and smaller than the training split",
         "/unlearn/2: Additional properties are not allowed ('lrr' was unexpected)",
@@ -210,7 +230,7 @@ fn demo_config_is_printed_and_valid() {
     let o = unlearn(&["validate", p.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stdout(&o).contains("2 scenario(s), 2 unlearner(s), pruner OMP"),
+        stdout(&o).contains("2 scenario(s), 6 unlearner(s), pruner OMP"),
         "{}",
         stdout(&o)
     );
@@ -379,4 +399,35 @@ fn run_results_are_consistent_and_a_rerun_resumes() {
     let r2: Value =
         serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(r["rows"], r2["rows"]);
+}
+
+/// A diverging method stops the run with an error naming it and the epoch; nothing is written
+/// as if it had succeeded.
+#[test]
+fn divergence_is_a_clear_error_and_writes_no_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_with(&[(
+        "method = \"FT\"\nepochs = 1\nlr = 0.01",
+        "method = \"GA\"\nepochs = 3\nlr = 1e8",
+    )]);
+    let p = config(dir.path(), "ga.toml", &cfg);
+    let out = dir.path().join("out");
+    let o = unlearn(&[
+        "--device",
+        "cpu",
+        "run",
+        p.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    // Which epoch diverges first depends on floating-point summation order (thread count).
+    assert!(e.contains("error: GA on class-1 (dense): the loss or the weights became non-finite (NaN or inf) in epoch "), "{e}");
+    assert!(
+        e.contains(" of 3; lower the learning rate") && e.matches("non-finite").count() == 1,
+        "{e}"
+    );
+    assert!(!out.join("results.json").exists() && !out.join("report.md").exists());
+    assert!(!e.contains("panicked"));
 }

@@ -14,8 +14,11 @@ use unlearn_core::registry::Registry;
 use unlearn_core::train::Trainer;
 
 // Built-in plugins register themselves when linked; naming them here links them.
+use unlearn_fisher as _;
 use unlearn_ft as _;
+use unlearn_ga as _;
 use unlearn_prune_imp as _;
+use unlearn_prune_synflow as _;
 
 /// The built-in demo pipeline (embedded digits).
 const DEMO_CONFIG: &str = include_str!("../presets/demo.toml");
@@ -83,14 +86,27 @@ fn main() -> ExitCode {
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let (code, e) = match e.downcast::<BadInputError>() {
-                Ok(b) => (2, b.0),
-                Err(e) => (1, e),
-            };
-            eprintln!("error: {e:#}");
+            let code = if e.is::<BadInputError>() { 2 } else { 1 };
+            eprintln!("error: {}", render(&e));
             ExitCode::from(code)
         }
     }
+}
+
+/// An error and its causes on one line. The library's messages usually include their cause's
+/// text already, so a cause whose text is already there is not repeated.
+fn render(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let m = cause.to_string();
+        if !out.contains(&m) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&m);
+        }
+    }
+    out
 }
 
 /// Marks an error as the user's input (arguments, configs, paths): exit code 2, not 1.
@@ -98,7 +114,7 @@ fn main() -> ExitCode {
 struct BadInputError(anyhow::Error);
 impl std::fmt::Display for BadInputError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#}", self.0)
+        f.write_str(&render(&self.0))
     }
 }
 impl std::error::Error for BadInputError {}
@@ -240,8 +256,16 @@ fn execute(
     let device = device.resolve().map_err(bad)?;
     let trainer = Trainer::new(device, !quiet);
     let cancel = trainer.cancel.clone();
-    // First Ctrl-C: stop at the next batch (finished work stays in <out>/state for resuming).
-    let _ = ctrlc::set_handler(move || cancel.store(true, std::sync::atomic::Ordering::Relaxed));
+    // First Ctrl-C: stop at the next batch (finished work stays in <out>/state for resuming);
+    // a second one exits at once.
+    let _ = ctrlc::set_handler(move || {
+        if cancel.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\n[unlearn] stopping after this batch (Ctrl-C again to quit now); re-run to resume"
+        );
+    });
     notify(&format!(
         "device {}, output {}",
         device::device_name(device),
