@@ -19,12 +19,12 @@ use unlearn_core::grad::{assign_masked_, class_fisher, normal_like, Net};
 pub struct FfConfig {
     /// Noise scale `a`: the variance of a weight is `a * min(1 / (F + 1e-8), 1e3)` (1e2 for
     /// parameters with one row per class), `F` its Fisher information on the retain set.
-    /// Default 1e-6: the reference code's generic `--alpha` default, 0.2 (also in its README's
-    /// FF command), gives weights with little Fisher information noise of standard deviation up
-    /// to 14 and destroys the model (digits, class-wise, 90% sparse small CNN: test accuracy
-    /// 10%); the reference repository's reproduction notes say the paper searched FF's `a`
-    /// over very small values. On the digits 1e-8, 1e-7 and 1e-6 keep 100, 100 and 98.5% retain
-    /// accuracy (the forgotten class at 0%), 1e-5 only 69%: 1e-6 is the largest that keeps it.
+    /// Default 1e-6; scale it to the task. The reference code's generic `--alpha` default, 0.2
+    /// (also in its README's FF command), gives weights with little Fisher information noise of
+    /// standard deviation up to 14 and destroys a model (digits: test accuracy 10%); the
+    /// reference repository's reproduction notes say the paper searched FF's `a` over very small
+    /// values. On the digits, 1e-7 to 1e-6 forget a class while keeping retain accuracy and 1e-5
+    /// damages the 99%-sparse model (sweep in host/presets/demo.toml).
     #[schemars(range(min = 0.0))]
     pub alpha: f64,
     /// Retain-set samples per batch of the Fisher accumulation (SPEC: 32). The Fisher of a batch

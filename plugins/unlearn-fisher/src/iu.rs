@@ -19,10 +19,9 @@ use unlearn_core::grad::{add_flat_masked_, for_each_sample_grad, summed_grad, Ne
 pub struct IuConfig {
     /// Step size `a` of the update `w = w + a * k`; tune it per task (the paper tuned it per
     /// setting). Default 3: the reference code's generic `--alpha` default, 0.2 (also in its
-    /// README's IU command), leaves the model practically unchanged; on the digits (class-wise,
-    /// 90% sparse small CNN) 3 is the smallest of {0.2, 1, 2, 3, 5, 10} that removes the class
-    /// (forget accuracy 0%, retain 99.6%), 5 costs 9 points of retain accuracy and 10 destroys
-    /// the model.
+    /// README's IU command), leaves the model practically unchanged. On the digits, class-wise,
+    /// the dense small CNN needs about 5 and the 99%-sparse one about 1 to remove the class; 3
+    /// lies between (sweep in host/presets/demo.toml).
     #[schemars(range(min = 0.0))]
     pub alpha: f64,
     /// `N` of the WoodFisher recursion: it runs over the first `N` samples of the retain set
