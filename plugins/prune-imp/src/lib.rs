@@ -95,12 +95,13 @@ fn check_sparsity(field: &str, sparsity: f64) -> Vec<(String, String)> {
 // ----------------------------------------------------------------------------------------------
 // OMP
 
-/// OMP: prune the smallest-magnitude convolution weights of the trained dense model globally,
-/// rewind the survivors to the dense weights after `rewind_epoch` epochs, and retrain with the
-/// pipeline's schedule advanced by `rewind_epoch` epochs.
+/// One-shot pruning (OMP, random): prune the lowest-scoring convolution weights of the trained
+/// dense model globally (OMP: smallest magnitude; random: a seeded random set), rewind the
+/// survivors to the dense weights after `rewind_epoch` epochs, and retrain with the pipeline's
+/// schedule advanced by `rewind_epoch` epochs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
-pub struct OmpConfig {
+pub struct OneShotConfig {
     /// Share of convolution weights to prune (the paper: 0.5 and 0.95).
     #[schemars(range(min = 0.0, max = 0.999))]
     pub sparsity: f64,
@@ -108,20 +109,25 @@ pub struct OmpConfig {
     pub rewind_epoch: usize,
 }
 
-impl Default for OmpConfig {
+impl Default for OneShotConfig {
     fn default() -> Self {
-        OmpConfig {
+        OneShotConfig {
             sparsity: 0.95,
             rewind_epoch: 8,
         }
     }
 }
 
-impl MethodConfig for OmpConfig {
+impl MethodConfig for OneShotConfig {
     fn check(&self) -> Vec<(String, String)> {
         check_sparsity("sparsity", self.sparsity)
     }
 }
+
+/// OMP's settings.
+pub type OmpConfig = OneShotConfig;
+/// Random pruning's settings.
+pub type RandomConfig = OneShotConfig;
 
 pub struct Omp {
     config: OmpConfig,
@@ -162,34 +168,6 @@ register_pruner!(Omp);
 
 // ----------------------------------------------------------------------------------------------
 // random
-
-/// Random pruning (a baseline): OMP with a uniformly random global mask, drawn from the run's
-/// seed; the survivors are rewound to the dense weights after `rewind_epoch` epochs and retrained
-/// with the schedule advanced by `rewind_epoch` epochs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct RandomConfig {
-    /// Share of convolution weights to prune.
-    #[schemars(range(min = 0.0, max = 0.999))]
-    pub sparsity: f64,
-    /// Epoch of dense training whose weights the survivors are rewound to (SPEC: 8).
-    pub rewind_epoch: usize,
-}
-
-impl Default for RandomConfig {
-    fn default() -> Self {
-        RandomConfig {
-            sparsity: 0.95,
-            rewind_epoch: 8,
-        }
-    }
-}
-
-impl MethodConfig for RandomConfig {
-    fn check(&self) -> Vec<(String, String)> {
-        check_sparsity("sparsity", self.sparsity)
-    }
-}
 
 pub struct RandomPrune {
     config: RandomConfig,
