@@ -8,10 +8,11 @@ cd "$root"
 TORCH_VERSION=2.11.0
 PY=${PYTHON:-python3}
 
-if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
-  echo "setup: installing torch==$TORCH_VERSION into .venv (one time, a few minutes)" >&2
+# numpy and safetensors: the PyTorch interop tests save and load checkpoints from Python.
+if ! .venv/bin/python -c "import torch, numpy, safetensors, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+  echo "setup: installing torch==$TORCH_VERSION, numpy, safetensors into .venv (one time, a few minutes)" >&2
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION" numpy safetensors
 fi
 
 torch_dir=$(.venv/bin/python -c "import os, torch; print(os.path.dirname(torch.__file__))" 2>/dev/null)

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
-use crate::data::{index_tensor, Dataset};
+use crate::data::{index_tensor, Augment, Dataset};
 use crate::device::synchronize;
 use crate::mask::Mask;
 use crate::model::{Model, Snapshot};
@@ -125,13 +125,20 @@ pub struct Stream<'a> {
     pub data: &'a Dataset,
     pub rows: Tensor,
     pub labels: Tensor,
+    /// Applied to every training batch; the data set's own policy by default.
+    pub augment: Augment,
 }
 
 impl<'a> Stream<'a> {
     pub fn new(data: &'a Dataset, rows: &[usize]) -> Stream<'a> {
         let rows = index_tensor(rows, data.images.device());
         let labels = data.labels.index_select(0, &rows);
-        Stream { data, rows, labels }
+        Stream {
+            data,
+            rows,
+            labels,
+            augment: data.augment,
+        }
     }
 
     /// The same rows with other labels (one per row).
@@ -298,6 +305,7 @@ impl Trainer {
                 self.device,
             );
             let mut loss_sum = Tensor::zeros([], (Kind::Double, self.device));
+            let mut augment_rng = crate::rng::rng(run.seed.wrapping_add(epoch as u64), "augment");
             for chunk in 0..steps_per_epoch {
                 if self.cancel.load(Ordering::Relaxed) {
                     return Err(TrainError::Cancelled { label });
@@ -305,11 +313,12 @@ impl Trainer {
                 let start = (chunk * s.batch_size) as i64;
                 let len = (s.batch_size as i64).min(n as i64 - start);
                 let pick = order.narrow(0, start, len);
+                let x = run
+                    .stream
+                    .data
+                    .batch_images(&run.stream.rows.index_select(0, &pick));
                 let batch = Batch {
-                    x: run
-                        .stream
-                        .data
-                        .batch_images(&run.stream.rows.index_select(0, &pick)),
+                    x: run.stream.augment.apply(&x, &mut augment_rng),
                     y: run.stream.labels.index_select(0, &pick),
                     epoch,
                     epochs: s.epochs,

@@ -1,9 +1,14 @@
 //! Data sets as u8 image tensors plus labels, the split into train/val/test, and the device-side
 //! view that training and evaluation read.
 
+mod augment;
 mod digits;
+pub mod fetch;
+pub mod formats;
 mod split;
 mod synthetic;
+
+pub use augment::Augment;
 
 pub use digits::{digits, DIGITS_CREDIT};
 pub use split::{stratified_split, Split, SplitConfig};
@@ -19,6 +24,25 @@ pub enum DataError {
     Split(String),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    /// A file that cannot be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// A data file whose content is wrong (bad magic, truncated, label out of range, ...).
+    #[error("{}: {message}", path.display())]
+    BadFile {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    /// Files of a layout that are absent from its folder.
+    #[error("{}: missing {}; expected {}", dir.display(), missing.join(", "), expected.join(", "))]
+    MissingFiles {
+        dir: std::path::PathBuf,
+        missing: Vec<String>,
+        expected: Vec<String>,
+    },
 }
 
 /// A labelled image set held as u8 pixels (`[N, C, H, W]`) and i64 labels (`[N]`).
@@ -34,6 +58,10 @@ pub struct Dataset {
     pub max_value: f64,
     pub mean: Vec<f64>,
     pub std: Vec<f64>,
+    /// Class names by label (folder names, the official label names, or "0".."k-1").
+    pub class_names: Vec<String>,
+    /// Training-time augmentation this data set calls for (SPEC §1: crop + flip for CIFAR/SVHN).
+    pub augment: Augment,
 }
 
 impl Dataset {
@@ -58,6 +86,23 @@ impl Dataset {
             max_value,
             mean,
             std,
+            class_names: (0..classes).map(|c| c.to_string()).collect(),
+            augment: Augment::NONE,
+        }
+    }
+
+    /// The same metadata with other image and label tensors.
+    fn with_tensors(&self, images: Tensor, labels: Tensor) -> Dataset {
+        Dataset {
+            name: self.name.clone(),
+            images,
+            labels,
+            classes: self.classes,
+            max_value: self.max_value,
+            mean: self.mean.clone(),
+            std: self.std.clone(),
+            class_names: self.class_names.clone(),
+            augment: self.augment,
         }
     }
 
@@ -91,27 +136,22 @@ impl Dataset {
     /// The rows at `indices`, as a new data set with the same metadata.
     pub fn subset(&self, indices: &[usize]) -> Dataset {
         let idx = index_tensor(indices, self.images.device());
-        Dataset {
-            name: self.name.clone(),
-            images: self.images.index_select(0, &idx),
-            labels: self.labels.index_select(0, &idx),
-            classes: self.classes,
-            max_value: self.max_value,
-            mean: self.mean.clone(),
-            std: self.std.clone(),
-        }
+        self.with_tensors(
+            self.images.index_select(0, &idx),
+            self.labels.index_select(0, &idx),
+        )
     }
 
     pub fn to_device(&self, device: Device) -> Dataset {
-        Dataset {
-            name: self.name.clone(),
-            images: self.images.to_device(device),
-            labels: self.labels.to_device(device),
-            classes: self.classes,
-            max_value: self.max_value,
-            mean: self.mean.clone(),
-            std: self.std.clone(),
-        }
+        self.with_tensors(self.images.to_device(device), self.labels.to_device(device))
+    }
+
+    /// `self` followed by `other` (same metadata; `other`'s rows come after `self`'s).
+    pub fn concat(&self, other: &Dataset) -> Dataset {
+        self.with_tensors(
+            Tensor::cat(&[&self.images, &other.images], 0),
+            Tensor::cat(&[&self.labels, &other.labels], 0),
+        )
     }
 
     /// Images at `idx` (an i64 tensor on the data's device) as floats in [0, 1].
@@ -137,7 +177,7 @@ pub fn channel_stats(images: &Tensor, max_value: f64) -> (Vec<f64>, Vec<f64>) {
     (mean, std)
 }
 
-/// The data sets built into the binary.
+/// The data sets a config can name.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
 )]
@@ -145,6 +185,37 @@ pub fn channel_stats(images: &Tensor, max_value: f64) -> (Vec<f64>, Vec<f64>) {
 pub enum DatasetName {
     /// 1,797 handwritten 8x8 digits (UCI, CC BY 4.0), embedded in the binary.
     Digits,
-    /// A deterministic synthetic 8x8 set for tests (see `synthetic`).
+    /// A deterministic synthetic set for tests (see `synthetic`).
     Synthetic,
+    /// CIFAR-10 binary (`cifar-10-batches-bin/`, as `unlearn data fetch cifar10` leaves it).
+    Cifar10,
+    /// CIFAR-100 binary (`cifar-100-binary/`); fine labels.
+    Cifar100,
+    /// SVHN (`train_32x32.mat`, `test_32x32.mat`).
+    Svhn,
+    /// MNIST IDX files (optionally gzipped).
+    Mnist,
+    /// Fashion-MNIST IDX files (optionally gzipped).
+    FashionMnist,
+    /// TinyImageNet-200 (`tiny-imagenet-200/`): its val folder is the test set.
+    TinyImagenet,
+    /// `<dir>/{train,test}/<class>/*.{jpg,jpeg,png}`.
+    ImageFolder,
+}
+
+impl DatasetName {
+    /// The file format of a data set read from disk (None: built in).
+    pub fn format(self) -> Option<formats::Format> {
+        use formats::Format;
+        Some(match self {
+            DatasetName::Digits | DatasetName::Synthetic => return None,
+            DatasetName::Cifar10 => Format::Cifar10,
+            DatasetName::Cifar100 => Format::Cifar100,
+            DatasetName::Svhn => Format::Svhn,
+            DatasetName::Mnist => Format::Mnist,
+            DatasetName::FashionMnist => Format::FashionMnist,
+            DatasetName::TinyImagenet => Format::TinyImagenet,
+            DatasetName::ImageFolder => Format::ImageFolder,
+        })
+    }
 }
