@@ -1,11 +1,24 @@
 //! Models: an architecture built into a `VarStore`, with PyTorch's parameter names, and per-data-set
 //! input normalisation as its first layer (so checkpoints take [0, 1] inputs).
+//!
+//! One file per family: `small_cnn.rs`, `resnet.rs` (ResNet-18, ResNet-20/56), `vgg.rs`
+//! (VGG-16-BN). Every architecture starts with `normalize` (buffers `normalize.mean` and
+//! `normalize.std`, shape `[C]` as the reference code's `NormalizeByChannelMeanStd`), so a
+//! checkpoint's state dict loads into the reference's PyTorch modules and back.
 
 use std::collections::BTreeMap;
+
+mod resnet;
+mod small_cnn;
+mod vgg;
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
+
+use resnet::ResNet;
+use small_cnn::SmallCnn;
+use vgg::Vgg;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -23,20 +36,88 @@ pub enum ModelError {
     Io(#[from] std::io::Error),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Arch {
     /// A small CNN made for 8x8 digits (three 3x3 conv layers with BatchNorm, global average
     /// pooling; 92k conv weights for one channel), fast enough for CPU tests and the demo. It
     /// accepts any image size and channel count.
     SmallCnn,
+    /// ResNet-18, CIFAR form (3x3 stride-1 stem, no max-pool, BasicBlocks 64/128/256/512 x2,
+    /// torchvision names; 11,173,962 parameters for 10 classes). Global average pooling: 32x32
+    /// CIFAR/SVHN, 64x64 TinyImageNet, any image of at least 8x8.
+    Resnet18,
+    /// He et al.'s CIFAR ResNet-20 (16/32/64 channels, 3 x 3 BasicBlocks, option A shortcuts;
+    /// 269,722 parameters for 10 classes). Images of at least 4x4.
+    Resnet20,
+    /// He et al.'s CIFAR ResNet-56 (16/32/64 channels, 3 x 9 BasicBlocks, option A shortcuts;
+    /// 853,018 parameters for 10 classes). Images of at least 4x4.
+    Resnet56,
+    /// VGG-16 with BatchNorm, CIFAR form of the reference code (13 conv layers, 2x2 average pool,
+    /// head 2048-256-256-classes; 15,311,818 parameters for 10 classes). Images of at least 16x16.
+    Vgg16Bn,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 5] = [
+        Arch::SmallCnn,
+        Arch::Resnet18,
+        Arch::Resnet20,
+        Arch::Resnet56,
+        Arch::Vgg16Bn,
+    ];
+
+    /// The name used in configs and checkpoints (serde's).
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::SmallCnn => "small-cnn",
+            Arch::Resnet18 => "resnet18",
+            Arch::Resnet20 => "resnet20",
+            Arch::Resnet56 => "resnet56",
+            Arch::Vgg16Bn => "vgg16-bn",
+        }
+    }
+
+    /// Smallest image side the architecture accepts (its total downsampling).
+    pub fn min_side(self) -> i64 {
+        match self {
+            Arch::SmallCnn => 2,
+            Arch::Resnet18 => 8,
+            Arch::Resnet20 | Arch::Resnet56 => 4,
+            Arch::Vgg16Bn => 16,
+        }
+    }
 }
 
 impl std::fmt::Display for Arch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Arch::SmallCnn => write!(f, "small-cnn"),
-        }
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Arch {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Arch, String> {
+        Arch::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
+                format!("unknown architecture `{s}` (known: {})", names.join(", "))
+            })
     }
 }
 
@@ -97,19 +178,25 @@ impl std::fmt::Debug for Model {
 impl Model {
     /// A freshly initialised model; `seed` fixes the initial weights.
     pub fn new(spec: ModelSpec, device: Device, seed: u64) -> Result<Model, ModelError> {
+        let m = Model::build(spec, device)?;
+        init_parameters(&m.vs, seed)?;
+        Ok(m)
+    }
+
+    /// The architecture with tch's initial values (for callers that overwrite every variable).
+    pub(crate) fn build(spec: ModelSpec, device: Device) -> Result<Model, ModelError> {
         check_input(&spec)?;
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let norm = Normalize::new(&root / "normalize", &spec.mean, &spec.std);
+        let (c, classes) = (spec.input[0], spec.classes as i64);
         let net: Box<dyn ModuleT> = match spec.arch {
-            Arch::SmallCnn => Box::new(SmallCnn::new(
-                &root,
-                norm,
-                spec.input[0],
-                spec.classes as i64,
-            )),
+            Arch::SmallCnn => Box::new(SmallCnn::new(&root, norm, c, classes)),
+            Arch::Resnet18 => Box::new(ResNet::resnet18(&root, norm, c, classes)),
+            Arch::Resnet20 => Box::new(ResNet::cifar(&root, norm, c, classes, 3)),
+            Arch::Resnet56 => Box::new(ResNet::cifar(&root, norm, c, classes, 9)),
+            Arch::Vgg16Bn => Box::new(Vgg::vgg16_bn(&root, norm, c, classes)),
         };
-        init_parameters(&vs, seed)?;
         Ok(Model { spec, vs, net })
     }
 
@@ -133,7 +220,7 @@ impl Model {
 
     /// A deep copy (same spec, same device, same values).
     pub fn try_clone(&self) -> Result<Model, ModelError> {
-        let mut m = Model::new(self.spec.clone(), self.device(), 0)?;
+        let mut m = Model::build(self.spec.clone(), self.device())?;
         m.vs.copy(&self.vs)?;
         Ok(m)
     }
@@ -157,7 +244,10 @@ impl Model {
 
     /// The name prefix of the final classifier layer (its weight has one row per class).
     pub fn classifier(&self) -> &'static str {
-        "fc"
+        match self.spec.arch {
+            Arch::SmallCnn | Arch::Resnet18 | Arch::Resnet20 | Arch::Resnet56 => "fc",
+            Arch::Vgg16Bn => "classifier.4",
+        }
     }
 
     pub fn num_parameters(&self) -> i64 {
@@ -184,14 +274,16 @@ impl Model {
             let src =
                 s.0.get(&name)
                     .ok_or_else(|| ModelError::State(format!("snapshot has no `{name}`")))?;
-            if src.size() != t.size() {
+            // Snapshots written before the normalisation buffers became `[C]` hold `[1, C, 1, 1]`.
+            let legacy_norm = name.starts_with("normalize.") && src.numel() == t.numel();
+            if src.size() != t.size() && !legacy_norm {
                 return Err(ModelError::State(format!(
                     "`{name}` has shape {:?} in the snapshot, {:?} in the model",
                     src.size(),
                     t.size()
                 )));
             }
-            t.f_copy_(src)?;
+            t.f_copy_(&src.f_reshape(t.size().as_slice())?)?;
         }
         Ok(())
     }
@@ -252,23 +344,39 @@ fn init_parameters(vs: &nn::VarStore, seed: u64) -> Result<(), ModelError> {
     Ok(())
 }
 
+/// What every architecture needs: a positive channel count with one mean and one std per channel,
+/// and images of at least `Arch::min_side` pixels on each side (2 for the small CNN's max-pool, 4
+/// and 8 for the CIFAR ResNets' two and ResNet-18's three stride-2 stages, 16 for VGG's four
+/// max-pools). Global (or, for VGG, 2x2 adaptive) average pooling makes every architecture accept
+/// any larger size, square or not.
 fn check_input(spec: &ModelSpec) -> Result<(), ModelError> {
-    let ok = match spec.arch {
-        // Global average pooling makes it size-agnostic; one 2x2 max-pool needs at least 2x2.
-        Arch::SmallCnn => spec.input[1] >= 2 && spec.input[2] >= 2,
-    };
-    if ok && spec.mean.len() == spec.input[0] as usize && spec.std.len() == spec.input[0] as usize {
+    let [c, h, w] = spec.input;
+    let min = spec.arch.min_side();
+    let ok = c >= 1
+        && h >= min
+        && w >= min
+        && spec.mean.len() == c as usize
+        && spec.std.len() == c as usize;
+    if ok {
         Ok(())
     } else {
         Err(ModelError::Input {
             arch: spec.arch,
-            expected: "images of at least 2x2 pixels with per-channel mean/std".into(),
-            found: format!("{:?} with {} mean values", spec.input, spec.mean.len()),
+            expected: format!(
+                "images of at least {min}x{min} pixels with one mean and std per channel"
+            ),
+            found: format!(
+                "{:?} with {} mean and {} std values",
+                spec.input,
+                spec.mean.len(),
+                spec.std.len()
+            ),
         })
     }
 }
 
-/// `(x - mean) / std` per channel; the statistics are buffers, saved with the weights.
+/// `(x - mean) / std` per channel; the statistics are buffers of shape `[C]` (as the reference
+/// code's `NormalizeByChannelMeanStd`), saved with the weights.
 #[derive(Debug)]
 struct Normalize {
     mean: Tensor,
@@ -278,77 +386,18 @@ struct Normalize {
 impl Normalize {
     fn new(p: nn::Path, mean: &[f64], std: &[f64]) -> Self {
         let c = mean.len() as i64;
-        let mut m = p.zeros_no_train("mean", &[1, c, 1, 1]);
-        let mut s = p.ones_no_train("std", &[1, c, 1, 1]);
+        let mut m = p.zeros_no_train("mean", &[c]);
+        let mut s = p.ones_no_train("std", &[c]);
         tch::no_grad(|| {
-            m.copy_(
-                &Tensor::from_slice(mean)
-                    .to_kind(Kind::Float)
-                    .view([1, c, 1, 1]),
-            );
-            s.copy_(
-                &Tensor::from_slice(std)
-                    .to_kind(Kind::Float)
-                    .view([1, c, 1, 1]),
-            );
+            m.copy_(&Tensor::from_slice(mean).to_kind(Kind::Float));
+            s.copy_(&Tensor::from_slice(std).to_kind(Kind::Float));
         });
         Normalize { mean: m, std: s }
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        (x - &self.mean) / &self.std
-    }
-}
-
-/// conv(3x3, 32) - BN - ReLU - conv(3x3, 64) - BN - ReLU - maxpool 2 - conv(3x3, 128) - BN - ReLU
-/// - global average pool - fc. Convs have no bias (BatchNorm follows), as in ResNets.
-#[derive(Debug)]
-struct SmallCnn {
-    norm: Normalize,
-    convs: Vec<(nn::Conv2D, nn::BatchNorm)>,
-    fc: nn::Linear,
-}
-
-impl SmallCnn {
-    fn new(root: &nn::Path, norm: Normalize, in_channels: i64, classes: i64) -> Self {
-        let conv_cfg = nn::ConvConfig {
-            padding: 1,
-            bias: false,
-            ..Default::default()
-        };
-        let widths = [in_channels, 32, 64, 128];
-        let convs = (0..3)
-            .map(|i| {
-                let conv = nn::conv2d(
-                    root / format!("conv{}", i + 1),
-                    widths[i],
-                    widths[i + 1],
-                    3,
-                    conv_cfg,
-                );
-                let bn = nn::batch_norm2d(
-                    root / format!("bn{}", i + 1),
-                    widths[i + 1],
-                    Default::default(),
-                );
-                (conv, bn)
-            })
-            .collect();
-        let fc = nn::linear(root / "fc", 128, classes, Default::default());
-        SmallCnn { norm, convs, fc }
-    }
-}
-
-impl ModuleT for SmallCnn {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut h = self.norm.forward(x);
-        for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            h = h.apply(conv).apply_t(bn, train).relu();
-            if i == 1 {
-                h = h.max_pool2d_default(2);
-            }
-        }
-        h.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc)
+        let shape = [1, -1, 1, 1];
+        (x - self.mean.view(shape)) / self.std.view(shape)
     }
 }
 
@@ -442,10 +491,138 @@ pub(crate) mod tests {
     fn normalisation_is_the_first_layer() {
         let m = Model::new(tiny_spec(2), Device::Cpu, 0).unwrap();
         let vars = m.var_store().variables();
-        assert_eq!(
-            vars["normalize.mean"].double_value(&[0, 0, 0, 0]),
-            0.3f32 as f64
-        );
+        assert_eq!(vars["normalize.mean"].size(), [1]);
+        assert_eq!(vars["normalize.mean"].double_value(&[0]), 0.3f32 as f64);
         assert!(!vars["normalize.std"].requires_grad());
+    }
+
+    fn spec(arch: Arch, input: [i64; 3], classes: usize) -> ModelSpec {
+        let c = input[0] as usize;
+        ModelSpec {
+            arch,
+            input,
+            classes,
+            mean: vec![0.5; c],
+            std: vec![0.25; c],
+        }
+    }
+
+    #[test]
+    fn arch_names_are_serdes() {
+        for a in Arch::ALL {
+            assert_eq!(serde_json::to_value(a).unwrap(), a.name());
+            assert_eq!(a.name().parse::<Arch>().unwrap(), a);
+            assert_eq!(a.to_string(), a.name());
+        }
+        assert!("resnet50".parse::<Arch>().unwrap_err().contains("vgg16-bn"));
+    }
+
+    #[test]
+    fn parameter_counts_names_and_classifier_per_arch() {
+        // (arch, parameters for 10 classes, prunable conv tensors, a few names)
+        let cases: [(Arch, i64, usize, &[&str]); 4] = [
+            (
+                Arch::Resnet18,
+                11_173_962,
+                20,
+                &[
+                    "conv1.weight",
+                    "layer1.0.bn2.bias",
+                    "layer2.0.downsample.0.weight",
+                    "layer4.1.conv2.weight",
+                    "fc.weight",
+                ],
+            ),
+            (
+                Arch::Resnet20,
+                269_722,
+                19,
+                &["conv1.weight", "layer3.2.conv2.weight", "fc.bias"],
+            ),
+            (
+                Arch::Resnet56,
+                853_018,
+                55,
+                &["layer3.8.bn2.weight", "fc.weight"],
+            ),
+            (
+                Arch::Vgg16Bn,
+                15_311_818,
+                13,
+                &[
+                    "features.0.weight",
+                    "features.1.bias",
+                    "features.40.weight",
+                    "features.41.weight",
+                    "classifier.0.weight",
+                    "classifier.4.bias",
+                ],
+            ),
+        ];
+        for (arch, count, convs, names) in cases {
+            let m = Model::new(spec(arch, [3, 32, 32], 10), Device::Cpu, 0).unwrap();
+            assert_eq!(m.num_parameters(), count, "{arch}");
+            assert_eq!(m.prunable().len(), convs, "{arch}");
+            let p = m.parameters();
+            for n in names {
+                assert!(p.contains_key(*n), "{arch}: no {n}");
+            }
+            assert!(!p.keys().any(|k| k.contains("shortcut")), "{arch}");
+            let fc = &p[&format!("{}.weight", m.classifier())];
+            assert_eq!(fc.size()[0], 10, "{arch}");
+            let vars = m.var_store().variables();
+            assert_eq!(vars["normalize.std"].size(), [3]);
+            let y = m.forward_t(
+                &Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu)),
+                false,
+            );
+            assert_eq!(y.size(), [2, 10], "{arch}");
+        }
+    }
+
+    #[test]
+    fn larger_and_non_square_inputs_work() {
+        for (arch, input) in [
+            (Arch::Resnet18, [3, 64, 64]),
+            (Arch::Resnet20, [1, 28, 20]),
+            (Arch::Vgg16Bn, [3, 64, 48]),
+        ] {
+            let m = Model::new(spec(arch, input, 200), Device::Cpu, 0).unwrap();
+            let x = Tensor::rand(
+                [2, input[0], input[1], input[2]],
+                (Kind::Float, Device::Cpu),
+            );
+            assert_eq!(m.forward_t(&x, true).size(), [2, 200], "{arch}");
+        }
+    }
+
+    #[test]
+    fn check_input_enforces_the_minimum_size_and_statistics() {
+        for (arch, side) in [
+            (Arch::Resnet18, 8),
+            (Arch::Resnet56, 4),
+            (Arch::Vgg16Bn, 16),
+        ] {
+            assert!(Model::new(spec(arch, [3, side, side], 10), Device::Cpu, 0).is_ok());
+            let e = Model::new(spec(arch, [3, side - 1, side], 10), Device::Cpu, 0).unwrap_err();
+            assert!(e.to_string().contains(&format!("{side}x{side}")), "{e}");
+        }
+        let mut s = spec(Arch::Resnet18, [3, 32, 32], 10);
+        s.std.pop();
+        assert!(matches!(
+            Model::new(s, Device::Cpu, 0),
+            Err(ModelError::Input { .. })
+        ));
+    }
+
+    #[test]
+    fn legacy_normalisation_snapshots_still_load() {
+        let mut m = Model::new(tiny_spec(2), Device::Cpu, 0).unwrap();
+        let mut s = m.snapshot();
+        let legacy = Tensor::from_slice(&[0.7f32]).view([1, 1, 1, 1]);
+        s.0.insert("normalize.mean".into(), legacy);
+        m.load_snapshot(&s).unwrap();
+        let mean = m.var_store().variables()["normalize.mean"].double_value(&[0]);
+        assert!((mean - 0.7).abs() < 1e-6);
     }
 }

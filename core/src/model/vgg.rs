@@ -1,0 +1,97 @@
+//! VGG-16 with BatchNorm in the CIFAR form of the reference code (`models/VGG.py`, `vgg16_bn`).
+//!
+//! `features`: the 13 3x3 conv layers of VGG-16 (configuration D: 64, 64, M, 128, 128, M, 256 x3,
+//! M, 512 x3, M, 512 x3), each conv (no bias) - BatchNorm - ReLU, with 2x2 max-pools at the `M`s.
+//! The reference drops VGG-16's fifth pool, so a 32x32 input leaves the features as 512 x 2 x 2.
+//! Then `AdaptiveAvgPool2d((2, 2))` and the reference's head, `classifier`: Linear(2048, 256) -
+//! ReLU - Linear(256, 256) - ReLU - Linear(256, classes).
+//!
+//! Names follow `nn.Sequential` indices: `features.0` (conv), `features.1` (BatchNorm), ReLU at
+//! 2, ..., `features.40`/`features.41` for the last conv/BN; `classifier.0`, `classifier.2`,
+//! `classifier.4`. 15,311,818 parameters for 10 classes. Any image of at least 16x16 (four
+//! max-pools); larger images are averaged down to 2x2 before the head.
+
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+use super::Normalize;
+
+/// Configuration D without its last max-pool; 0 marks a 2x2 max-pool.
+const CFG: [i64; 17] = [
+    64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512,
+];
+
+#[derive(Debug)]
+enum Layer {
+    Conv(Box<(nn::Conv2D, nn::BatchNorm)>),
+    MaxPool,
+}
+
+#[derive(Debug)]
+pub(super) struct Vgg {
+    norm: Normalize,
+    features: Vec<Layer>,
+    classifier: [nn::Linear; 3],
+}
+
+impl Vgg {
+    pub(super) fn vgg16_bn(
+        root: &nn::Path,
+        norm: Normalize,
+        in_channels: i64,
+        classes: i64,
+    ) -> Self {
+        let f = root / "features";
+        let conv_cfg = nn::ConvConfig {
+            padding: 1,
+            bias: false,
+            ..Default::default()
+        };
+        let mut features = Vec::new();
+        let mut cin = in_channels;
+        let mut index = 0;
+        for &width in &CFG {
+            if width == 0 {
+                features.push(Layer::MaxPool);
+                index += 1;
+            } else {
+                let conv = nn::conv2d(&f / index, cin, width, 3, conv_cfg);
+                let bn = nn::batch_norm2d(&f / (index + 1), width, Default::default());
+                features.push(Layer::Conv(Box::new((conv, bn))));
+                index += 3; // conv, BatchNorm, ReLU
+                cin = width;
+            }
+        }
+        let c = root / "classifier";
+        let classifier = [
+            nn::linear(&c / 0, cin * 2 * 2, 256, Default::default()),
+            nn::linear(&c / 2, 256, 256, Default::default()),
+            nn::linear(&c / 4, 256, classes, Default::default()),
+        ];
+        Vgg {
+            norm,
+            features,
+            classifier,
+        }
+    }
+}
+
+impl ModuleT for Vgg {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut h = self.norm.forward(x);
+        for layer in &self.features {
+            h = match layer {
+                Layer::Conv(cb) => h.apply(&cb.0).apply_t(&cb.1, train).relu(),
+                Layer::MaxPool => h.max_pool2d_default(2),
+            };
+        }
+        let [l0, l2, l4] = &self.classifier;
+        h.adaptive_avg_pool2d([2, 2])
+            .flatten(1, -1)
+            .apply(l0)
+            .relu()
+            .apply(l2)
+            .relu()
+            .apply(l4)
+    }
+}
