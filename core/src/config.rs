@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::data::{self, DataError, Dataset, DatasetName, Split, SplitConfig, SyntheticConfig};
+use crate::data::{
+    self, Augment, DataError, Dataset, DatasetName, Split, SplitConfig, SyntheticConfig,
+};
 use crate::eval::EvalConfig;
 use crate::forget::{ForgetSet, ForgetSpec};
 use crate::method::{Kind, Pruner, Unlearner};
@@ -49,11 +51,22 @@ pub struct PipelineConfig {
 pub struct DataConfig {
     #[serde(default = "default_dataset")]
     pub dataset: DatasetName,
+    /// Folder of a data set read from disk (relative to the config file), e.g. the one
+    /// `unlearn data fetch cifar10 --dir data/cifar10` filled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Sets with an official test set (all but digits and synthetic) keep it as `test` and
+    /// ignore `test_fraction`; `val_fraction` of each class of the official train set becomes
+    /// `val` (SPEC: CIFAR 45,000 / 5,000).
     #[serde(default)]
     pub split: SplitConfig,
     /// Settings of the `synthetic` data set.
     #[serde(default)]
     pub synthetic: SyntheticConfig,
+    /// Training-time augmentation; default: the data set's (SPEC: random crop with 4-pixel
+    /// padding and horizontal flip for CIFAR, SVHN and TinyImageNet; none otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<Augment>,
 }
 
 fn default_dataset() -> DatasetName {
@@ -64,8 +77,10 @@ impl Default for DataConfig {
     fn default() -> Self {
         DataConfig {
             dataset: default_dataset(),
+            dir: None,
             split: SplitConfig::default(),
             synthetic: SyntheticConfig::default(),
+            augment: None,
         }
     }
 }
@@ -75,6 +90,13 @@ impl Default for DataConfig {
 pub struct ModelConfig {
     #[serde(default = "default_arch")]
     pub arch: Arch,
+    /// Start from this trained model instead of training one (relative to the config file): an
+    /// unlearn checkpoint (`<out>/models/*.safetensors` of an earlier run), or PyTorch weights
+    /// saved as safetensors with the same parameter names (the reference code's pruned
+    /// `weight_orig` + `weight_mask` naming included). With a mask it is unlearned as the sparse
+    /// model, otherwise as the dense one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<PathBuf>,
 }
 
 fn default_arch() -> Arch {
@@ -85,6 +107,7 @@ impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
             arch: default_arch(),
+            checkpoint: None,
         }
     }
 }
@@ -200,6 +223,8 @@ pub struct Planned<T> {
 /// methods built. Nothing has been trained yet.
 pub struct Plan {
     pub config: PipelineConfig,
+    /// `model.checkpoint`, resolved against the config's folder.
+    pub checkpoint: Option<PathBuf>,
     /// The data set the split indexes (on the CPU).
     pub dataset: Dataset,
     pub split: Split,
@@ -284,10 +309,13 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
     }
     let loaded = serde_json::from_value::<DataConfig>(section("data"))
         .ok()
-        .and_then(|d| match load_split(&d) {
+        .and_then(|d| match load_split(&d, base_dir) {
             Ok(x) => Some(x),
             Err(e) => {
-                issues.push(ConfigIssue::new("/data", None, e.to_string()));
+                let on_disk = d.dataset.format().is_some();
+                let path = if on_disk { "/data/dir" } else { "/data" };
+                let value = d.dir.as_ref().map(|p| Value::from(p.display().to_string()));
+                issues.push(ConfigIssue::new(path, value, e.to_string()));
                 None
             }
         });
@@ -330,8 +358,17 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
     let config: PipelineConfig = serde_json::from_value(raw.clone())
         .map_err(|e| vec![ConfigIssue::new("", None, e.to_string())])?;
     let (dataset, split) = loaded.expect("no issues, so the data loaded");
+    let checkpoint = config.model.checkpoint.as_ref().map(|p| base_dir.join(p));
+    if let Some(path) = &checkpoint {
+        check_checkpoint(
+            path,
+            &model_spec(config.model.arch, &dataset),
+            pruner.as_ref(),
+        )?;
+    }
     Ok(Plan {
         config,
+        checkpoint,
         dataset,
         split,
         forget,
@@ -386,12 +423,97 @@ fn plan_method<T>(
     }
 }
 
-/// Loads the configured data set and splits it.
-pub fn load_split(cfg: &DataConfig) -> Result<(Dataset, Split), DataError> {
-    let dataset = match cfg.dataset {
-        DatasetName::Digits => data::digits()?,
-        DatasetName::Synthetic => data::synthetic(&cfg.synthetic)?,
+/// `model.checkpoint` must hold this config's architecture for this data set, and a pruner can
+/// only follow a dense model and must not need dense training's rewind point.
+fn check_checkpoint(
+    path: &Path,
+    spec: &crate::model::ModelSpec,
+    pruner: Option<&Planned<Box<dyn Pruner>>>,
+) -> Result<(), Vec<ConfigIssue>> {
+    use crate::checkpoint::{import_pytorch, metadata, CheckpointError};
+    let at = |p: &str, v: Option<Value>, m: String| vec![ConfigIssue::new(p, v, m)];
+    let file = Some(Value::from(path.display().to_string()));
+    let has_mask = match metadata(path) {
+        Ok(meta)
+            if meta.arch != spec.arch
+                || meta.input != spec.input
+                || meta.classes != spec.classes =>
+        {
+            return Err(at("/model/checkpoint", file, format!(
+                "holds a {} model for {} classes of {:?} inputs; this config needs {} for {} classes of {:?}",
+                meta.arch, meta.classes, meta.input, spec.arch, spec.classes, spec.input
+            )));
+        }
+        Ok(meta) => meta.sparsity.is_some(),
+        // No unlearn metadata: PyTorch weights; they must load into this architecture.
+        Err(CheckpointError::MissingMetadata { .. }) => {
+            match import_pytorch(path, spec.clone(), tch::Device::Cpu) {
+                Ok((_, mask)) => mask.is_some(),
+                Err(e) => return Err(at("/model/checkpoint", file, e.to_string())),
+            }
+        }
+        Err(e) => return Err(at("/model/checkpoint", file, e.to_string())),
     };
-    let split = data::stratified_split(&dataset.labels_vec(), dataset.classes, &cfg.split)?;
+    match pruner {
+        Some(_) if has_mask => Err(at("/prune", None, "model.checkpoint is already pruned (it has a mask): remove `prune` to unlearn it as it is".into())),
+        Some(p) if p.instance.rewind_epoch().is_some() => Err(at(
+            "/prune/method",
+            Some(Value::from(p.method.clone())),
+            "this pruner rewinds to weights from dense training, which a run from model.checkpoint does not do: remove model.checkpoint, or use a pruner that does not rewind (SynFlow, or IMP with rewind = \"pt\")".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The model a data set calls for: its shape, classes and normalisation.
+pub fn model_spec(arch: crate::model::Arch, data: &Dataset) -> crate::model::ModelSpec {
+    crate::model::ModelSpec {
+        arch,
+        input: data.image_shape(),
+        classes: data.classes,
+        mean: data.mean.clone(),
+        std: data.std.clone(),
+    }
+}
+
+/// Loads the configured data set and splits it. `base_dir` anchors a relative `dir`. For data
+/// sets with an official test set, the returned data set is train followed by test, and the
+/// split's test indices point at the test part.
+pub fn load_split(cfg: &DataConfig, base_dir: &Path) -> Result<(Dataset, Split), DataError> {
+    let (mut dataset, split) = match cfg.dataset.format() {
+        None => {
+            let d = match cfg.dataset {
+                DatasetName::Synthetic => data::synthetic(&cfg.synthetic)?,
+                _ => data::digits()?,
+            };
+            let split = data::stratified_split(&d.labels_vec(), d.classes, &cfg.split)?;
+            (d, split)
+        }
+        Some(format) => {
+            let dir = cfg.dir.as_ref().ok_or_else(|| DataError::Malformed {
+                name: format.name().into(),
+                message: format!(
+                    "`dir` is required: the folder holding its files (e.g. what `unlearn data fetch {0} --dir data/{0}` wrote)",
+                    format.name()
+                ),
+            })?;
+            let source = format.load(&base_dir.join(dir))?;
+            let n_train = source.train.len();
+            let only_val = SplitConfig {
+                test_fraction: 0.0,
+                ..cfg.split.clone()
+            };
+            let mut split = data::stratified_split(
+                &source.train.labels_vec(),
+                source.train.classes,
+                &only_val,
+            )?;
+            split.test = (n_train..n_train + source.test.len()).collect();
+            (source.train.concat(&source.test), split)
+        }
+    };
+    if let Some(a) = cfg.augment {
+        dataset.augment = a;
+    }
     Ok((dataset, split))
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::Device;
 
+use crate::checkpoint::Provenance;
 use crate::config::Plan;
 use crate::device::{device_name, synchronize};
 use crate::eval::gap::{gap, Gap};
@@ -39,6 +40,8 @@ pub enum PipelineError {
     State { path: PathBuf, message: String },
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
 }
 
 /// Training errors already name their run; other method errors get the label in front.
@@ -137,72 +140,68 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
         val: plan.dataset.subset(&plan.split.val).to_device(opts.device),
         test: plan.dataset.subset(&plan.split.test).to_device(opts.device),
     };
-    let spec = ModelSpec {
-        arch: cfg.model.arch,
-        input: plan.dataset.image_shape(),
-        classes: plan.dataset.classes,
-        mean: plan.dataset.mean.clone(),
-        std: plan.dataset.std.clone(),
-    };
+    let spec = crate::config::model_spec(cfg.model.arch, &plan.dataset);
     let eval_batch = cfg.eval.batch_size;
-
-    // Dense model (and the rewind point the pruner asked for).
-    let rewind_epoch = plan.pruner.as_ref().and_then(|p| p.instance.rewind_epoch());
-    let mut dense = Model::new(spec.clone(), opts.device, cfg.seed)?;
-    let (dense_seconds, rewind) = match state.load_model("dense", &mut dense, opts.device)? {
-        Some(seconds) => (seconds, state.load_snapshot("rewind", opts.device)?),
-        None => {
-            (opts.notify)(&format!(
-                "training the dense model ({} epochs on {} samples)",
-                cfg.train.epochs,
-                data.train.len()
-            ));
-            let all: Vec<usize> = (0..data.train.len()).collect();
-            let stream = crate::train::Stream::new(&data.train, &all);
-            let run = Run {
-                label: "dense training".into(),
-                schedule: &cfg.train,
-                schedule_offset: 0,
-                stream: &stream,
-                mask: None,
-                rewind_epoch,
-                seed: cfg.seed,
-            };
-            let report = opts
-                .trainer
-                .run(&mut dense, run, &mut CrossEntropy)
-                .map_err(|e| PipelineError::Method {
-                    label: "dense training".into(),
-                    source: e.into(),
-                })?;
-            if let Some(r) = &report.rewind {
-                state.save_snapshot("rewind", r)?;
-            }
-            state.save_model("dense", &dense, report.seconds)?;
-            (report.seconds, report.rewind)
-        }
+    let provenance = Provenance {
+        dataset: Some(plan.dataset.name.clone()),
+        train_config: Some(serde_json::to_value(&cfg.train).expect("schedules serialise")),
     };
-    let mut variants = vec![variant(
-        "dense",
-        dense,
-        None,
-        dense_seconds,
-        &data,
-        eval_batch,
-    )];
+    let mut variants = Vec::new();
+
+    // The original model: from `model.checkpoint`, or trained here (with the rewind point the
+    // pruner asked for).
+    let rewind_epoch = plan.pruner.as_ref().and_then(|p| p.instance.rewind_epoch());
+    let mut rewind = None;
+    if let Some(path) = &plan.checkpoint {
+        (opts.notify)(&format!("starting from {}", path.display()));
+        let (model, mask) = load_original(path, &spec, opts.device)?;
+        let name = if mask.is_some() { "sparse" } else { "dense" };
+        variants.push(variant(name, model, mask, 0.0, &data, eval_batch));
+    } else {
+        let mut dense = Model::new(spec.clone(), opts.device, cfg.seed)?;
+        let seconds = match state.load_model("dense", &mut dense)? {
+            Some((seconds, _)) => {
+                rewind = state.load_snapshot("rewind", opts.device)?;
+                seconds
+            }
+            None => {
+                (opts.notify)(&format!(
+                    "training the dense model ({} epochs on {} samples)",
+                    cfg.train.epochs,
+                    data.train.len()
+                ));
+                let all: Vec<usize> = (0..data.train.len()).collect();
+                let stream = crate::train::Stream::new(&data.train, &all);
+                let run = Run {
+                    rewind_epoch,
+                    ..Run::new("dense training".into(), &cfg.train, &stream, None, cfg.seed)
+                };
+                let report = opts
+                    .trainer
+                    .run(&mut dense, run, &mut CrossEntropy)
+                    .map_err(|e| PipelineError::Method {
+                        label: "dense training".into(),
+                        source: e.into(),
+                    })?;
+                if let Some(r) = &report.rewind {
+                    state.save_snapshot("rewind", r)?;
+                }
+                state.save_model("dense", &dense, None, report.seconds, &provenance)?;
+                rewind = report.rewind;
+                report.seconds
+            }
+        };
+        variants.push(variant("dense", dense, None, seconds, &data, eval_batch));
+    }
 
     // Sparse model.
     if let Some(p) = &plan.pruner {
         let label = format!("{} pruning", p.label);
         let mut sparse = variants[0].model.try_clone()?;
-        let mask_path = state.dir.join("sparse.mask.safetensors");
-        let (mask, seconds) = match state.load_model("sparse", &mut sparse, opts.device)? {
-            Some(seconds) => {
-                let m = Snapshot::load(&mask_path, opts.device)?;
-                (
-                    Mask::from_tensors(&sparse, m.0).map_err(|e| state.error(e.to_string()))?,
-                    seconds,
-                )
+        let (mask, seconds) = match state.load_model("sparse", &mut sparse)? {
+            Some((seconds, Some(mask))) => (mask, seconds),
+            Some((_, None)) => {
+                return Err(state.error("models/sparse.safetensors has no mask".into()))
             }
             None => {
                 (opts.notify)(&format!("pruning with {}", p.label));
@@ -227,20 +226,13 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
                 mask.apply(&sparse);
                 synchronize(opts.device);
                 let seconds = t0.elapsed().as_secs_f64();
-                Snapshot(
-                    mask.tensors()
-                        .iter()
-                        .map(|(k, t)| (k.clone(), t.shallow_clone()))
-                        .collect(),
-                )
-                .save(&mask_path)?;
-                state.save_model("sparse", &sparse, seconds)?;
+                if !sparse.all_finite() {
+                    return Err(PipelineError::NonFinite { label });
+                }
+                state.save_model("sparse", &sparse, Some(&mask), seconds, &provenance)?;
                 (mask, seconds)
             }
         };
-        if !sparse.all_finite() {
-            return Err(PipelineError::NonFinite { label });
-        }
         variants.push(variant(
             "sparse",
             sparse,
@@ -395,6 +387,24 @@ fn unlearn_one(
     Ok((model, rte))
 }
 
+/// The model of `model.checkpoint`: an unlearn checkpoint, or PyTorch weights (imported).
+fn load_original(
+    path: &Path,
+    spec: &ModelSpec,
+    device: Device,
+) -> Result<(Model, Option<Mask>), PipelineError> {
+    use crate::checkpoint::{import_pytorch, load, metadata, CheckpointError};
+    match metadata(path) {
+        Err(CheckpointError::MissingMetadata { .. }) => {
+            Ok(import_pytorch(path, spec.clone(), device)?)
+        }
+        _ => {
+            let (model, mask, _) = load(path, device)?;
+            Ok((model, mask))
+        }
+    }
+}
+
 fn variant(
     name: &'static str,
     model: Model,
@@ -509,38 +519,55 @@ impl State {
             .map_err(|e| self.error(format!("{}: {e}", p.display())))
     }
 
+    /// Writes `<out>/models/<name>.safetensors` (a checkpoint others can load) and its training
+    /// time beside the state.
     fn save_model(
         &self,
         name: &str,
         model: &Model,
+        mask: Option<&Mask>,
         train_seconds: f64,
+        provenance: &Provenance,
     ) -> Result<(), PipelineError> {
-        self.save_snapshot(name, &model.snapshot())?;
+        let path = self.model_path(name);
+        let models = path.parent().expect("models/ has a parent");
+        std::fs::create_dir_all(models).map_err(|source| PipelineError::Output {
+            path: models.to_path_buf(),
+            source,
+        })?;
+        crate::checkpoint::save(&path, model, mask, provenance)?;
         self.write(
             &format!("{name}.json"),
             &serde_json::to_vec(&Checkpoint { train_seconds }).expect("serialises"),
         )
     }
 
-    /// Restores a saved model; returns its training seconds, or None if it was not saved.
+    fn model_path(&self, name: &str) -> PathBuf {
+        let out = self
+            .dir
+            .parent()
+            .expect("state/ is inside the output directory");
+        out.join("models").join(format!("{name}.safetensors"))
+    }
+
+    /// Restores a model this run saved: its training seconds and mask, or None if not saved.
     fn load_model(
         &self,
         name: &str,
         model: &mut Model,
-        device: Device,
-    ) -> Result<Option<f64>, PipelineError> {
+    ) -> Result<Option<(f64, Option<Mask>)>, PipelineError> {
         let Ok(meta) = std::fs::read(self.dir.join(format!("{name}.json"))) else {
             return Ok(None);
         };
         let meta: Checkpoint =
             serde_json::from_slice(&meta).map_err(|e| self.error(e.to_string()))?;
-        let Some(s) = self.load_snapshot(name, device)? else {
+        let path = self.model_path(name);
+        if !path.exists() {
             return Ok(None);
-        };
-        model
-            .load_snapshot(&s)
-            .map_err(|e| self.error(format!("{name}: {e}")))?;
-        Ok(Some(meta.train_seconds))
+        }
+        let (mask, _) = crate::checkpoint::load_into(&path, model)
+            .map_err(|e| self.error(format!("{}: {e}", path.display())))?;
+        Ok(Some((meta.train_seconds, mask)))
     }
 
     fn row_path(&self, key: &str) -> PathBuf {
