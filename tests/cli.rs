@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
+use unlearn_core::checkpoint;
 use unlearn_core::config::{load_split, PipelineConfig};
-use unlearn_core::model::{Model, ModelSpec, Snapshot};
 use unlearn_core::tch::{Device, Kind};
 
 fn unlearn(args: &[&str]) -> Output {
@@ -315,18 +315,17 @@ fn run_results_are_consistent_and_a_rerun_resumes() {
 
     // The original dense model's UA, RA and TA, recomputed sample by sample from its checkpoint.
     let pcfg: PipelineConfig = serde_json::from_value(r["config"].clone()).unwrap();
-    let (data, _) = load_split(&pcfg.data).unwrap();
-    let spec = ModelSpec {
-        arch: pcfg.model.arch,
-        input: data.image_shape(),
-        classes: 4,
-        mean: data.mean.clone(),
-        std: data.std.clone(),
-    };
-    let mut model = Model::new(spec, Device::Cpu, 99).unwrap();
-    model
-        .load_snapshot(&Snapshot::load(&out.join("state/dense.safetensors"), Device::Cpu).unwrap())
-        .unwrap();
+    let (data, _) = load_split(&pcfg.data, Path::new(".")).unwrap();
+    let (model, mask, meta) =
+        checkpoint::load(&out.join("models/dense.safetensors"), Device::Cpu).unwrap();
+    assert!(
+        mask.is_none()
+            && meta.arch == pcfg.model.arch
+            && meta.dataset.as_deref() == Some("synthetic")
+    );
+    let (_, sparse_mask, _) =
+        checkpoint::load(&out.join("models/sparse.safetensors"), Device::Cpu).unwrap();
+    assert!((sparse_mask.unwrap().sparsity() - sparsity).abs() < 1e-12);
     let labels = data.labels_vec();
     let correct = |i: usize| -> bool {
         let x = data.images.get(i as i64).unsqueeze(0).to_kind(Kind::Float) / 16.0;
@@ -430,4 +429,162 @@ fn divergence_is_a_clear_error_and_writes_no_results() {
     );
     assert!(!out.join("results.json").exists() && !out.join("report.md").exists());
     assert!(!e.contains("panicked"));
+}
+
+/// A run can start from a checkpoint an earlier run wrote: the pruned model alone is unlearned,
+/// and its original row reproduces the earlier run's numbers for the same model.
+#[test]
+fn a_saved_checkpoint_starts_a_new_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first");
+    let o = unlearn(&[
+        "--device",
+        "cpu",
+        "-q",
+        "run",
+        fixture("tiny.toml").to_str().unwrap(),
+        "--out",
+        first.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sparse = first.join("models/sparse.safetensors");
+    let cfg = tiny_with(&[
+        (
+            "[prune]\nmethod = \"OMP\"\nsparsity = 0.8\nrewind_epoch = 1\n",
+            "",
+        ),
+        (
+            "[train]",
+            &format!(
+                "[model]\ncheckpoint = {:?}\n\n[train]",
+                sparse.to_str().unwrap()
+            ),
+        ),
+    ]);
+    let p = config(dir.path(), "from-ckpt.toml", &cfg);
+    let second = dir.path().join("second");
+    let o = unlearn(&[
+        "--device",
+        "cpu",
+        "run",
+        p.to_str().unwrap(),
+        "--out",
+        second.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("training the dense model"));
+    let read = |d: &Path| -> Value {
+        serde_json::from_slice(&std::fs::read(d.join("results.json")).unwrap()).unwrap()
+    };
+    let (r1, r2) = (read(&first), read(&second));
+    let rows2 = r2["rows"].as_array().unwrap();
+    assert!(rows2.iter().all(|r| r["model"] == "sparse"));
+    let original = |r: &Value| {
+        r["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["model"] == "sparse" && x["method"] == "original")
+            .unwrap()["metrics"]
+            .clone()
+    };
+    assert_eq!(original(&r1), original(&r2));
+
+    // A pruner cannot follow a model that is already pruned.
+    let cfg = tiny_with(&[(
+        "[train]",
+        &format!(
+            "[model]\ncheckpoint = {:?}\n\n[train]",
+            sparse.to_str().unwrap()
+        ),
+    )]);
+    let p = config(dir.path(), "twice.toml", &cfg);
+    let o = unlearn(&["validate", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("/prune: model.checkpoint is already pruned"),
+        "{}",
+        stderr(&o)
+    );
+    // Another architecture's checkpoint is refused with both named.
+    let o = unlearn(&["--arch", "resnet20", "validate", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("holds a small-cnn model") && stderr(&o).contains("needs resnet20"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// A data set read from an image folder, end to end, and the errors of a missing folder.
+#[test]
+fn image_folder_data_runs_and_a_missing_dir_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("images");
+    // 3 classes, 12 train and 4 test images each, 8x8 RGB with a class-specific colour.
+    for (split, n) in [("train", 12), ("test", 4)] {
+        for (c, name) in ["blue", "green", "red"].iter().enumerate() {
+            let folder = root.join(split).join(name);
+            std::fs::create_dir_all(&folder).unwrap();
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(8, 8, |x, y| {
+                    let mut px = [((x * 7 + y * 3 + i) % 40) as u8; 3];
+                    px[2 - c] = 200;
+                    image::Rgb(px)
+                });
+                img.save(folder.join(format!("{i:03}.png"))).unwrap();
+            }
+        }
+    }
+    let cfg = tiny_with(&[(
+        "dataset = \"synthetic\"\nsynthetic = { samples = 300, classes = 4, noise = 6.0 }",
+        "dataset = \"image_folder\"\ndir = \"images\"",
+    )])
+    .replace("class = 1", "class = 2");
+    let p = config(dir.path(), "folder.toml", &cfg);
+    let out = dir.path().join("out");
+    let o = unlearn(&[
+        "--device",
+        "cpu",
+        "-q",
+        "run",
+        p.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    // Official test set kept: 12 test images after the 36 train ones; 10% of each class to val.
+    let split = &r["split"];
+    assert_eq!(split["test"].as_array().unwrap().len(), 12);
+    assert_eq!(split["test"][0], 36);
+    assert_eq!(split["val"].as_array().unwrap().len(), 3);
+    assert_eq!(split["train"].as_array().unwrap().len(), 33);
+    assert_eq!(r["scenarios"][0]["forget_size"], 11);
+
+    let cfg = cfg.replace("dir = \"images\"\n", "");
+    let p = config(dir.path(), "nodir.toml", &cfg);
+    let o = unlearn(&["validate", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("/data/dir: image_folder: `dir` is required"),
+        "{}",
+        stderr(&o)
+    );
+    let p = config(
+        dir.path(),
+        "baddir.toml",
+        &cfg.replace(
+            "dataset = \"image_folder\"",
+            "dataset = \"image_folder\"\ndir = \"nowhere\"",
+        ),
+    );
+    let o = unlearn(&["validate", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("/data/dir = ") && stderr(&o).contains("nowhere"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -9,6 +9,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use unlearn_core::config::{self, ConfigError, Plan};
 use unlearn_core::device::{self, DeviceChoice};
 use unlearn_core::method::Kind;
+use unlearn_core::model::Arch;
 use unlearn_core::pipeline::{self, RunOptions};
 use unlearn_core::registry::Registry;
 use unlearn_core::train::Trainer;
@@ -36,6 +37,10 @@ struct Cli {
     /// Print no progress (results and errors only).
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// Architecture, overriding the config's `model.arch` (small-cnn, resnet18, resnet20,
+    /// resnet56, vgg16-bn).
+    #[arg(long, global = true)]
+    arch: Option<Arch>,
     #[command(subcommand)]
     command: Command,
 }
@@ -80,6 +85,28 @@ enum Command {
     },
     /// Show libtorch, CUDA and the device `--device` resolves to.
     Info,
+    /// Data sets: list the downloadable ones, fetch them.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// The data sets `data fetch` knows, with what each downloads.
+    List,
+    /// Download a data set's official archive(s), verify SHA-256, unpack safely (resumable).
+    Fetch {
+        /// cifar10, cifar100, svhn, mnist, fashion_mnist or tiny_imagenet.
+        name: String,
+        /// Where to put it (default: data/<name>).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Fetch `<mirror>/<file name>` instead of the official URL (same bytes, same hash).
+        #[arg(long)]
+        mirror: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -150,7 +177,7 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         Command::Validate { config } => {
-            let plan = load_plan(&registry, &config)?;
+            let plan = load_plan(&registry, &config, cli.arch)?;
             println!(
                 "{}: valid ({} scenario(s), {} unlearner(s){})",
                 config.display(),
@@ -164,7 +191,7 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         Command::Run { config, out } => {
-            let plan = load_plan(&registry, &config)?;
+            let plan = load_plan(&registry, &config, cli.arch)?;
             let out = out
                 .unwrap_or_else(|| Path::new("runs").join(config.file_stem().unwrap_or_default()));
             execute(&plan, cli.device, &out, cli.quiet, &notify)
@@ -174,8 +201,9 @@ fn real_main() -> Result<()> {
                 print!("{DEMO_CONFIG}");
                 return Ok(());
             }
-            let raw = config::parse_config_text(DEMO_CONFIG, false)
+            let mut raw = config::parse_config_text(DEMO_CONFIG, false)
                 .map_err(|(_, m)| anyhow::anyhow!("built-in demo config: {m}"))?;
+            override_arch(&mut raw, cli.arch);
             let plan = config::plan(&raw, &registry, Path::new(".")).map_err(|issues| {
                 ConfigError::Invalid {
                     path: "<built-in demo>".into(),
@@ -184,6 +212,7 @@ fn real_main() -> Result<()> {
             })?;
             execute(&plan, cli.device, &out, cli.quiet, &notify)
         }
+        Command::Data { command } => data(command, cli.quiet),
         Command::Info => {
             let r = device::report();
             let chosen = cli.device.resolve().map_err(bad)?;
@@ -196,6 +225,37 @@ fn real_main() -> Result<()> {
             println!("cpu threads: {}", r.cpu_threads);
             println!("device: {}", device::device_name(chosen));
             Ok(())
+        }
+    }
+}
+
+fn data(command: DataCommand, quiet: bool) -> Result<()> {
+    use unlearn_core::data::fetch::{self, FetchError, FetchOptions};
+    match command {
+        DataCommand::List => {
+            for e in fetch::catalog() {
+                println!("{:<14} {}", e.name, e.description);
+            }
+            Ok(())
+        }
+        DataCommand::Fetch { name, dir, mirror } => {
+            let dir = dir.unwrap_or_else(|| Path::new("data").join(&name));
+            let opts = FetchOptions {
+                mirror,
+                progress: !quiet,
+            };
+            match fetch::fetch(&name, &dir, &opts) {
+                Ok(report) => {
+                    println!("{}", report.summary());
+                    Ok(())
+                }
+                Err(
+                    e @ (FetchError::UnknownDataset { .. }
+                    | FetchError::ExistingMismatch { .. }
+                    | FetchError::DestinationExists { .. }),
+                ) => Err(bad(e)),
+                Err(e) => Err(e.into()),
+            }
         }
     }
 }
@@ -235,8 +295,19 @@ fn list(registry: &Registry, kind: Option<Kind>, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn load_plan(registry: &Registry, path: &Path) -> Result<Plan> {
-    let raw = config::read_config_file(path).map_err(bad)?;
+/// Sets `model.arch` in a parsed config (the `--arch` flag).
+fn override_arch(raw: &mut serde_json::Value, arch: Option<Arch>) {
+    if let (Some(arch), Some(obj)) = (arch, raw.as_object_mut()) {
+        let model = obj.entry("model").or_insert_with(|| serde_json::json!({}));
+        if let Some(m) = model.as_object_mut() {
+            m.insert("arch".into(), serde_json::json!(arch.name()));
+        }
+    }
+}
+
+fn load_plan(registry: &Registry, path: &Path, arch: Option<Arch>) -> Result<Plan> {
+    let mut raw = config::read_config_file(path).map_err(bad)?;
+    override_arch(&mut raw, arch);
     let base = path.parent().unwrap_or(Path::new("."));
     config::plan(&raw, registry, base).map_err(|issues| {
         bad(ConfigError::Invalid {
