@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod conformance;
 pub mod data;
 pub mod device;
 pub mod eval;
@@ -14,6 +15,7 @@ pub mod method;
 pub mod model;
 pub mod objective;
 pub mod pipeline;
+pub mod plugin;
 pub mod registry;
 pub mod report;
 pub mod rng;

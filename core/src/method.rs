@@ -13,6 +13,7 @@ use crate::forget::ForgetSet;
 use crate::mask::{Mask, MaskError};
 use crate::model::{Model, ModelError, Snapshot};
 use crate::train::{Objective, Run, Schedule, Stream, TrainError, TrainReport, Trainer};
+use tch::Tensor;
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
@@ -186,6 +187,35 @@ impl<'a> PruneCtx<'a> {
     }
 }
 
+/// What an attack may use: the clean data (resident on the run's device) and a seed.
+pub struct AttackCtx<'a> {
+    pub data: &'a TaskData,
+    pub seed: u64,
+    pub label: String,
+}
+
+/// A poisoning of the training set: which rows of `train` change, and into what.
+#[derive(Debug)]
+pub struct Poisoning {
+    /// Positions in `train`, strictly increasing; they become the forget set of a cleanse.
+    pub rows: Vec<usize>,
+    /// The poisoned images, `[rows.len(), C, H, W]`, same dtype and device as `train.images`.
+    pub images: Tensor,
+    /// Their (new) labels, `[rows.len()]`, i64.
+    pub labels: Tensor,
+}
+
+/// A training-set attack (e.g. a BadNets backdoor, SPEC §7): it poisons train, and at test time
+/// its trigger turns clean images into attacked ones.
+pub trait Attack: Send + Sync {
+    fn poison(&self, ctx: &AttackCtx<'_>) -> Result<Poisoning, MethodError>;
+    /// Applies the trigger to a batch of images `[N, C, H, W]` (the data set's dtype, u8 for
+    /// every loader); the result has the same shape, dtype and device.
+    fn trigger(&self, images: &Tensor) -> Result<Tensor, MethodError>;
+    /// The class triggered images should be classified as.
+    fn target(&self) -> usize;
+}
+
 pub trait Unlearner: Send + Sync {
     fn unlearn(&self, ctx: &mut UnlearnCtx<'_>) -> Result<(), MethodError>;
 }
@@ -217,6 +247,14 @@ pub trait PruneMethod: Pruner + Sized + 'static {
     fn new(config: Self::Config) -> Self;
 }
 
+/// An attack with its typed config.
+pub trait AttackMethod: Attack + Sized + 'static {
+    type Config: MethodConfig;
+    const NAME: &'static str;
+    const SUMMARY: &'static str;
+    fn new(config: Self::Config) -> Self;
+}
+
 /// The result of building a method from its config: the method, or every problem found (paths
 /// relative to the config object, e.g. `/lr`).
 pub type Built<T> = Result<Box<T>, Vec<ConfigIssue>>;
@@ -226,6 +264,17 @@ pub type Built<T> = Result<Box<T>, Vec<ConfigIssue>>;
 pub enum Factory {
     Unlearner(fn(&Value) -> Built<dyn Unlearner>),
     Pruner(fn(&Value) -> Built<dyn Pruner>),
+    Attack(fn(&Value) -> Built<dyn Attack>),
+}
+
+impl Factory {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Factory::Unlearner(_) => Kind::Unlearner,
+            Factory::Pruner(_) => Kind::Pruner,
+            Factory::Attack(_) => Kind::Attack,
+        }
+    }
 }
 
 /// A statically registered method (collected with `inventory`).
@@ -266,6 +315,18 @@ impl BuiltinMethod {
             factory: Factory::Pruner(build_pruner::<M>),
         }
     }
+
+    pub const fn attack<M: AttackMethod>(krate: &'static str) -> BuiltinMethod {
+        BuiltinMethod {
+            kind: Kind::Attack,
+            name: M::NAME,
+            summary: M::SUMMARY,
+            krate,
+            schema: schema_of::<M::Config>,
+            default_config: default_of::<M::Config>,
+            factory: Factory::Attack(build_attack::<M>),
+        }
+    }
 }
 
 pub fn schema_of<C: JsonSchema>() -> Value {
@@ -303,6 +364,10 @@ fn build_pruner<M: PruneMethod>(v: &Value) -> Built<dyn Pruner> {
     Ok(Box::new(M::new(parse_config::<M::Config>(v)?)))
 }
 
+fn build_attack<M: AttackMethod>(v: &Value) -> Built<dyn Attack> {
+    Ok(Box::new(M::new(parse_config::<M::Config>(v)?)))
+}
+
 /// Registers an [`UnlearnMethod`] as a built-in.
 #[macro_export]
 macro_rules! register_unlearner {
@@ -319,6 +384,16 @@ macro_rules! register_pruner {
     ($t:ty) => {
         $crate::inventory::submit! {
             $crate::method::BuiltinMethod::pruner::<$t>(env!("CARGO_PKG_NAME"))
+        }
+    };
+}
+
+/// Registers an [`AttackMethod`] as a built-in.
+#[macro_export]
+macro_rules! register_attack {
+    ($t:ty) => {
+        $crate::inventory::submit! {
+            $crate::method::BuiltinMethod::attack::<$t>(env!("CARGO_PKG_NAME"))
         }
     };
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use crate::config::ConfigIssue;
-use crate::method::{Built, BuiltinMethod, Factory, Kind, Pruner, Unlearner};
+use crate::method::{Attack, Built, BuiltinMethod, Factory, Kind, Pruner, Unlearner};
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case", tag = "type", content = "name")]
@@ -86,23 +86,35 @@ impl Method {
     pub fn build_unlearner(&self, config: &Value) -> Built<dyn Unlearner> {
         match &self.factory {
             Factory::Unlearner(f) => f(config),
-            Factory::Pruner(_) => Err(vec![ConfigIssue::new(
-                "",
-                None,
-                format!("`{}` is a pruner, not an unlearner", self.name),
-            )]),
+            other => Err(self.wrong_kind(other.kind(), Kind::Unlearner)),
         }
     }
 
     pub fn build_pruner(&self, config: &Value) -> Built<dyn Pruner> {
         match &self.factory {
             Factory::Pruner(f) => f(config),
-            Factory::Unlearner(_) => Err(vec![ConfigIssue::new(
-                "",
-                None,
-                format!("`{}` is an unlearner, not a pruner", self.name),
-            )]),
+            other => Err(self.wrong_kind(other.kind(), Kind::Pruner)),
         }
+    }
+
+    pub fn build_attack(&self, config: &Value) -> Built<dyn Attack> {
+        match &self.factory {
+            Factory::Attack(f) => f(config),
+            other => Err(self.wrong_kind(other.kind(), Kind::Attack)),
+        }
+    }
+
+    fn wrong_kind(&self, actual: Kind, expected: Kind) -> Vec<ConfigIssue> {
+        vec![ConfigIssue::new(
+            "",
+            None,
+            format!(
+                "`{}` is {}, not {}",
+                self.name,
+                actual.with_article(),
+                expected.with_article()
+            ),
+        )]
     }
 }
 

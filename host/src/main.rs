@@ -14,7 +14,10 @@ use unlearn_core::pipeline::{self, RunOptions};
 use unlearn_core::registry::Registry;
 use unlearn_core::train::Trainer;
 
+mod scaffold;
+
 // Built-in plugins register themselves when linked; naming them here links them.
+use unlearn_attack_badnets as _;
 use unlearn_fisher as _;
 use unlearn_ft as _;
 use unlearn_ga as _;
@@ -89,6 +92,31 @@ enum Command {
     Data {
         #[command(subcommand)]
         command: DataCommand,
+    },
+    /// Plugins: scaffold a new plugin crate, check a built plugin library.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Create a plugin crate (config with schema, the method, the export line, a test) that
+    /// builds as a cdylib and passes the conformance suite as it is.
+    New {
+        /// The method's name (also the crate's and the folder's).
+        name: String,
+        /// What the method is.
+        #[arg(long, default_value = "unlearner")]
+        kind: Kind,
+        /// Create the crate in this folder (as <dir>/<name>).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Path of the unlearn-core crate the plugin builds against (default: the sources
+        /// this binary was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
     },
 }
 
@@ -213,6 +241,23 @@ fn real_main() -> Result<()> {
             execute(&plan, cli.device, &out, cli.quiet, &notify)
         }
         Command::Data { command } => data(command, cli.quiet),
+        Command::Plugin { command } => match command {
+            PluginCommand::New {
+                name,
+                kind,
+                dir,
+                sdk,
+            } => {
+                let made = scaffold::new_plugin(&scaffold::NewPlugin {
+                    name,
+                    kind,
+                    dir,
+                    sdk,
+                })?;
+                println!("{}", made.display());
+                Ok(())
+            }
+        },
         Command::Info => {
             let r = device::report();
             let chosen = cli.device.resolve().map_err(bad)?;

@@ -1,0 +1,1 @@
+//! Placeholder: RL and SalUn are being written.

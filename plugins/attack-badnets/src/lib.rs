@@ -1,0 +1,1 @@
+//! BadNets (being written).
