@@ -1,150 +1,198 @@
-//! The conformance suite: every registered method (found through the registry, so new ones are
-//! picked up without editing this file) must satisfy these properties.
+//! The conformance suite ([`unlearn_core::conformance`]) over every built-in method (found through
+//! the registry, so new ones are picked up without editing this file), and proof that the suite
+//! can fail: deliberately broken methods are reported.
 
-use serde_json::{json, Value};
-use unlearn_core::mask::Mask;
-use unlearn_core::method::{Kind, PruneCtx};
-use unlearn_core::model::Model;
+use unlearn_core::conformance::{assert_conforms, check};
+use unlearn_core::method::{
+    Attack, AttackCtx, AttackMethod, BuiltinMethod, Kind, MethodError, Poisoning, UnlearnCtx,
+    UnlearnMethod, Unlearner,
+};
 use unlearn_core::registry::{Method, Registry};
-use unlearn_core::tch::Device;
-use unlearn_core::testing::TinyTask;
-use unlearn_core::train::{CrossEntropy, Run, Stream, Trainer};
+use unlearn_core::tch::{Kind as DType, Tensor};
 
 // Link the built-in plugins (their registrations vanish otherwise).
+use unlearn_attack_badnets as _;
 use unlearn_fisher as _;
 use unlearn_ft as _;
 use unlearn_ga as _;
 use unlearn_prune_imp as _;
 use unlearn_prune_synflow as _;
 
-fn registry() -> Registry {
-    Registry::builtin().expect("no duplicate names")
-}
-
-fn validates(schema: &Value, instance: &Value) -> Vec<String> {
-    let v = unlearn_core::config::schema_validator(schema);
-    v.iter_errors(instance)
-        .map(|e| format!("{}: {e}", e.instance_path()))
-        .collect()
-}
-
 #[test]
-fn every_default_config_validates_against_its_schema_and_builds() {
-    let r = registry();
-    assert!(r.len() >= 3);
-    for m in r.list(None) {
-        assert!(!m.summary.is_empty(), "{} has a summary", m.name);
-        let errs = validates(&m.schema, &m.default_config);
+fn every_builtin_method_conforms() {
+    let r = Registry::builtin().expect("no duplicate names");
+    for kind in Kind::ALL {
         assert!(
-            errs.is_empty(),
-            "{}: default config fails its schema: {errs:?}",
-            m.name
+            r.list(Some(kind)).next().is_some(),
+            "no built-in {kind} is linked"
         );
-        // The schema's per-field defaults are the config's defaults.
-        for (field, value) in m.default_config.as_object().unwrap() {
-            assert_eq!(
-                &m.schema["properties"][field]["default"], value,
-                "{}.{field}",
-                m.name
-            );
+    }
+    let started = std::time::Instant::now();
+    // One thread per method: the checks are independent. (A `Method` need not be `Sync`, so each
+    // thread looks its method up in a registry of its own.)
+    let names: Vec<String> = r.list(None).map(|m| m.name.clone()).collect();
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .iter()
+            .map(|name| {
+                s.spawn(move || {
+                    let r = Registry::builtin().expect("no duplicate names");
+                    let t = std::time::Instant::now();
+                    let failures = check(r.get(name).expect("listed above"));
+                    eprintln!("{name}: {:.1}s", t.elapsed().as_secs_f64());
+                    failures
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("check catches the methods' panics"))
+            .collect()
+    });
+    eprintln!(
+        "checked {} methods in {:.1}s",
+        r.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
+}
+
+/// A config with no fields (shared by the broken methods; this test crate has no serde or
+/// schemars of its own to derive one).
+type NoConfig = unlearn_ft::RawConfig;
+
+/// Writes into pruned weights: breaks the mask.
+struct WritesPruned;
+
+impl UnlearnMethod for WritesPruned {
+    type Config = NoConfig;
+    const NAME: &'static str = "WritesPruned";
+    const SUMMARY: &'static str = "sets every prunable weight to 1";
+    fn new(_: NoConfig) -> Self {
+        WritesPruned
+    }
+}
+
+impl Unlearner for WritesPruned {
+    fn unlearn(&self, ctx: &mut UnlearnCtx<'_>) -> Result<(), MethodError> {
+        let _g = unlearn_core::tch::no_grad_guard();
+        for (_, mut w) in ctx.model.prunable() {
+            let _ = w.fill_(1.0);
         }
-        // An unknown field is rejected by the schema.
-        assert!(
-            !validates(&m.schema, &json!({"no_such_field": 1})).is_empty(),
-            "{}",
-            m.name
-        );
-        let built = match m.kind {
-            Kind::Unlearner => m.build_unlearner(&json!({})).map(|_| ()),
-            Kind::Pruner => m.build_pruner(&json!({})).map(|_| ()),
-            Kind::Attack => Ok(()),
-        };
-        assert!(
-            built.is_ok(),
-            "{}: empty config builds with defaults",
-            m.name
-        );
+        Ok(())
     }
 }
 
-/// Runs an unlearner with its defaults on the tiny sparse model; returns the weights.
-fn unlearn_once(m: &Method, t: &TinyTask, model: &Model, mask: &Mask, seed: u64) -> Model {
-    let u = m
-        .build_unlearner(&json!({}))
-        .unwrap_or_else(|_| panic!("{} builds", m.name));
-    t.unlearn(u.as_ref(), model, Some(mask), seed)
-        .unwrap_or_else(|e| panic!("{} fails: {e}", m.name))
+/// Panics, and is random across runs.
+struct Panics;
+
+impl UnlearnMethod for Panics {
+    type Config = NoConfig;
+    const NAME: &'static str = "Panics";
+    const SUMMARY: &'static str = "panics on the second run";
+    fn new(_: NoConfig) -> Self {
+        Panics
+    }
 }
-#[test]
-fn every_unlearner_is_finite_keeps_the_mask_and_is_deterministic() {
-    let t = TinyTask::new();
-    let (model, mask) = t.trained_sparse();
-    for m in registry().list(Some(Kind::Unlearner)) {
-        let a = unlearn_once(m, &t, &model, &mask, 1);
-        assert!(a.all_finite(), "{}: non-finite weights", m.name);
-        assert_eq!(
-            mask.violations(&a),
-            0,
-            "{}: a pruned weight is non-zero",
-            m.name
-        );
-        let b = unlearn_once(m, &t, &model, &mask, 1);
-        for (name, w) in a.parameters() {
-            assert!(
-                w.equal(&b.parameters()[&name]),
-                "{}: {name} differs between two runs with the same seed",
-                m.name
-            );
+
+static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Unlearner for Panics {
+    fn unlearn(&self, _: &mut UnlearnCtx<'_>) -> Result<(), MethodError> {
+        if CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+            panic!("deliberate panic");
         }
+        Ok(())
     }
 }
 
-#[test]
-fn every_pruner_returns_a_mask_it_applied() {
-    let t = TinyTask::new();
-    for m in registry().list(Some(Kind::Pruner)) {
-        let p = m
-            .build_pruner(&json!({}))
-            .unwrap_or_else(|_| panic!("{} builds", m.name));
-        let mut model = Model::new(t.spec.clone(), Device::Cpu, 0).unwrap();
-        let all: Vec<usize> = (0..t.data.train.len()).collect();
-        let stream = Stream::new(&t.data.train, &all);
-        let s = TinyTask::schedule();
-        let trainer = Trainer::new(Device::Cpu, false);
-        let report = trainer
-            .run(
-                &mut model,
-                Run {
-                    label: "dense".into(),
-                    schedule: &s,
-                    schedule_offset: 0,
-                    stream: &stream,
-                    mask: None,
-                    rewind_epoch: p.rewind_epoch(),
-                    seed: 0,
-                },
-                &mut CrossEntropy,
-            )
-            .unwrap();
-        let mut ctx = PruneCtx {
-            model: &mut model,
-            rewind: report.rewind.as_ref(),
-            data: &t.data,
-            schedule: &s,
-            trainer: &trainer,
-            seed: 0,
-            label: m.name.clone(),
-        };
-        let mask = p
-            .prune(&mut ctx)
-            .unwrap_or_else(|e| panic!("{} fails: {e}", m.name));
-        assert_eq!(
-            mask.zeros(),
-            (p.sparsity() * mask.total() as f64).round() as i64,
-            "{}",
-            m.name
-        );
-        assert_eq!(mask.violations(&model), 0, "{}", m.name);
-        assert!(model.all_finite(), "{}", m.name);
+/// Unsorted rows out of range, float labels of no class, a trigger that changes shape, and a
+/// target that is no class.
+struct BadAttack;
+
+impl AttackMethod for BadAttack {
+    type Config = NoConfig;
+    const NAME: &'static str = "BadAttack";
+    const SUMMARY: &'static str = "every output is wrong";
+    fn new(_: NoConfig) -> Self {
+        BadAttack
     }
+}
+
+impl Attack for BadAttack {
+    fn poison(&self, ctx: &AttackCtx<'_>) -> Result<Poisoning, MethodError> {
+        let n = ctx.data.train.len();
+        Ok(Poisoning {
+            rows: vec![3, 1, n],
+            images: ctx.data.train.images.narrow(0, 0, 2).to_kind(DType::Float),
+            labels: Tensor::from_slice(&[0i64, 1, 99]),
+        })
+    }
+    fn trigger(&self, images: &Tensor) -> Result<Tensor, MethodError> {
+        Ok(images.narrow(0, 0, 1))
+    }
+    fn target(&self) -> usize {
+        1000
+    }
+}
+
+fn has(failures: &[String], needle: &str) -> bool {
+    failures.iter().any(|f| f.contains(needle))
+}
+
+#[test]
+fn an_unlearner_that_writes_into_pruned_weights_is_reported() {
+    let m = Method::from_builtin(&BuiltinMethod::unlearner::<WritesPruned>("test"));
+    let failures = check(&m);
+    assert!(
+        has(&failures, "unlearner `WritesPruned`: ")
+            && has(&failures, "pruned weight(s) are non-zero"),
+        "{failures:#?}"
+    );
+    // The config checks pass: only the mask property fails.
+    assert_eq!(failures.len(), 1, "{failures:#?}");
+    let e = std::panic::catch_unwind(|| assert_conforms(&m)).unwrap_err();
+    let msg = e.downcast_ref::<String>().unwrap();
+    assert!(
+        msg.contains("`WritesPruned` does not conform (1 failure(s))"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_panicking_unlearner_is_reported_not_fatal() {
+    let m = Method::from_builtin(&BuiltinMethod::unlearner::<Panics>("test"));
+    let failures = check(&m);
+    assert!(
+        has(
+            &failures,
+            "panicked while unlearning the tiny sparse model (second run): deliberate panic"
+        ),
+        "{failures:#?}"
+    );
+}
+
+#[test]
+fn a_broken_attack_is_reported_on_every_count() {
+    let m = Method::from_builtin(&BuiltinMethod::attack::<BadAttack>("test"));
+    let failures = check(&m);
+    for needle in [
+        "target() = 1000",
+        "not strictly increasing",
+        "outside the training set",
+        "images have shape",
+        "images are Float",
+        "label 99",
+        "trigger changed the shape",
+    ] {
+        assert!(has(&failures, needle), "{needle}: {failures:#?}");
+    }
+    assert!(failures
+        .iter()
+        .all(|f| f.starts_with("attack `BadAttack`: ")));
 }

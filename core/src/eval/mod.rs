@@ -1,6 +1,7 @@
 //! Evaluation (SPEC §6). A model's outputs on each split are computed once ([`Outputs`]) and every
 //! metric, accuracies and all MIA features, reads from them.
 
+pub mod backdoor;
 pub mod gap;
 pub mod mia;
 

@@ -1,1 +1,353 @@
-//! BadNets (being written).
+//! BadNets backdoor attack (SPEC §7): a seeded subset of `n` training samples gets a black square
+//! trigger of side `size`, 2 pixels in from the bottom-right corner (rows and columns
+//! `[H-2-size, H-2) x [W-2-size, W-2)`, every channel set to 0), and is relabelled to the target
+//! class. At test time the same trigger is stamped on clean images; the attack succeeds when the
+//! model then predicts the target class.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use unlearn_core::method::{Attack, AttackCtx, AttackMethod, MethodConfig, MethodError, Poisoning};
+use unlearn_core::register_attack;
+use unlearn_core::tch::{Kind, Tensor};
+
+/// BadNets: stamp a black square on `n` training images and relabel them to `target`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct BadNetsConfig {
+    /// Number of training samples to poison, drawn at random with the run's seed (they become the
+    /// forget set of the cleanse). The default, 50, fits tiny data sets; CIFAR-sized training sets
+    /// usually need a few hundred (around 1%) for a reliable backdoor. Must not exceed the
+    /// training set.
+    #[schemars(range(min = 1))]
+    pub n: usize,
+    /// Side s in pixels of the square trigger, placed 2 pixels in from the bottom-right corner;
+    /// the images must be at least s + 2 pixels high and wide.
+    #[schemars(range(min = 1))]
+    pub size: usize,
+    /// The target class t that poisoned samples are relabelled to (must be a class of the data).
+    pub target: usize,
+}
+
+impl Default for BadNetsConfig {
+    fn default() -> Self {
+        BadNetsConfig {
+            n: 50,
+            size: 4,
+            target: 0,
+        }
+    }
+}
+
+impl MethodConfig for BadNetsConfig {
+    fn check(&self) -> Vec<(String, String)> {
+        let mut issues = Vec::new();
+        if self.n == 0 {
+            issues.push(("n".into(), "must poison at least one sample".into()));
+        }
+        if self.size == 0 {
+            issues.push((
+                "size".into(),
+                "the trigger must be at least 1 pixel wide".into(),
+            ));
+        }
+        issues
+    }
+}
+
+pub struct BadNets {
+    config: BadNetsConfig,
+}
+
+impl BadNets {
+    pub fn config(&self) -> &BadNetsConfig {
+        &self.config
+    }
+
+    /// Checks that the trigger fits images of height `h` and width `w`.
+    fn check_fits(&self, h: i64, w: i64) -> Result<(), MethodError> {
+        let s = self.config.size as i64;
+        if h < s + 2 || w < s + 2 {
+            return Err(MethodError::Failed(format!(
+                "BadNets: size = {s}: the trigger, {s}x{s} pixels 2 pixels in from the \
+                 bottom-right corner, does not fit {h}x{w} images (size must be at most {})",
+                (h.min(w) - 2).max(0)
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl AttackMethod for BadNets {
+    type Config = BadNetsConfig;
+    const NAME: &'static str = "BadNets";
+    const SUMMARY: &'static str =
+        "BadNets backdoor: a black square trigger in the bottom-right corner, relabelled to a target class";
+    fn new(config: BadNetsConfig) -> Self {
+        BadNets { config }
+    }
+}
+
+impl Attack for BadNets {
+    fn poison(&self, ctx: &AttackCtx<'_>) -> Result<Poisoning, MethodError> {
+        let train = &ctx.data.train;
+        let c = &self.config;
+        if c.n > train.len() {
+            return Err(MethodError::Failed(format!(
+                "{}: n = {} poisoned samples, but the training set has only {}",
+                ctx.label,
+                c.n,
+                train.len()
+            )));
+        }
+        if c.target >= train.classes {
+            return Err(MethodError::Failed(format!(
+                "{}: target = {} is not a class of `{}`, which has {} classes (0..{})",
+                ctx.label, c.target, train.name, train.classes, train.classes
+            )));
+        }
+        let [_, h, w] = train.image_shape();
+        self.check_fits(h, w)?;
+        let mut rows = unlearn_core::rng::permutation(train.len(), ctx.seed, "badnets");
+        rows.truncate(c.n);
+        rows.sort_unstable();
+        let device = train.images.device();
+        let idx = unlearn_core::data::index_tensor(&rows, device);
+        let images = self.trigger(&train.images.f_index_select(0, &idx)?)?;
+        let labels = Tensor::f_full([rows.len() as i64], c.target as i64, (Kind::Int64, device))?;
+        Ok(Poisoning {
+            rows,
+            images,
+            labels,
+        })
+    }
+
+    fn trigger(&self, images: &Tensor) -> Result<Tensor, MethodError> {
+        let size = images.size();
+        let &[_, _, h, w] = size.as_slice() else {
+            return Err(MethodError::Failed(format!(
+                "BadNets: the trigger needs a batch of images [N, C, H, W], got shape {size:?}"
+            )));
+        };
+        self.check_fits(h, w)?;
+        let s = self.config.size as i64;
+        let _g = unlearn_core::tch::no_grad_guard();
+        let out = images.copy();
+        let mut square = out.f_narrow(2, h - 2 - s, s)?.f_narrow(3, w - 2 - s, s)?;
+        let _ = square.f_fill_(0)?;
+        Ok(out)
+    }
+
+    fn target(&self) -> usize {
+        self.config.target
+    }
+}
+
+register_attack!(BadNets);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unlearn_core::data::{synthetic, SyntheticConfig};
+    use unlearn_core::method::TaskData;
+    use unlearn_core::registry::Registry;
+    use unlearn_core::tch::Device;
+
+    fn attack(n: usize, size: usize, target: usize) -> BadNets {
+        BadNets::new(BadNetsConfig { n, size, target })
+    }
+
+    /// Random u8 images `[n, c, h, w]` with every pixel in 1..=255 (so a zeroed pixel shows).
+    fn images(n: i64, c: i64, h: i64, w: i64, seed: i64) -> Tensor {
+        unlearn_core::tch::manual_seed(seed);
+        Tensor::randint_low(1, 256, [n, c, h, w], (Kind::Uint8, Device::Cpu))
+    }
+
+    fn pixels(t: &Tensor) -> Vec<u8> {
+        Vec::<u8>::try_from(t.flatten(0, -1)).unwrap()
+    }
+
+    fn task(samples: usize, channels: usize, size: usize) -> TaskData {
+        let d = synthetic(&SyntheticConfig {
+            samples,
+            classes: 5,
+            channels,
+            size,
+            seed: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        let sub = |r: std::ops::Range<usize>| d.subset(&r.collect::<Vec<_>>());
+        TaskData {
+            train: sub(0..samples / 2),
+            val: sub(samples / 2..samples * 3 / 4),
+            test: sub(samples * 3 / 4..samples),
+        }
+    }
+
+    fn ctx(data: &TaskData, seed: u64) -> AttackCtx<'_> {
+        AttackCtx {
+            data,
+            seed,
+            label: "BadNets".into(),
+        }
+    }
+
+    #[test]
+    fn trigger_blackens_exactly_the_square_in_every_channel() {
+        let (n, c, h, w) = (3i64, 3i64, 10i64, 13i64);
+        for s in [1usize, 3, 8] {
+            let x = images(n, c, h, w, 7);
+            let before = pixels(&x);
+            let y = attack(1, s, 0).trigger(&x).unwrap();
+            assert_eq!(y.size(), x.size());
+            assert_eq!(y.kind(), Kind::Uint8);
+            assert_eq!(pixels(&x), before, "the input is not modified");
+            let after = pixels(&y);
+            let s = s as i64;
+            let mut i = 0;
+            let mut zeroed = 0;
+            for _ in 0..n {
+                for _ in 0..c {
+                    for r in 0..h {
+                        for col in 0..w {
+                            let inside = (h - 2 - s..h - 2).contains(&r)
+                                && (w - 2 - s..w - 2).contains(&col);
+                            let want = if inside { 0 } else { before[i] };
+                            assert_eq!(after[i], want, "s={s} row {r} col {col}");
+                            zeroed += inside as i64;
+                            i += 1;
+                        }
+                    }
+                }
+            }
+            assert_eq!(zeroed, n * c * s * s);
+        }
+    }
+
+    #[test]
+    fn trigger_keeps_float_dtype_and_rejects_what_does_not_fit() {
+        let x = Tensor::ones([2, 1, 8, 8], (Kind::Float, Device::Cpu));
+        let y = attack(1, 4, 0).trigger(&x).unwrap();
+        assert_eq!(y.kind(), Kind::Float);
+        assert_eq!(y.sum(Kind::Double).double_value(&[]), 2.0 * (64.0 - 16.0));
+        assert_eq!(y.double_value(&[0, 0, 2, 2]), 0.0);
+        assert_eq!(y.double_value(&[0, 0, 5, 5]), 0.0);
+        assert_eq!(y.double_value(&[0, 0, 6, 6]), 1.0);
+        assert_eq!(y.double_value(&[0, 0, 1, 5]), 1.0);
+        // 6 + 2 = 8 fits exactly; 7 does not.
+        assert!(attack(1, 6, 0).trigger(&x).is_ok());
+        let e = attack(1, 7, 0).trigger(&x).unwrap_err().to_string();
+        assert!(e.contains("size = 7") && e.contains("8x8"), "{e}");
+        let e = attack(1, 2, 0)
+            .trigger(&Tensor::ones([8, 8], (Kind::Float, Device::Cpu)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[N, C, H, W]"), "{e}");
+    }
+
+    #[test]
+    fn poisoning_picks_n_sorted_rows_triggers_and_relabels_them() {
+        let data = task(200, 3, 10);
+        let a = attack(30, 3, 4);
+        let p = a.poison(&ctx(&data, 5)).unwrap();
+        assert_eq!(p.rows.len(), 30);
+        assert!(p.rows.windows(2).all(|w| w[0] < w[1]), "{:?}", p.rows);
+        assert!(p.rows.iter().all(|&r| r < data.train.len()));
+        assert_eq!(p.images.size(), [30, 3, 10, 10]);
+        assert_eq!(p.images.kind(), data.train.images.kind());
+        assert_eq!(p.labels.kind(), Kind::Int64);
+        assert_eq!(Vec::<i64>::try_from(&p.labels).unwrap(), vec![4; 30]);
+        // Each poisoned image is its clean row with the trigger, row by row.
+        let clean = data.train.subset(&p.rows);
+        for (k, &row) in p.rows.iter().enumerate() {
+            let one = data.train.images.narrow(0, row as i64, 1);
+            let want = a.trigger(&one).unwrap();
+            assert!(
+                p.images.narrow(0, k as i64, 1).equal(&want),
+                "row {row} is its triggered clean image"
+            );
+        }
+        assert!(
+            !p.images.equal(&clean.images),
+            "the trigger changed something"
+        );
+        // Train itself is untouched.
+        assert!(data.train.images.equal(&task(200, 3, 10).train.images));
+        assert_eq!(a.target(), 4);
+    }
+
+    #[test]
+    fn poisoning_is_deterministic_by_seed() {
+        let data = task(200, 1, 8);
+        let a = BadNets::new(BadNetsConfig::default());
+        let p = a.poison(&ctx(&data, 9)).unwrap();
+        let q = a.poison(&ctx(&data, 9)).unwrap();
+        assert_eq!(p.rows, q.rows);
+        assert!(p.images.equal(&q.images));
+        assert!(p.labels.equal(&q.labels));
+        let r = a.poison(&ctx(&data, 10)).unwrap();
+        assert_ne!(p.rows, r.rows, "another seed draws other rows");
+        // All of train can be poisoned.
+        let all = attack(data.train.len(), 4, 0)
+            .poison(&ctx(&data, 1))
+            .unwrap();
+        assert_eq!(all.rows, (0..data.train.len()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn poisoning_errors_name_the_field() {
+        let data = task(40, 1, 8);
+        let e = attack(21, 4, 0)
+            .poison(&ctx(&data, 0))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("n = 21") && e.contains("only 20"), "{e}");
+        let e = attack(5, 4, 5)
+            .poison(&ctx(&data, 0))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("target = 5") && e.contains("5 classes"), "{e}");
+        let e = attack(5, 7, 0)
+            .poison(&ctx(&data, 0))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("size = 7") && e.contains("8x8"), "{e}");
+    }
+
+    #[test]
+    fn config_defaults_rules_and_registration() {
+        let r = Registry::builtin().unwrap();
+        let m = r
+            .get_kind("BadNets", unlearn_core::method::Kind::Attack)
+            .unwrap();
+        let d = &m.default_config;
+        assert_eq!(d.as_object().unwrap().len(), 3, "{d}");
+        assert!(d["n"] == 50 && d["size"] == 4 && d["target"] == 0, "{d}");
+        // A JSON object with the given fields (serde_json is not a dependency of this crate).
+        let config = |fields: &[(&str, i64)]| {
+            let mut v = d.clone();
+            let o = v.as_object_mut().unwrap();
+            o.clear();
+            for &(k, x) in fields {
+                o.insert(k.to_string(), x.into());
+            }
+            v
+        };
+        let a = m.build_attack(&config(&[])).ok().unwrap();
+        assert_eq!(a.target(), 0);
+        let a = m
+            .build_attack(&config(&[("target", 3), ("size", 2)]))
+            .ok()
+            .unwrap();
+        assert_eq!(a.target(), 3);
+        let issues = m
+            .build_attack(&config(&[("n", 0), ("size", 0)]))
+            .err()
+            .unwrap();
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths, ["/n", "/size"]);
+        let issues = m.build_attack(&config(&[("trigger", 3)])).err().unwrap();
+        assert!(issues[0].message.contains("trigger"), "{issues:?}");
+        unlearn_core::conformance::assert_conforms(m);
+    }
+}
