@@ -1,1 +1,28 @@
-//! Placeholder: RL and SalUn are being written.
+//! An example plugin crate with two unlearners from SalUn (Fan et al., ICLR 2024), the
+//! follow-up of the paper this tool reproduces (SPEC §5, last bullet):
+//!
+//! - [`Rl`] (`RL`, random labelling): fine-tune on `D_f ∪ D_r` with cross-entropy, where every
+//!   forget sample's label is replaced once, before training, by a uniformly random class other
+//!   than its true one ([`random_other_labels`]); retain labels are unchanged.
+//! - [`SalUn`] (`SalUn`, saliency unlearning): the same training, but only the weights most
+//!   salient to the forget loss move. The saliency of a weight is `|d/dw sum_{D_f} CE|` at the
+//!   original weights ([`saliency_mask`]); the top `share` of all trainable weights (globally)
+//!   form a second 0/1 mask that multiplies every gradient before each step ([`SalientCe`]).
+//!
+//! Both are written exactly as a built-in method is (a typed config from [`sgd_config!`],
+//! [`UnlearnMethod`], [`Unlearner`], core's training loop through `ctx.train`), and the same
+//! code is linked as a built-in (rlib) or loaded by the host as a dynamic plugin (cdylib) through
+//! the one [`export_plugin!`] line at the end of this file.
+//!
+//! [`sgd_config!`]: unlearn_core::sgd_config
+//! [`export_plugin!`]: unlearn_core::export_plugin
+//! [`UnlearnMethod`]: unlearn_core::method::UnlearnMethod
+//! [`Unlearner`]: unlearn_core::method::Unlearner
+
+mod rl;
+mod salun;
+
+pub use rl::{random_label_stream, random_other_labels, Rl, RlConfig, LABEL_PURPOSE};
+pub use salun::{saliency_mask, SalUn, SalUnConfig, SaliencyMask, SalientCe};
+
+unlearn_core::export_plugin! { unlearner: Rl, unlearner: SalUn }
