@@ -8,14 +8,22 @@ use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
-    println!("cargo:rerun-if-changed=../build/link_libtorch.rs");
+    // (Cargo reruns this script when the script itself changes: it is compiled from it.)
     let Some(root) = std::env::var_os("LIBTORCH") else {
         println!(
             "cargo:warning=LIBTORCH is not set: run scripts/setup.sh once (it writes .cargo/config.toml)"
         );
         return;
     };
-    let lib = PathBuf::from(root).join("lib");
+    let root = PathBuf::from(root);
+    // The libtorch version this crate is built against: plugin libraries carry it, and the host
+    // refuses one built against another version (core reads it as `plugin::LIBTORCH_VERSION`).
+    let header = root.join("include/torch/headeronly/version.h");
+    println!("cargo:rerun-if-changed={}", header.display());
+    if let Some(v) = libtorch_version(&header) {
+        println!("cargo:rustc-env=UNLEARN_LIBTORCH_VERSION={v}");
+    }
+    let lib = root.join("lib");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-L{}", lib.display());
@@ -23,4 +31,24 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+}
+
+/// `MAJOR.MINOR.PATCH` from libtorch's version header.
+fn libtorch_version(header: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(header).ok()?;
+    let part = |name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix("#define ")?
+                .strip_prefix(name)?
+                .trim()
+                .parse::<u32>()
+                .ok()
+        })
+    };
+    Some(format!(
+        "{}.{}.{}",
+        part("TORCH_VERSION_MAJOR ")?,
+        part("TORCH_VERSION_MINOR ")?,
+        part("TORCH_VERSION_PATCH ")?
+    ))
 }

@@ -44,6 +44,11 @@ pub struct PipelineConfig {
     pub unlearn: Vec<MethodSpec>,
     #[serde(default)]
     pub eval: EvalConfig,
+    /// Plugin libraries to load before the methods are looked up: folders (every library in
+    /// them) or library files, relative to the config file. Adds to `--plugin-dir` and
+    /// `UNLEARN_PLUGIN_PATH`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -125,10 +130,10 @@ pub struct MethodSpec {
 }
 
 /// One problem with a config: where (a JSON pointer), the offending value, and the rule.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigIssue {
     pub path: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<Value>,
     pub message: String,
 }
@@ -516,4 +521,19 @@ pub fn load_split(cfg: &DataConfig, base_dir: &Path) -> Result<(Dataset, Split),
         dataset.augment = a;
     }
     Ok((dataset, split))
+}
+
+/// The `plugins` entries of a parsed config, resolved against the config's folder (before the
+/// config is planned: its methods may come from those libraries). A malformed `plugins` value is
+/// left for [`plan`]'s schema check to report.
+pub fn plugin_paths(raw: &Value, base_dir: &Path) -> Vec<PathBuf> {
+    raw.get("plugins")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(|p| base_dir.join(p))
+                .collect()
+        })
+        .unwrap_or_default()
 }

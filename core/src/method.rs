@@ -131,7 +131,9 @@ impl<'a> UnlearnCtx<'a> {
     /// applied when sparse): the starting point of retraining.
     pub fn reinitialise(&mut self) -> Result<(), ModelError> {
         let fresh = Model::new(self.model.spec().clone(), self.model.device(), self.seed)?;
-        *self.model = fresh;
+        // Values are copied into the context's own tensors (not the model replaced): in a plugin
+        // library those tensors are the host's.
+        self.model.load_snapshot(&fresh.snapshot())?;
         self.enforce_mask();
         Ok(())
     }
@@ -432,10 +434,13 @@ macro_rules! sgd_config {
             /// Initial learning rate.
             #[schemars(range(min = 0.0))]
             pub lr: f64,
+            /// Samples per SGD step.
             #[schemars(range(min = 1))]
             pub batch_size: usize,
+            /// SGD momentum (SPEC: 0.9).
             #[schemars(range(min = 0.0, max = 1.0))]
             pub momentum: f64,
+            /// L2 weight decay of SGD (SPEC: 5e-4).
             #[schemars(range(min = 0.0))]
             pub weight_decay: f64,
             /// Epochs at which the lr is multiplied by 0.1.

@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use crate::config::ConfigIssue;
 use crate::method::{Attack, Built, BuiltinMethod, Factory, Kind, Pruner, Unlearner};
+use crate::plugin::host::LibraryMethod;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case", tag = "type", content = "name")]
@@ -67,7 +69,13 @@ pub struct Method {
     pub schema: Value,
     /// The config with every default filled in.
     pub default_config: Value,
-    factory: Factory,
+    maker: Maker,
+}
+
+/// How a method is made from its config.
+enum Maker {
+    Builtin(Factory),
+    Library(Arc<LibraryMethod>),
 }
 
 impl Method {
@@ -79,39 +87,63 @@ impl Method {
             source: Source::BuiltIn(b.krate.to_string()),
             schema: (b.schema)(),
             default_config: (b.default_config)(),
-            factory: b.factory,
+            maker: Maker::Builtin(b.factory),
+        }
+    }
+
+    /// A method of a plugin library (checked by the loader).
+    pub(crate) fn from_library(
+        kind: Kind,
+        name: String,
+        summary: String,
+        source: Source,
+        schema: Value,
+        default_config: Value,
+        method: Arc<LibraryMethod>,
+    ) -> Method {
+        Method {
+            kind,
+            name,
+            summary,
+            source,
+            schema,
+            default_config,
+            maker: Maker::Library(method),
         }
     }
 
     pub fn build_unlearner(&self, config: &Value) -> Built<dyn Unlearner> {
-        match &self.factory {
-            Factory::Unlearner(f) => f(config),
-            other => Err(self.wrong_kind(other.kind(), Kind::Unlearner)),
+        match &self.maker {
+            Maker::Builtin(Factory::Unlearner(f)) => f(config),
+            Maker::Library(l) if self.kind == Kind::Unlearner => l.build_unlearner(config),
+            _ => Err(self.wrong_kind(Kind::Unlearner)),
         }
     }
 
     pub fn build_pruner(&self, config: &Value) -> Built<dyn Pruner> {
-        match &self.factory {
-            Factory::Pruner(f) => f(config),
-            other => Err(self.wrong_kind(other.kind(), Kind::Pruner)),
+        match &self.maker {
+            Maker::Builtin(Factory::Pruner(f)) => f(config),
+            Maker::Library(l) if self.kind == Kind::Pruner => l.build_pruner(config),
+            _ => Err(self.wrong_kind(Kind::Pruner)),
         }
     }
 
     pub fn build_attack(&self, config: &Value) -> Built<dyn Attack> {
-        match &self.factory {
-            Factory::Attack(f) => f(config),
-            other => Err(self.wrong_kind(other.kind(), Kind::Attack)),
+        match &self.maker {
+            Maker::Builtin(Factory::Attack(f)) => f(config),
+            Maker::Library(l) if self.kind == Kind::Attack => l.build_attack(config),
+            _ => Err(self.wrong_kind(Kind::Attack)),
         }
     }
 
-    fn wrong_kind(&self, actual: Kind, expected: Kind) -> Vec<ConfigIssue> {
+    fn wrong_kind(&self, expected: Kind) -> Vec<ConfigIssue> {
         vec![ConfigIssue::new(
             "",
             None,
             format!(
                 "`{}` is {}, not {}",
                 self.name,
-                actual.with_article(),
+                self.kind.with_article(),
                 expected.with_article()
             ),
         )]
@@ -215,7 +247,7 @@ mod tests {
             source: Source::BuiltIn(krate.into()),
             schema: Value::Null,
             default_config: Value::Null,
-            factory: Factory::Unlearner(never),
+            maker: Maker::Builtin(Factory::Unlearner(never)),
         }
     }
 

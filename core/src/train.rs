@@ -32,6 +32,9 @@ pub enum TrainError {
     Schedule { label: String, message: String },
     #[error("{label}: cancelled")]
     Cancelled { label: String },
+    /// Reported by the other side of the plugin boundary (its message, verbatim).
+    #[error("{0}")]
+    Remote(String),
     #[error("{label}: {source}")]
     Torch {
         label: String,
@@ -239,6 +242,17 @@ pub struct TrainReport {
     pub steps: usize,
 }
 
+/// Where a [`Trainer`]'s loops run when not in this copy of core: inside a plugin library, the
+/// host's loop (reached through the plugin ABI), so a plugin method trains exactly as a built-in.
+pub trait LoopBackend: Send + Sync {
+    fn run(
+        &self,
+        model: &mut Model,
+        run: Run<'_>,
+        objective: &mut dyn Objective,
+    ) -> Result<TrainReport, TrainError>;
+}
+
 /// Runs training loops on one device. Cheap to clone; shares the cancel flag.
 #[derive(Clone)]
 pub struct Trainer {
@@ -246,6 +260,7 @@ pub struct Trainer {
     /// Draw a progress bar (only when stderr is a terminal).
     pub progress: bool,
     pub cancel: Arc<AtomicBool>,
+    backend: Option<Arc<dyn LoopBackend>>,
 }
 
 impl Trainer {
@@ -254,6 +269,15 @@ impl Trainer {
             device,
             progress,
             cancel: Arc::new(AtomicBool::new(false)),
+            backend: None,
+        }
+    }
+
+    /// A trainer whose loops run in `backend` (the plugin side of the ABI uses this).
+    pub fn with_backend(device: Device, progress: bool, backend: Arc<dyn LoopBackend>) -> Trainer {
+        Trainer {
+            backend: Some(backend),
+            ..Trainer::new(device, progress)
         }
     }
 
@@ -263,6 +287,9 @@ impl Trainer {
         run: Run<'_>,
         objective: &mut dyn Objective,
     ) -> Result<TrainReport, TrainError> {
+        if let Some(backend) = &self.backend {
+            return backend.run(model, run, objective);
+        }
         let label = run.label.clone();
         let torch = |source| TrainError::Torch {
             label: label.clone(),

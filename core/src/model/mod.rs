@@ -122,7 +122,7 @@ impl std::str::FromStr for Arch {
 }
 
 /// Everything needed to build a fresh model of the same shape.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
     pub arch: Arch,
     /// `[C, H, W]` of the inputs.
@@ -197,6 +197,38 @@ impl Model {
             Arch::Resnet56 => Box::new(ResNet::cifar(&root, norm, c, classes, 9)),
             Arch::Vgg16Bn => Box::new(Vgg::vgg16_bn(&root, norm, c, classes)),
         };
+        Ok(Model { spec, vs, net })
+    }
+
+    /// A model made of existing tensors and a forward function: how a model crosses the plugin
+    /// boundary. `variables` (parameters, which require grad, and buffers) are kept as they are,
+    /// not copied, so training this model trains their owner's; `net` computes the logits.
+    pub fn from_parts(
+        spec: ModelSpec,
+        variables: Vec<(String, Tensor)>,
+        net: Box<dyn ModuleT>,
+    ) -> Result<Model, ModelError> {
+        check_input(&spec)?;
+        let device = variables
+            .first()
+            .map(|(_, t)| t.device())
+            .ok_or_else(|| ModelError::State("a model needs at least one variable".into()))?;
+        let vs = nn::VarStore::new(device);
+        for (name, t) in variables {
+            let mut parts: Vec<&str> = name.split('.').collect();
+            let leaf = parts.pop().unwrap_or_default();
+            if leaf.is_empty() || parts.iter().any(|p| p.is_empty()) || t.device() != device {
+                return Err(ModelError::State(format!(
+                    "variable `{name}`: an invalid name or another device than {device:?}"
+                )));
+            }
+            let path = parts.iter().fold(vs.root(), |p, part| p.sub(*part));
+            if path.get(leaf).is_some() {
+                return Err(ModelError::State(format!("variable `{name}` given twice")));
+            }
+            let trainable = t.requires_grad();
+            let _ = path.add(leaf, t, trainable);
+        }
         Ok(Model { spec, vs, net })
     }
 

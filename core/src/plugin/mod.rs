@@ -20,5 +20,34 @@ macro_rules! export_plugin {
                 $crate::method::BuiltinMethod::$kind::<$t>(env!("CARGO_PKG_NAME"))
             }
         )+
+
+        /// The plugin library's entry (see `unlearn_core::plugin::abi`).
+        #[cfg(not(feature = "builtin"))]
+        #[no_mangle]
+        pub extern "C" fn unlearn_plugin_entry() -> *const $crate::plugin::abi::PluginDescriptor {
+            static METHODS: &[$crate::method::BuiltinMethod] = &[
+                $( $crate::method::BuiltinMethod::$kind::<$t>(env!("CARGO_PKG_NAME")), )+
+            ];
+            static DESCRIPTOR: ::std::sync::OnceLock<$crate::plugin::guest::Exported> =
+                ::std::sync::OnceLock::new();
+            $crate::plugin::guest::descriptor(
+                METHODS,
+                env!("CARGO_PKG_NAME"),
+                env!("CARGO_PKG_VERSION"),
+                &DESCRIPTOR,
+            )
+        }
     };
 }
+
+pub mod abi;
+pub mod guest;
+pub mod host;
+mod wire;
+
+/// The libtorch version (`MAJOR.MINOR.PATCH`) this copy of core was built against. A plugin
+/// library carries its own copy; the host refuses a library whose version differs.
+pub const LIBTORCH_VERSION: &str = match option_env!("UNLEARN_LIBTORCH_VERSION") {
+    Some(v) => v,
+    None => "unknown",
+};

@@ -1,0 +1,466 @@
+//! The plugin side of the ABI, compiled into every plugin library by
+//! [`export_plugin!`](crate::export_plugin): it describes the library's methods and turns the
+//! host's calls back into the contexts a built-in method gets. The model, mask and data in those
+//! contexts are the host's tensors (shared, not copied); the model's forward pass and every
+//! training loop run in the host.
+
+use std::ffi::{c_char, c_void, CString};
+use std::sync::{Arc, OnceLock};
+
+use tch::{Device, Tensor};
+
+use super::abi::{
+    AttackCall, C_tensor, HostApi, LoopRequest, MethodEntry, ObjectiveRef, PluginDescriptor,
+    PruneCall, Status, TensorSink, UnlearnCall, ABI_VERSION, KIND_ATTACK, KIND_PRUNER,
+    KIND_UNLEARNER,
+};
+use super::wire::{
+    self, borrow_tensor, free_string, guard, into_handle, put_all, read_json, read_list,
+    read_model, read_task, status_result, CallContext, Collected, OwnedDataset, OwnedList,
+    OwnedModel, ReportMeta, RunMeta,
+};
+use crate::forget::ForgetSet;
+use crate::mask::Mask;
+use crate::method::{
+    Attack, AttackCtx, BuiltinMethod, Factory, Kind, PruneCtx, Pruner, UnlearnCtx, Unlearner,
+};
+use crate::model::{Model, Snapshot};
+use crate::train::{
+    Batch, LoopBackend, Objective, Run, Schedule, TrainError, TrainReport, Trainer,
+};
+
+/// A descriptor made once and kept for the life of the process.
+pub struct Exported(PluginDescriptor);
+
+// SAFETY: the descriptor and everything it points at are immutable after creation.
+unsafe impl Send for Exported {}
+unsafe impl Sync for Exported {}
+
+/// The descriptor of a library exporting `methods` (what `export_plugin!`'s entry returns).
+/// Returns null when it cannot be made (a method's schema does not serialise).
+pub fn descriptor(
+    methods: &'static [BuiltinMethod],
+    plugin_name: &str,
+    plugin_version: &str,
+    cell: &'static OnceLock<Exported>,
+) -> *const PluginDescriptor {
+    let made = std::panic::catch_unwind(|| {
+        &cell
+            .get_or_init(|| Exported(make_descriptor(methods, plugin_name, plugin_version)))
+            .0 as *const PluginDescriptor
+    });
+    made.unwrap_or(std::ptr::null())
+}
+
+/// Builds a descriptor (not cached). Test fixtures use it to make broken ones.
+pub fn make_descriptor(
+    methods: &'static [BuiltinMethod],
+    plugin_name: &str,
+    plugin_version: &str,
+) -> PluginDescriptor {
+    let entries: Vec<MethodEntry> = methods.iter().map(method_entry).collect();
+    let entries = Box::leak(entries.into_boxed_slice());
+    PluginDescriptor {
+        abi_version: ABI_VERSION,
+        libtorch_version: wire::leak_string(super::LIBTORCH_VERSION),
+        plugin_name: wire::leak_string(plugin_name),
+        plugin_version: wire::leak_string(plugin_version),
+        methods: entries.as_ptr(),
+        n_methods: entries.len(),
+        free_string,
+    }
+}
+
+fn method_entry(m: &'static BuiltinMethod) -> MethodEntry {
+    let json = |v: serde_json::Value| wire::leak_string(&v.to_string());
+    MethodEntry {
+        kind: match m.kind {
+            Kind::Pruner => KIND_PRUNER,
+            Kind::Unlearner => KIND_UNLEARNER,
+            Kind::Attack => KIND_ATTACK,
+        },
+        name: wire::leak_string(m.name),
+        summary: wire::leak_string(m.summary),
+        schema_json: json((m.schema)()),
+        default_config_json: json((m.default_config)()),
+        state: m as *const BuiltinMethod as *const c_void,
+        create,
+        destroy,
+        unlearn,
+        pruner_info,
+        prune,
+        attack_target,
+        poison,
+        trigger,
+    }
+}
+
+/// A method built from its config.
+enum Instance {
+    Unlearner(Box<dyn Unlearner>),
+    Pruner(Box<dyn Pruner>),
+    Attack(Box<dyn Attack>),
+}
+
+impl Instance {
+    fn kind(&self) -> Kind {
+        match self {
+            Instance::Unlearner(_) => Kind::Unlearner,
+            Instance::Pruner(_) => Kind::Pruner,
+            Instance::Attack(_) => Kind::Attack,
+        }
+    }
+}
+
+fn not_a(instance: &Instance, expected: Kind) -> String {
+    format!(
+        "this method is {}, not {}",
+        instance.kind().with_article(),
+        expected.with_article()
+    )
+}
+
+unsafe extern "C" fn create(
+    state: *const c_void,
+    config_json: *const c_char,
+    instance: *mut *mut c_void,
+    err: *mut *mut c_char,
+) -> Status {
+    guard(err, || {
+        let m = &*(state as *const BuiltinMethod);
+        let config: serde_json::Value = read_json(config_json, "config")?;
+        let issues = |issues| serde_json::to_string(&issues).expect("issues serialise");
+        let made = match m.factory {
+            Factory::Unlearner(f) => Instance::Unlearner(f(&config).map_err(issues)?),
+            Factory::Pruner(f) => Instance::Pruner(f(&config).map_err(issues)?),
+            Factory::Attack(f) => Instance::Attack(f(&config).map_err(issues)?),
+        };
+        *instance = Box::into_raw(Box::new(made)) as *mut c_void;
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn destroy(instance: *mut c_void) {
+    if !instance.is_null() {
+        let _ = std::panic::catch_unwind(|| drop(Box::from_raw(instance as *mut Instance)));
+    }
+}
+
+/// The host's table, checked.
+unsafe fn host<'a>(api: *const HostApi) -> Result<&'a HostApi, String> {
+    let api = api.as_ref().ok_or("no host API table")?;
+    if api.abi_version != ABI_VERSION || api.size < std::mem::size_of::<HostApi>() {
+        return Err(format!(
+            "the host speaks plugin ABI version {} (table of {} bytes), this plugin version {}",
+            api.abi_version, api.size, ABI_VERSION
+        ));
+    }
+    Ok(api)
+}
+
+/// A trainer whose loops run in the host.
+fn remote_trainer(
+    api: &HostApi,
+    trainer: *const c_void,
+    device: Device,
+    progress: bool,
+) -> Trainer {
+    let backend = HostLoop {
+        api: api as *const HostApi,
+        trainer,
+    };
+    Trainer::with_backend(device, progress, Arc::new(backend))
+}
+
+fn mask_of(model: &Model, list: &super::abi::TensorList) -> Result<Option<Mask>, String> {
+    // SAFETY: the list is part of the call, valid during it.
+    let tensors = unsafe { read_list(list, "mask")? };
+    tensors
+        .map(|t| Mask::from_tensors(model, t.into_iter().collect()).map_err(|e| e.to_string()))
+        .transpose()
+}
+
+unsafe extern "C" fn unlearn(
+    instance: *mut c_void,
+    api: *const HostApi,
+    call: *const UnlearnCall,
+    err: *mut *mut c_char,
+) -> Status {
+    guard(err, || {
+        let instance = &*(instance as *const Instance);
+        let Instance::Unlearner(method) = instance else {
+            return Err(not_a(instance, Kind::Unlearner));
+        };
+        let api = host(api)?;
+        let call = &*call;
+        let mut model = read_model(&call.model)?;
+        let mask = mask_of(&model, &call.mask)?;
+        let data = read_task(&call.data)?;
+        let forget: ForgetSet = read_json(call.forget_json, "forget set")?;
+        let cx: CallContext = read_json(call.context_json, "call context")?;
+        let trainer = remote_trainer(api, call.trainer, model.device(), cx.progress);
+        let mut ctx = UnlearnCtx {
+            model: &mut model,
+            mask: mask.as_ref(),
+            data: &data,
+            forget: &forget,
+            trainer: &trainer,
+            seed: cx.seed,
+            label: cx.label,
+        };
+        method.unlearn(&mut ctx).map_err(|e| e.to_string())
+    })
+}
+
+unsafe extern "C" fn pruner_info(
+    instance: *mut c_void,
+    sparsity: *mut f64,
+    rewind_epoch: *mut i64,
+    err: *mut *mut c_char,
+) -> Status {
+    guard(err, || {
+        let instance = &*(instance as *const Instance);
+        let Instance::Pruner(method) = instance else {
+            return Err(not_a(instance, Kind::Pruner));
+        };
+        *sparsity = method.sparsity();
+        *rewind_epoch = method.rewind_epoch().map_or(-1, |e| e as i64);
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn prune(
+    instance: *mut c_void,
+    api: *const HostApi,
+    call: *const PruneCall,
+    out: TensorSink,
+    err: *mut *mut c_char,
+) -> Status {
+    guard(err, || {
+        let instance = &*(instance as *const Instance);
+        let Instance::Pruner(method) = instance else {
+            return Err(not_a(instance, Kind::Pruner));
+        };
+        let api = host(api)?;
+        let call = &*call;
+        let mut model = read_model(&call.model)?;
+        let rewind =
+            read_list(&call.rewind, "rewind snapshot")?.map(|t| Snapshot(t.into_iter().collect()));
+        let data = read_task(&call.data)?;
+        let schedule: Schedule = read_json(call.schedule_json, "schedule")?;
+        let cx: CallContext = read_json(call.context_json, "call context")?;
+        let trainer = remote_trainer(api, call.trainer, model.device(), cx.progress);
+        let mut ctx = PruneCtx {
+            model: &mut model,
+            rewind: rewind.as_ref(),
+            data: &data,
+            schedule: &schedule,
+            trainer: &trainer,
+            seed: cx.seed,
+            label: cx.label,
+        };
+        let mask = method.prune(&mut ctx).map_err(|e| e.to_string())?;
+        put_all(&out, mask.tensors().iter().map(|(k, t)| (k.as_str(), t)));
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn attack_target(
+    instance: *mut c_void,
+    target: *mut u64,
+    err: *mut *mut c_char,
+) -> Status {
+    guard(err, || {
+        let instance = &*(instance as *const Instance);
+        let Instance::Attack(method) = instance else {
+            return Err(not_a(instance, Kind::Attack));
+        };
+        *target = method.target() as u64;
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn poison(
+    instance: *mut c_void,
+    _api: *const HostApi,
+    call: *const AttackCall,
+    out: TensorSink,
+    err: *mut *mut c_char,
+) -> Status {
+    guard(err, || {
+        let instance = &*(instance as *const Instance);
+        let Instance::Attack(method) = instance else {
+            return Err(not_a(instance, Kind::Attack));
+        };
+        let call = &*call;
+        let data = read_task(&call.data)?;
+        let cx: CallContext = read_json(call.context_json, "call context")?;
+        let ctx = AttackCtx {
+            data: &data,
+            seed: cx.seed,
+            label: cx.label,
+        };
+        let p = method.poison(&ctx).map_err(|e| e.to_string())?;
+        let rows: Vec<i64> = p.rows.iter().map(|&r| r as i64).collect();
+        let rows = Tensor::from_slice(&rows);
+        put_all(
+            &out,
+            [
+                ("rows", &rows),
+                ("images", &p.images),
+                ("labels", &p.labels),
+            ],
+        );
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn trigger(
+    instance: *mut c_void,
+    images: *mut C_tensor,
+    out: *mut *mut C_tensor,
+    err: *mut *mut c_char,
+) -> Status {
+    guard(err, || {
+        let instance = &*(instance as *const Instance);
+        let Instance::Attack(method) = instance else {
+            return Err(not_a(instance, Kind::Attack));
+        };
+        let images = borrow_tensor(images, "images")?;
+        let triggered = method.trigger(&images).map_err(|e| e.to_string())?;
+        *out = into_handle(triggered);
+        Ok(())
+    })
+}
+
+/// Runs a plugin's training loops in the host (`HostApi::run_loop`).
+struct HostLoop {
+    api: *const HostApi,
+    trainer: *const c_void,
+}
+
+// SAFETY: both pointers are valid for the host call that made this backend; the trainer using it
+// lives inside that call.
+unsafe impl Send for HostLoop {}
+unsafe impl Sync for HostLoop {}
+
+/// What the objective callbacks reach.
+struct ObjectiveState<'a> {
+    objective: &'a mut dyn Objective,
+    model: *const Model,
+}
+
+impl LoopBackend for HostLoop {
+    fn run(
+        &self,
+        model: &mut Model,
+        run: Run<'_>,
+        objective: &mut dyn Objective,
+    ) -> Result<TrainReport, TrainError> {
+        let model: &Model = model;
+        let owned_model = OwnedModel::new(model, wire::forward_of(model));
+        let mask = OwnedList::optional(run.mask.map(|m| m.tensors().iter()));
+        let data = OwnedDataset::new(run.stream.data);
+        let meta = RunMeta {
+            label: run.label.clone(),
+            schedule: run.schedule.clone(),
+            schedule_offset: run.schedule_offset,
+            rewind_epoch: run.rewind_epoch,
+            seed: run.seed,
+            augment: run.stream.augment,
+        };
+        let run_json = CString::new(serde_json::to_string(&meta).expect("serialises"))
+            .expect("JSON has no NUL");
+        let mut state = ObjectiveState {
+            objective,
+            model: model as *const Model,
+        };
+        let mut rewind = Collected::default();
+        let request = LoopRequest {
+            model: owned_model.as_ref(),
+            mask: mask.as_ref(),
+            data: data.as_ref(),
+            rows: run.stream.rows.as_ptr() as *mut C_tensor,
+            labels: run.stream.labels.as_ptr() as *mut C_tensor,
+            run_json: run_json.as_ptr(),
+            objective: ObjectiveRef {
+                state: &mut state as *mut ObjectiveState as *mut c_void,
+                start_epoch: objective_start_epoch,
+                loss: objective_loss,
+                before_step: objective_before_step,
+                free_string,
+            },
+            rewind: rewind.sink(),
+        };
+        let mut report = std::ptr::null_mut();
+        let mut err = std::ptr::null_mut();
+        // SAFETY: the host's table and trainer from the current call; everything the request
+        // points at lives until this returns.
+        let report: ReportMeta = unsafe {
+            let api = &*self.api;
+            let status = (api.run_loop)(self.trainer, &request, &mut report, &mut err);
+            status_result(status, err, api.free_string).map_err(TrainError::Remote)?;
+            let parsed = read_json(report, "loop report");
+            (api.free_string)(report);
+            parsed.map_err(TrainError::Remote)?
+        };
+        Ok(TrainReport {
+            seconds: report.seconds,
+            rewind: run.rewind_epoch.map(|_| Snapshot(rewind.into_map())),
+            last_loss: report.last_loss.unwrap_or(f64::NAN),
+            steps: report.steps,
+        })
+    }
+}
+
+unsafe fn objective_state<'a>(state: *mut c_void) -> &'a mut ObjectiveState<'a> {
+    &mut *(state as *mut ObjectiveState<'a>)
+}
+
+unsafe extern "C" fn objective_start_epoch(
+    state: *mut c_void,
+    epoch: u64,
+    epochs: u64,
+    err: *mut *mut c_char,
+) -> Status {
+    guard(err, || {
+        objective_state(state)
+            .objective
+            .start_epoch(epoch as usize, epochs as usize);
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn objective_loss(
+    state: *mut c_void,
+    x: *mut C_tensor,
+    y: *mut C_tensor,
+    epoch: u64,
+    epochs: u64,
+    out: *mut *mut C_tensor,
+    err: *mut *mut c_char,
+) -> Status {
+    guard(err, || {
+        let s = objective_state(state);
+        let batch = Batch {
+            x: borrow_tensor(x, "batch inputs")?,
+            y: borrow_tensor(y, "batch labels")?,
+            epoch: epoch as usize,
+            epochs: epochs as usize,
+        };
+        let loss = s
+            .objective
+            .loss(&*s.model, &batch)
+            .map_err(|e| e.to_string())?;
+        *out = into_handle(loss);
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn objective_before_step(state: *mut c_void, err: *mut *mut c_char) -> Status {
+    guard(err, || {
+        let s = objective_state(state);
+        s.objective.before_step(&*s.model);
+        Ok(())
+    })
+}

@@ -1,0 +1,401 @@
+//! Plugins loaded from shared libraries: the example (RL, SalUn) built as a cdylib gives the same
+//! results as the same code linked as a built-in; its methods pass the conformance suite; and
+//! every kind of broken library or misbehaving method is a clear message while the host keeps
+//! working for everything else.
+//!
+//! The libraries are this package's dev-dependencies: cargo builds their cdylibs next to the
+//! test binaries (target/<profile>/deps).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use unlearn_core::config;
+use unlearn_core::pipeline::{self, RunOptions};
+use unlearn_core::plugin;
+use unlearn_core::registry::{Registry, Source};
+use unlearn_core::tch::Device;
+use unlearn_core::testing::TinyTask;
+use unlearn_core::train::Trainer;
+
+// The example linked as a built-in (the comparison), with the built-ins the configs use.
+use unlearn_ft as _;
+use unlearn_prune_imp as _;
+use unlearn_rl_salun as _;
+
+/// A library this package's dev-dependencies built.
+fn built(crate_name: &str) -> PathBuf {
+    let deps = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let p = deps.join(format!(
+        "{}{}{}",
+        std::env::consts::DLL_PREFIX,
+        crate_name.replace('-', "_"),
+        std::env::consts::DLL_SUFFIX
+    ));
+    assert!(p.exists(), "{} was not built", p.display());
+    p
+}
+
+/// A fresh plugin folder holding copies of the named libraries.
+fn plugin_dir(root: &Path, name: &str, libs: &[&str]) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for lib in libs {
+        let src = built(lib);
+        std::fs::copy(&src, dir.join(src.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+fn unlearn(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_unlearn"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("UNLEARN_PLUGIN_PATH")
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Methods `unlearn list --json` shows, as (name, source).
+fn listed(o: &Output) -> Vec<(String, String)> {
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
+        panic!(
+            "list --json prints JSON: {}{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        )
+    });
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().to_string(),
+                m["source"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+const EXAMPLE: &str = "unlearn-rl-salun";
+const MISBEHAVING: &str = "unlearn-test-misbehaving";
+
+/// Digits, a few epochs, OMP 90%, forget digit 3, RL and SalUn; `plugins` is set by the caller.
+const DIGITS_RL_SALUN: &str = r#"
+seed = 0
+[data]
+dataset = "digits"
+[model]
+arch = "small-cnn"
+[train]
+epochs = 3
+lr = 0.05
+batch_size = 64
+milestones = []
+[prune]
+method = "OMP"
+sparsity = 0.9
+rewind_epoch = 1
+[[forget]]
+kind = "class"
+class = 3
+[[unlearn]]
+method = "RL"
+epochs = 2
+lr = 0.01
+batch_size = 64
+[[unlearn]]
+method = "SalUn"
+epochs = 2
+lr = 0.01
+batch_size = 64
+share = 0.5
+"#;
+
+#[test]
+fn the_example_as_a_cdylib_matches_the_same_code_built_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir(tmp.path(), "plugins", &[EXAMPLE]);
+    let lib = plugins.join(built(EXAMPLE).file_name().unwrap());
+
+    // Listed with the library as their source.
+    let o = unlearn(
+        &["--plugin-dir", plugins.to_str().unwrap(), "list", "--json"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let methods = listed(&o);
+    for name in ["RL", "SalUn"] {
+        let source = lib.canonicalize().unwrap().display().to_string();
+        assert!(
+            methods.contains(&(name.to_string(), source.clone())),
+            "{name} from {source} in {methods:?}"
+        );
+    }
+    assert!(methods
+        .iter()
+        .any(|(n, s)| n == "FT" && s.starts_with("built-in")));
+
+    // Run through the CLI, loading the library from the config's `plugins` key.
+    let cfg_text = format!("plugins = [\"plugins\"]\n{DIGITS_RL_SALUN}");
+    let cfg = tmp.path().join("rl.toml");
+    std::fs::write(&cfg, &cfg_text).unwrap();
+    let out = tmp.path().join("dylib");
+    let o = unlearn(
+        &[
+            "--quiet",
+            "--device",
+            "cpu",
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let from_dylib: Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+
+    // The same pipeline in this process, where the example is linked as a built-in.
+    let registry = Registry::builtin().unwrap();
+    assert!(matches!(
+        registry.get("RL").unwrap().source,
+        Source::BuiltIn(_)
+    ));
+    let raw = config::parse_config_text(DIGITS_RL_SALUN, false).unwrap();
+    let plan = config::plan(&raw, &registry, tmp.path()).unwrap();
+    let notify = |_: &str| {};
+    let built_in = pipeline::run(
+        &plan,
+        &RunOptions {
+            device: Device::Cpu,
+            out_dir: tmp.path().join("builtin"),
+            trainer: Trainer::new(Device::Cpu, false),
+            notify: &notify,
+        },
+    )
+    .unwrap();
+    let built_in = serde_json::to_value(&built_in).unwrap();
+
+    // Every row: the same method, the same metrics to the last bit (the run time aside).
+    let rows = |v: &Value| v["rows"].as_array().unwrap().clone();
+    let (a, b) = (rows(&from_dylib), rows(&built_in));
+    assert_eq!(
+        a.len(),
+        6,
+        "original, RL and SalUn on the dense and sparse models"
+    );
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x["label"], y["label"]);
+        assert_eq!(x["metrics"], y["metrics"], "{}", x["label"]);
+    }
+    for row in &a {
+        if row["method"] != "original" {
+            // Both forget digit 3 (the original model predicts it almost perfectly).
+            let ua = row["metrics"]["ua"].as_f64().unwrap();
+            assert!(ua > 50.0, "{}: UA {ua}", row["label"]);
+        }
+    }
+    // The models the methods started from, too (their training time aside).
+    let models = |v: &Value| {
+        let mut m = v["models"].clone();
+        for x in m.as_array_mut().unwrap() {
+            x.as_object_mut().unwrap().remove("train_seconds");
+        }
+        m
+    };
+    assert_eq!(models(&from_dylib), models(&built_in));
+}
+
+#[test]
+fn dylib_methods_pass_the_conformance_suite() {
+    // Only the library's methods: the built-in copies linked into this test stay out.
+    let mut registry = Registry::from_methods([]).unwrap();
+    let loaded = plugin::host::extend(&mut registry, &[built(EXAMPLE)]);
+    assert!(
+        loaded.problems.is_empty(),
+        "{:?}",
+        loaded
+            .problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(registry.len(), 2);
+    for m in registry.list(None) {
+        assert!(matches!(m.source, Source::Library(_)), "{}", m.name);
+        let problems = unlearn_core::conformance::check(m);
+        assert!(problems.is_empty(), "{}: {problems:#?}", m.name);
+    }
+
+    // The CLI's check does the same.
+    let o = unlearn(&["plugin", "check", built(EXAMPLE).to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("unlearn-rl-salun"), "{out}");
+    assert_eq!(out.matches("conforms").count(), 2, "{out}");
+}
+
+/// One broken library next to a good one: the problem is reported, everything else works.
+fn assert_reported(dir: &Path, env: &[(&str, &str)], expected: &str) {
+    let o = unlearn(
+        &["--plugin-dir", dir.to_str().unwrap(), "list", "--json"],
+        env,
+    );
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("warning: plugin skipped: "), "{err}");
+    assert!(err.contains(expected), "expected `{expected}` in: {err}");
+    let names: Vec<String> = listed(&o).into_iter().map(|(n, _)| n).collect();
+    for still in ["FT", "OMP", "RL", "SalUn"] {
+        assert!(names.contains(&still.to_string()), "{still} in {names:?}");
+    }
+}
+
+#[test]
+fn broken_libraries_are_clear_messages_and_the_rest_still_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let torch = plugin::LIBTORCH_VERSION;
+    let modes = [
+        (
+            "abi",
+            format!(
+                "built for plugin ABI version {}, but this unlearn speaks version {}",
+                plugin::abi::ABI_VERSION + 1,
+                plugin::abi::ABI_VERSION
+            ),
+        ),
+        (
+            "libtorch",
+            format!("built against libtorch 0.0.1, but this unlearn runs libtorch {torch}: rebuild the plugin with LIBTORCH pointing at libtorch {torch}"),
+        ),
+        (
+            "schema",
+            "method `Panicker`: its config schema is not a valid JSON Schema".to_string(),
+        ),
+        (
+            "duplicate",
+            "method `FT` is registered twice: by built-in (unlearn-ft) and by".to_string(),
+        ),
+        ("null", "returned no descriptor".to_string()),
+    ];
+    for (mode, expected) in &modes {
+        let dir = plugin_dir(tmp.path(), mode, &[EXAMPLE, MISBEHAVING]);
+        assert_reported(&dir, &[("UNLEARN_TEST_PLUGIN_MODE", mode)], expected);
+        // `plugin check` fails on it, with the same message.
+        let lib = dir.join(built(MISBEHAVING).file_name().unwrap());
+        let o = unlearn(
+            &["plugin", "check", lib.to_str().unwrap()],
+            &[("UNLEARN_TEST_PLUGIN_MODE", mode)],
+        );
+        assert!(!o.status.success(), "{mode}");
+        let all = text(&o.stdout) + &text(&o.stderr);
+        assert!(all.contains(expected.as_str()), "{mode}: {all}");
+    }
+
+    // A file that is not a library at all.
+    let dir = plugin_dir(tmp.path(), "junk", &[EXAMPLE]);
+    std::fs::write(
+        dir.join(format!("libjunk{}", std::env::consts::DLL_SUFFIX)),
+        "not a library",
+    )
+    .unwrap();
+    assert_reported(&dir, &[], "not a loadable library");
+
+    // A real library without the entry symbol; found through UNLEARN_PLUGIN_PATH this time.
+    let dir = plugin_dir(
+        tmp.path(),
+        "no-entry",
+        &[EXAMPLE, "unlearn-test-not-a-plugin"],
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_unlearn"))
+        .args(["list", "--json"])
+        .env("UNLEARN_PLUGIN_PATH", &dir)
+        .output()
+        .unwrap();
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("no `unlearn_plugin_entry` symbol, so not an unlearn plugin"),
+        "{err}"
+    );
+    assert!(listed(&o).iter().any(|(n, _)| n == "SalUn"));
+}
+
+#[test]
+fn a_panicking_or_failing_plugin_is_an_error_and_the_host_keeps_working() {
+    let mut registry = Registry::builtin().unwrap();
+    let loaded = plugin::host::extend(&mut registry, &[built(MISBEHAVING)]);
+    assert!(loaded.problems.is_empty());
+    let t = TinyTask::new();
+    let (model, mask) = t.trained_sparse();
+    let run = |name: &str| {
+        let u = registry
+            .get(name)
+            .unwrap()
+            .build_unlearner(&serde_json::json!({}))
+            .unwrap_or_else(|_| panic!("{name} builds"));
+        t.unlearn(u.as_ref(), &model, Some(&mask), 0)
+    };
+
+    // A panic in the middle of a run (in the objective, called from the host's loop).
+    let e = run("Panicker").unwrap_err().to_string();
+    assert!(e.contains("Panicker (plugin "), "{e}");
+    assert!(e.contains("panicked: deliberate panic in batch 2"), "{e}");
+    let e = run("Failer").unwrap_err().to_string();
+    assert!(
+        e.contains("deliberate failure: the forget set is too interesting"),
+        "{e}"
+    );
+    // The same process still runs other methods, built-in or not.
+    for name in ["FT", "RL"] {
+        let m = run(name).unwrap_or_else(|e| panic!("{name} after a plugin panic: {e}"));
+        assert!(m.all_finite());
+    }
+
+    // Through the CLI: exit 1, the method and its library named, no results written.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = plugin_dir(tmp.path(), "plugins", &[MISBEHAVING]);
+    let cfg = tmp.path().join("panic.toml");
+    let body = DIGITS_RL_SALUN
+        .split("[[unlearn]]")
+        .next()
+        .unwrap()
+        .replace(
+            "[prune]\nmethod = \"OMP\"\nsparsity = 0.9\nrewind_epoch = 1\n",
+            "",
+        );
+    std::fs::write(&cfg, format!("{body}[[unlearn]]\nmethod = \"Panicker\"\n")).unwrap();
+    let out = tmp.path().join("out");
+    let o = unlearn(
+        &[
+            "--quiet",
+            "--plugin-dir",
+            dir.to_str().unwrap(),
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("error: "), "{err}");
+    assert!(err.contains("Panicker (plugin "), "{err}");
+    assert!(
+        err.contains("panicked: deliberate panic in batch 2"),
+        "{err}"
+    );
+    assert!(!out.join("results.json").exists());
+}
