@@ -4,13 +4,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::builder::PossibleValuesParser;
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use unlearn_core::config::{self, ConfigError, Plan};
 use unlearn_core::device::{self, DeviceChoice};
 use unlearn_core::method::Kind;
 use unlearn_core::model::Arch;
 use unlearn_core::pipeline::{self, RunOptions};
+use unlearn_core::plugin;
 use unlearn_core::registry::Registry;
 use unlearn_core::train::Trainer;
 
@@ -44,6 +44,10 @@ struct Cli {
     /// resnet56, vgg16-bn).
     #[arg(long, global = true)]
     arch: Option<Arch>,
+    /// Load plugin libraries from this folder (every library in it) or file; repeatable. Also
+    /// read: UNLEARN_PLUGIN_PATH (folders or files, `:`-separated) and a config's `plugins`.
+    #[arg(long = "plugin-dir", global = true, value_name = "DIR")]
+    plugin_dirs: Vec<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -118,6 +122,12 @@ enum PluginCommand {
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
+    /// Load one plugin library the way `--plugin-dir` does, report every problem with it, and
+    /// run the conformance suite on each of its methods.
+    Check {
+        /// The library file (e.g. target/release/libmy_plugin.so).
+        library: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -179,21 +189,31 @@ fn bad(e: impl Into<anyhow::Error>) -> anyhow::Error {
 }
 
 fn real_main() -> Result<()> {
-    let registry = Registry::builtin().context("building the method registry")?;
-    // `schema <method>` offers the registered names (in --help, errors and completions).
-    let names: Vec<String> = registry.list(None).map(|m| m.name.clone()).collect();
-    let command = Cli::command().mut_subcommand("schema", |s| {
-        s.mut_arg("method", |a| {
-            a.value_parser(PossibleValuesParser::new(names))
-        })
-    });
-    let matches = command.try_get_matches().unwrap_or_else(|e| e.exit());
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let cli = Cli::parse();
     let notify = |msg: &str| {
         if !cli.quiet {
             eprintln!("[unlearn] {msg}");
         }
     };
+    // A config's own `plugins` join the command line's and the environment's.
+    let config_plugins = match &cli.command {
+        Command::Validate { config } | Command::Run { config, .. } => {
+            config::read_config_file(config)
+                .map(|raw| config::plugin_paths(&raw, config.parent().unwrap_or(Path::new("."))))
+                .unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    let mut plugin_paths = cli.plugin_dirs.clone();
+    if let Some(env) = std::env::var_os("UNLEARN_PLUGIN_PATH") {
+        plugin_paths.extend(std::env::split_paths(&env).filter(|p| !p.as_os_str().is_empty()));
+    }
+    plugin_paths.extend(config_plugins);
+    let mut registry = Registry::builtin().context("building the method registry")?;
+    // A broken library is reported and skipped: every other method still works.
+    for problem in plugin::host::extend(&mut registry, &plugin_paths).problems {
+        eprintln!("warning: plugin skipped: {problem}");
+    }
     match cli.command {
         Command::List { kind, json } => list(&registry, kind, json),
         Command::Schema { method, config } => {
@@ -253,10 +273,12 @@ fn real_main() -> Result<()> {
                     kind,
                     dir,
                     sdk,
-                })?;
+                })
+                .map_err(bad)?;
                 println!("{}", made.display());
                 Ok(())
             }
+            PluginCommand::Check { library } => check_plugin(&library),
         },
         Command::Info => {
             let r = device::report();
@@ -271,6 +293,56 @@ fn real_main() -> Result<()> {
             println!("device: {}", device::device_name(chosen));
             Ok(())
         }
+    }
+}
+
+/// `plugin check`: strict loading of one library, then the conformance suite on its methods.
+fn check_plugin(path: &Path) -> Result<()> {
+    let lib = plugin::host::load(path).map_err(bad)?;
+    println!(
+        "{}: {} {} (plugin ABI {}, libtorch {}), {} method(s)",
+        lib.path.display(),
+        lib.name,
+        lib.version,
+        plugin::abi::ABI_VERSION,
+        plugin::LIBTORCH_VERSION,
+        lib.methods.len()
+    );
+    let mut failures: Vec<String> = lib.rejected.iter().map(|e| e.to_string()).collect();
+    // Names must also be free among the built-ins.
+    let mut registry = Registry::builtin().context("building the method registry")?;
+    for m in lib.methods {
+        let name = m.name.clone();
+        let kind = m.kind;
+        if let Err(e) = registry.add(m) {
+            failures.push(e.to_string());
+            continue;
+        }
+        let method = registry.get(&name).expect("just added");
+        let problems = unlearn_core::conformance::check(method);
+        println!(
+            "  {:<9}  {:<16}  {}",
+            kind.name(),
+            name,
+            if problems.is_empty() {
+                "conforms"
+            } else {
+                "FAILS"
+            }
+        );
+        failures.extend(problems);
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        for f in &failures {
+            eprintln!("  - {f}");
+        }
+        Err(anyhow::anyhow!(
+            "{}: {} problem(s)",
+            path.display(),
+            failures.len()
+        ))
     }
 }
 
