@@ -11,14 +11,18 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 use unlearn_core::config;
+use unlearn_core::mask::Mask;
+use unlearn_core::method::{AttackCtx, PruneCtx};
+use unlearn_core::model::Model;
 use unlearn_core::pipeline::{self, RunOptions};
 use unlearn_core::plugin;
 use unlearn_core::registry::{Registry, Source};
 use unlearn_core::tch::Device;
 use unlearn_core::testing::TinyTask;
-use unlearn_core::train::Trainer;
+use unlearn_core::train::{CrossEntropy, Run, Stream, Trainer};
 
-// The example linked as a built-in (the comparison), with the built-ins the configs use.
+// The example linked as a built-in (the comparison), with the built-ins the tests use.
+use unlearn_attack_badnets as _;
 use unlearn_ft as _;
 use unlearn_prune_imp as _;
 use unlearn_rl_salun as _;
@@ -398,4 +402,100 @@ fn a_panicking_or_failing_plugin_is_an_error_and_the_host_keeps_working() {
         "{err}"
     );
     assert!(!out.join("results.json").exists());
+}
+
+#[test]
+fn pruners_and_attacks_through_the_abi_match_their_built_in_selves() {
+    let mut registry = Registry::builtin().unwrap();
+    let loaded = plugin::host::extend(&mut registry, &[built(MISBEHAVING)]);
+    assert!(loaded.problems.is_empty());
+    // The conformance suite, on a pruner and an attack across the boundary.
+    for name in ["OMP-dylib", "BadNets-dylib"] {
+        let problems = unlearn_core::conformance::check(registry.get(name).unwrap());
+        assert!(problems.is_empty(), "{name}: {problems:#?}");
+    }
+    let t = TinyTask::new();
+    let config = serde_json::json!({"sparsity": 0.7, "rewind_epoch": 3});
+
+    // OMP: dense training keeping the rewind snapshot it asks for, then prune (rewind to the
+    // snapshot, retrain in core's loop under the mask).
+    let prune = |name: &str| -> (Mask, Model, f64, Option<usize>) {
+        let p = registry
+            .get(name)
+            .unwrap()
+            .build_pruner(&config)
+            .unwrap_or_else(|_| panic!("{name} builds"));
+        let mut model = Model::new(t.spec.clone(), Device::Cpu, 0).unwrap();
+        let all: Vec<usize> = (0..t.data.train.len()).collect();
+        let stream = Stream::new(&t.data.train, &all);
+        let s = TinyTask::schedule();
+        let trainer = Trainer::new(Device::Cpu, false);
+        let dense = trainer
+            .run(
+                &mut model,
+                Run {
+                    rewind_epoch: p.rewind_epoch(),
+                    ..Run::new("dense".into(), &s, &stream, None, 0)
+                },
+                &mut CrossEntropy,
+            )
+            .unwrap();
+        let mut ctx = PruneCtx {
+            model: &mut model,
+            rewind: dense.rewind.as_ref(),
+            data: &t.data,
+            schedule: &s,
+            trainer: &trainer,
+            seed: 0,
+            label: name.into(),
+        };
+        let mask = p.prune(&mut ctx).unwrap_or_else(|e| panic!("{name}: {e}"));
+        (mask, model, p.sparsity(), p.rewind_epoch())
+    };
+    let (mask_a, model_a, s_a, r_a) = prune("OMP");
+    let (mask_b, model_b, s_b, r_b) = prune("OMP-dylib");
+    assert_eq!((s_a, r_a), (s_b, r_b));
+    assert_eq!((s_a, r_a), (0.7, Some(3)));
+    assert_eq!(mask_a.zeros(), mask_b.zeros());
+    for (name, m) in mask_a.tensors() {
+        assert!(m.equal(mask_b.get(name).unwrap()), "mask of {name}");
+    }
+    for (name, v) in model_a.var_store().variables() {
+        assert!(
+            v.equal(&model_b.var_store().variables()[&name]),
+            "{name} after pruning and retraining"
+        );
+    }
+    assert_eq!(mask_b.violations(&model_b), 0);
+
+    // BadNets: the same poisoning and trigger.
+    let attack = |name: &str| {
+        registry
+            .get(name)
+            .unwrap()
+            .build_attack(&serde_json::json!({"n": 12, "size": 2, "target": 2}))
+            .unwrap_or_else(|_| panic!("{name} builds"))
+    };
+    let (a, b) = (attack("BadNets"), attack("BadNets-dylib"));
+    assert_eq!(a.target(), 2);
+    assert_eq!(b.target(), 2);
+    let ctx = AttackCtx {
+        data: &t.data,
+        seed: 5,
+        label: "poison".into(),
+    };
+    let (pa, pb) = (a.poison(&ctx).unwrap(), b.poison(&ctx).unwrap());
+    assert_eq!(pa.rows.len(), 12);
+    assert_eq!(pa.rows, pb.rows);
+    assert!(pa.images.equal(&pb.images));
+    assert!(pa.labels.equal(&pb.labels));
+    let (ta, tb) = (
+        a.trigger(&t.data.test.images).unwrap(),
+        b.trigger(&t.data.test.images).unwrap(),
+    );
+    assert!(ta.equal(&tb));
+    assert!(
+        !ta.equal(&t.data.test.images),
+        "the trigger changes the images"
+    );
 }

@@ -159,7 +159,7 @@ unsafe fn host<'a>(api: *const HostApi) -> Result<&'a HostApi, String> {
 }
 
 /// A trainer whose loops run in the host.
-fn remote_trainer(
+pub(crate) fn remote_trainer(
     api: &HostApi,
     trainer: *const c_void,
     device: Device,

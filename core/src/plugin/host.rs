@@ -582,7 +582,7 @@ impl Attack for LibraryAttack {
 }
 
 /// The table handed to plugins.
-fn host_api() -> *const HostApi {
+pub(crate) fn host_api() -> *const HostApi {
     static API: HostApi = HostApi {
         abi_version: ABI_VERSION,
         size: std::mem::size_of::<HostApi>(),

@@ -51,3 +51,147 @@ pub const LIBTORCH_VERSION: &str = match option_env!("UNLEARN_LIBTORCH_VERSION")
     Some(v) => v,
     None => "unknown",
 };
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::c_void;
+
+    use tch::{Device, Kind, TchError, Tensor};
+
+    use super::{guest, host};
+    use crate::model::Model;
+    use crate::objective::{CeL1, L1Schedule};
+    use crate::testing::TinyTask;
+    use crate::train::{Batch, Objective, Run, Schedule, Stream, TrainError, Trainer};
+
+    /// A plugin-side trainer wired to this process's own host table: the whole round trip
+    /// (model, mask, stream and objective across the C ABI, the rewind snapshot back) with no
+    /// library involved.
+    fn through_the_abi(host_trainer: &Trainer) -> Trainer {
+        // SAFETY: the table is static; the trainer outlives every use of the result.
+        let api = unsafe { &*host::host_api() };
+        guest::remote_trainer(
+            api,
+            host_trainer as *const Trainer as *const c_void,
+            Device::Cpu,
+            false,
+        )
+    }
+
+    fn schedule() -> Schedule {
+        Schedule {
+            epochs: 3,
+            lr: 0.05,
+            batch_size: 16,
+            milestones: vec![2],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_loop_through_the_abi_equals_the_direct_loop() {
+        let t = TinyTask::new();
+        let (model, mask) = t.trained_sparse();
+        let host_trainer = Trainer::new(Device::Cpu, false);
+        let remote = through_the_abi(&host_trainer);
+        // Other labels than the data set's, so the stream's own labels must cross.
+        let rows: Vec<usize> = (0..t.data.train.len()).collect();
+        let labels = (t.data.train.labels.shallow_clone() + 1).remainder(4);
+        let stream = Stream::new(&t.data.train, &rows).with_labels(labels);
+        let s = schedule();
+        let train = |trainer: &Trainer, m: &mut Model| {
+            let mut objective = CeL1::descent(L1Schedule::Decay {
+                a: 1e-3,
+                no_l1_epochs: 1,
+            });
+            trainer
+                .run(
+                    m,
+                    Run {
+                        rewind_epoch: Some(1),
+                        ..Run::new("abi".into(), &s, &stream, Some(&mask), 7)
+                    },
+                    &mut objective,
+                )
+                .unwrap()
+        };
+        let mut direct = model.try_clone().unwrap();
+        let mut remote_model = model.try_clone().unwrap();
+        let a = train(&host_trainer, &mut direct);
+        let b = train(&remote, &mut remote_model);
+        assert_eq!(a.steps, b.steps);
+        assert_eq!(a.last_loss, b.last_loss);
+        for (name, v) in direct.var_store().variables() {
+            assert!(
+                v.equal(&remote_model.var_store().variables()[&name]),
+                "{name}"
+            );
+        }
+        let (ra, rb) = (a.rewind.unwrap(), b.rewind.unwrap());
+        assert_eq!(ra.0.len(), rb.0.len());
+        for (name, v) in &ra.0 {
+            assert!(v.equal(&rb.0[name]), "rewind {name}");
+        }
+        assert_eq!(mask.violations(&remote_model), 0);
+        // The model moved (the comparison would pass vacuously otherwise).
+        assert!(!direct.parameters()["fc.weight"].equal(&model.parameters()["fc.weight"]));
+    }
+
+    struct Faulty {
+        batches: usize,
+        panic: bool,
+    }
+
+    impl Objective for Faulty {
+        fn loss(&mut self, model: &Model, batch: &Batch) -> Result<Tensor, TchError> {
+            self.batches += 1;
+            if self.batches == 3 {
+                if self.panic {
+                    panic!("objective panic at batch 3");
+                }
+                return Err(TchError::Torch("objective error at batch 3".into()));
+            }
+            Ok(model
+                .forward_t(&batch.x, true)
+                .log_softmax(-1, Kind::Float)
+                .nll_loss(&batch.y))
+        }
+    }
+
+    #[test]
+    fn a_failing_or_panicking_objective_comes_back_as_an_error() {
+        let t = TinyTask::new();
+        let mut model = t.trained();
+        let host_trainer = Trainer::new(Device::Cpu, false);
+        let remote = through_the_abi(&host_trainer);
+        let rows: Vec<usize> = (0..t.data.train.len()).collect();
+        let stream = Stream::new(&t.data.train, &rows);
+        let s = schedule();
+        for (panic, expected) in [
+            (true, "panicked: objective panic at batch 3"),
+            (false, "objective error at batch 3"),
+        ] {
+            let e = remote
+                .run(
+                    &mut model,
+                    Run::new("faulty".into(), &s, &stream, None, 0),
+                    &mut Faulty { batches: 0, panic },
+                )
+                .unwrap_err();
+            assert!(matches!(e, TrainError::Remote(_)), "{e:?}");
+            let m = e.to_string();
+            assert!(m.starts_with("faulty: ") && m.contains(expected), "{m}");
+        }
+        // The host's loop still works afterwards.
+        remote
+            .run(
+                &mut model,
+                Run::new("after".into(), &s, &stream, None, 0),
+                &mut Faulty {
+                    batches: 10,
+                    panic: true,
+                },
+            )
+            .unwrap();
+    }
+}

@@ -94,7 +94,7 @@ fn main() {
 
     let builtin = Registry::builtin().expect("registry");
     let mut dylib = Registry::from_methods([]).expect("empty registry");
-    let loaded = plugin::host::extend(&mut dylib, &[library.clone()]);
+    let loaded = plugin::host::extend(&mut dylib, std::slice::from_ref(&library));
     assert!(
         loaded.problems.is_empty(),
         "{}",
