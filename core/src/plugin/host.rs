@@ -133,9 +133,15 @@ pub fn load(path: &Path) -> Result<Library, PluginError> {
 
 fn open(path: &Path) -> Result<*const PluginDescriptor, PluginError> {
     // SAFETY: loading runs the library's initialisers; that is what loading a plugin means.
-    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| PluginError::NotALibrary {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
+    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| {
+        // libloading's own text is only "dlopen failed"; the loader's reason is its source.
+        let reason = std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| e.to_string());
+        PluginError::NotALibrary {
+            path: path.to_path_buf(),
+            reason,
+        }
     })?;
     // SAFETY: the symbol's type is the ABI's entry type.
     let entry: EntryFn = match unsafe { lib.get::<EntryFn>(ENTRY_SYMBOL.as_bytes()) } {
