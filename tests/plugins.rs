@@ -148,18 +148,42 @@ fn the_example_as_a_cdylib_matches_the_same_code_built_in() {
         .iter()
         .any(|(n, s)| n == "FT" && s.starts_with("built-in")));
 
-    // Run through the CLI, loading the library from the config's `plugins` key.
-    let cfg_text = format!("plugins = [\"plugins\"]\n{DIGITS_RL_SALUN}");
-    let cfg = tmp.path().join("rl.toml");
-    std::fs::write(&cfg, &cfg_text).unwrap();
+    // A config can name the library itself (relative to the config file).
+    let keyed = tmp.path().join("keyed.toml");
+    std::fs::write(
+        &keyed,
+        format!("plugins = [\"plugins\"]\n{DIGITS_RL_SALUN}"),
+    )
+    .unwrap();
+    let o = unlearn(&["validate", keyed.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("2 unlearner(s)"),
+        "{}",
+        text(&o.stdout)
+    );
+    // Without it, RL is unknown.
+    let bare = tmp.path().join("rl.toml");
+    std::fs::write(&bare, DIGITS_RL_SALUN).unwrap();
+    let o = unlearn(&["validate", bare.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("unknown unlearner `RL`"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // Run through the CLI, loading the library with --plugin-dir.
     let out = tmp.path().join("dylib");
     let o = unlearn(
         &[
             "--quiet",
             "--device",
             "cpu",
+            "--plugin-dir",
+            plugins.to_str().unwrap(),
             "run",
-            cfg.to_str().unwrap(),
+            bare.to_str().unwrap(),
             "--out",
             out.to_str().unwrap(),
         ],
