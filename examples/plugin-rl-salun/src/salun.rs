@@ -16,19 +16,22 @@ sgd_config!(
     /// Saliency unlearning (SalUn): random labelling (as `RL`) where only the salient weights
     /// move. Before training, the saliency of every trainable weight is |gradient of the
     /// cross-entropy summed over the forget set, under its true labels| at the original weights
-    /// (eval mode; pruned weights have saliency 0; computed `batch_size` samples at a time). The
-    /// `share` of all trainable weights with the largest saliency, chosen globally over every
-    /// parameter (ties go to the earlier position in name order), form a 0/1 saliency mask, and
-    /// every gradient is multiplied by it before each step. As in the SalUn reference code, the
+    /// (eval mode; computed `batch_size` samples at a time). The `share` of the weights free to
+    /// move (every trainable weight of a dense model, the unpruned ones of a sparse model) with
+    /// the largest saliency, chosen globally over every parameter (ties go to the earlier
+    /// position in name order), form a 0/1 saliency mask, and every gradient is multiplied by it
+    /// before each step. As in the SalUn reference code, the
     /// gradients are masked, not the updates: with weight decay or momentum (the defaults 5e-4,
     /// 0.9) the non-salient weights still shrink by weight decay (and momentum carries that
     /// along); with both 0 they do not change at all. A sparse model's pruning mask is enforced
     /// as usual on top.
     SalUnConfig { epochs: 10, lr: 0.01, milestones: vec![] }
     extra {
-        /// Share of all trainable weights (counted globally over every parameter, BatchNorm and
-        /// biases included) allowed to move: exactly round(share * total) weights with the
-        /// largest saliency. 0 freezes every gradient, 1 is plain RL. The SalUn paper uses 0.5.
+        /// Share of the weights free to move (counted globally over every trainable parameter,
+        /// BatchNorm and biases included; pruned weights are not free, so on a sparse model it is
+        /// a share of the unpruned ones) that may move: exactly round(share * free) weights with
+        /// the largest saliency. 0 freezes every gradient, 1 is plain RL. The SalUn paper uses
+        /// 0.5.
         #[schemars(range(min = 0.0, max = 1.0))]
         share: f64 = 0.5,
     }
@@ -85,12 +88,13 @@ impl SaliencyMask {
     }
 }
 
-/// SalUn's saliency mask for `model` (with the pruning `mask` of a sparse model, whose pruned
-/// weights then have gradient, hence saliency, 0): `s = |sum over the rows of stream of
-/// grad CE|` w.r.t. every trainable parameter, in eval mode at the current weights (core's
-/// [`summed_grad`], `batch_size` rows at a time); keeps exactly `round(share * total)` entries
-/// with the largest `s` over all parameters at once. Ties break by position: parameters in name
-/// order, each row-major, the earlier entry first.
+/// SalUn's saliency mask for `model` (with the pruning `mask` of a sparse model): `s = |sum
+/// over the rows of stream of grad CE|` w.r.t. every trainable parameter, in eval mode at the
+/// current weights (core's [`summed_grad`], `batch_size` rows at a time); keeps exactly
+/// `round(share * free)` entries with the largest `s` over all parameters at once, where `free`
+/// counts the weights the pruning mask leaves (all of them when dense): pruned weights are never
+/// salient, so the share means the same on a 99%-sparse model as on a dense one. Ties break by
+/// position: parameters in name order, each row-major, the earlier entry first.
 pub fn saliency_mask(
     model: &Model,
     mask: Option<&Mask>,
@@ -112,9 +116,25 @@ pub fn saliency_mask(
         ));
     }
     let total = saliency.size()[0];
-    let k = (share * total as f64).round() as i64;
+    // 1 where a weight is free to move, 0 where the pruning mask holds it at 0.
+    let free: Vec<Tensor> = net
+        .names()
+        .iter()
+        .zip(net.params())
+        .map(|(name, p)| match mask.and_then(|m| m.get(name)) {
+            Some(m) => m.f_to_kind(Kind::Float),
+            None => p.f_ones_like(),
+        })
+        .collect::<Result<_, _>>()?;
+    let free = net.flatten(&free)?;
+    let n_free = free.f_sum(Kind::Int64)?.int64_value(&[]);
+    let k = (share * n_free as f64).round() as i64;
+    // Pruned weights rank below every free one (-1 < any |gradient|).
+    let ranked = saliency
+        .f_mul(&free)?
+        .f_sub(&free.f_neg()?.f_add_scalar(1.0)?)?;
     // Stable and descending: equal saliencies keep position order, the earlier one first.
-    let order = saliency.f_argsort_stable(true, 0, true)?;
+    let order = ranked.f_argsort_stable(true, 0, true)?;
     let keep = Tensor::f_zeros([total], (Kind::Float, saliency.device()))?.f_index_fill(
         0,
         &order.f_narrow(0, 0, k)?,

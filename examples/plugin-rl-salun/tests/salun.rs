@@ -46,10 +46,11 @@ fn saliency_f64(t: &TinyTask, model: &Model, mask: Option<&Mask>) -> Vec<f64> {
     sums.into_iter().flatten().map(f64::abs).collect()
 }
 
-/// Top `round(share * n)` of `s` (ties: the earlier position) as 0/1.
-fn top_share(s: &[f64], share: f64) -> (Vec<bool>, f64) {
-    let k = (share * s.len() as f64).round() as usize;
-    let mut order: Vec<usize> = (0..s.len()).collect();
+/// Top `round(share * free)` of the free entries of `s` (ties: the earlier position) as 0/1.
+fn top_share(s: &[f64], pruned: &[bool], share: f64) -> (Vec<bool>, f64) {
+    let free = pruned.iter().filter(|&&p| !p).count();
+    let k = (share * free as f64).round() as usize;
+    let mut order: Vec<usize> = (0..s.len()).filter(|&i| !pruned[i]).collect();
     order.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));
     let mut keep = vec![false; s.len()];
     for &i in &order[..k] {
@@ -82,14 +83,16 @@ fn forget_stream(t: &TinyTask) -> Stream<'_> {
 /// where the f64 saliency lies within rounding of the cut-off.
 fn check_against_reference(t: &TinyTask, model: &Model, mask: Option<&Mask>, share: f64) {
     let s = saliency_f64(t, model, mask);
+    let pruned = flat_pruned(model, mask);
+    let free = pruned.iter().filter(|&&p| !p).count();
     let got = saliency_mask(model, mask, &forget_stream(t), share, 7).unwrap();
     assert_eq!(got.total(), s.len() as i64);
     assert_eq!(
         got.kept(),
-        (share * s.len() as f64).round() as i64,
+        (share * free as f64).round() as i64,
         "share {share}"
     );
-    let (want, threshold) = top_share(&s, share);
+    let (want, threshold) = top_share(&s, &pruned, share);
     let got = flat_mask(&got);
     let max = s.iter().cloned().fold(0.0, f64::max);
     let mut differ = 0;
@@ -105,35 +108,29 @@ fn check_against_reference(t: &TinyTask, model: &Model, mask: Option<&Mask>, sha
     }
     assert!(differ <= 10, "{differ} entries differ at the cut-off");
     eprintln!(
-        "share {share}, pruned {}: {} of {} kept, cut-off {threshold:.3e} (max {max:.3e}), {differ} differ",
+        "share {share}, sparse {}: {} of {free} free (of {}) kept, cut-off {threshold:.3e} (max {max:.3e}), {differ} differ",
         mask.is_some(),
-        (share * s.len() as f64).round(),
+        (share * free as f64).round(),
         s.len()
     );
-    if let Some(mask) = mask {
-        // pruned weights have saliency 0, so they are salient only once the non-zero ones run out
-        let nonzero = s.iter().filter(|&&v| v > 0.0).count() as f64;
-        eprintln!("nonzero saliencies: {nonzero}");
-        if share * (s.len() as f64) <= nonzero {
-            let names: Vec<String> = model.parameters().into_keys().collect();
-            let flat_pruning: Vec<bool> = names
-                .iter()
-                .zip(model.parameters().values())
-                .flat_map(|(n, p)| match mask.get(n) {
-                    Some(m) => Vec::<f32>::try_from(m.flatten(0, -1))
-                        .unwrap()
-                        .into_iter()
-                        .map(|v| v == 0.0)
-                        .collect::<Vec<_>>(),
-                    None => vec![false; p.numel()],
-                })
-                .collect();
-            assert!(got
-                .iter()
-                .zip(&flat_pruning)
-                .all(|(&g, &pruned)| !(g && pruned)));
-        }
-    }
+    // A pruned weight is never salient.
+    assert!(got.iter().zip(&pruned).all(|(&g, &p)| !(g && p)));
+}
+
+/// Per flat entry (name order, row-major): true where the pruning mask holds the weight at 0.
+fn flat_pruned(model: &Model, mask: Option<&Mask>) -> Vec<bool> {
+    model
+        .parameters()
+        .iter()
+        .flat_map(|(n, p)| match mask.and_then(|m| m.get(n)) {
+            Some(m) => Vec::<f32>::try_from(m.flatten(0, -1))
+                .unwrap()
+                .into_iter()
+                .map(|v| v == 0.0)
+                .collect::<Vec<_>>(),
+            None => vec![false; p.numel()],
+        })
+        .collect()
 }
 
 #[test]
@@ -340,5 +337,5 @@ fn configs_parse_check_and_register() {
     assert!(share["description"]
         .as_str()
         .unwrap()
-        .contains("round(share * total)"));
+        .contains("round(share * free)"));
 }
