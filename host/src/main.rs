@@ -211,7 +211,7 @@ fn real_main() -> Result<()> {
     plugin_paths.extend(config_plugins);
     let mut registry = Registry::builtin().context("building the method registry")?;
     // A broken library is reported and skipped: every other method still works.
-    for problem in plugin::host::extend(&mut registry, &plugin_paths).problems {
+    for problem in plugin::host::extend(&mut registry, &plugin_paths) {
         eprintln!("warning: plugin skipped: {problem}");
     }
     match cli.command {

@@ -4,7 +4,7 @@
 //! contexts are the host's tensors (shared, not copied); the model's forward pass and every
 //! training loop run in the host.
 
-use std::ffi::{c_char, c_void, CString};
+use std::ffi::{c_char, c_void};
 use std::sync::{Arc, OnceLock};
 
 use tch::{Device, Tensor};
@@ -112,12 +112,43 @@ impl Instance {
     }
 }
 
-fn not_a(instance: &Instance, expected: Kind) -> String {
-    format!(
-        "this method is {}, not {}",
-        instance.kind().with_article(),
-        expected.with_article()
-    )
+impl Instance {
+    /// The instance behind a handle the host got from `create`.
+    ///
+    /// # Safety
+    /// `p` came from `create` and has not been destroyed.
+    unsafe fn from_handle<'a>(p: *mut c_void) -> &'a Instance {
+        &*(p as *const Instance)
+    }
+
+    fn not_a(&self, expected: Kind) -> String {
+        format!(
+            "this method is {}, not {}",
+            self.kind().with_article(),
+            expected.with_article()
+        )
+    }
+
+    fn unlearner(&self) -> Result<&dyn Unlearner, String> {
+        match self {
+            Instance::Unlearner(m) => Ok(m.as_ref()),
+            _ => Err(self.not_a(Kind::Unlearner)),
+        }
+    }
+
+    fn pruner(&self) -> Result<&dyn Pruner, String> {
+        match self {
+            Instance::Pruner(m) => Ok(m.as_ref()),
+            _ => Err(self.not_a(Kind::Pruner)),
+        }
+    }
+
+    fn attack(&self) -> Result<&dyn Attack, String> {
+        match self {
+            Instance::Attack(m) => Ok(m.as_ref()),
+            _ => Err(self.not_a(Kind::Attack)),
+        }
+    }
 }
 
 unsafe extern "C" fn create(
@@ -187,10 +218,7 @@ unsafe extern "C" fn unlearn(
     err: *mut *mut c_char,
 ) -> Status {
     guard(err, || {
-        let instance = &*(instance as *const Instance);
-        let Instance::Unlearner(method) = instance else {
-            return Err(not_a(instance, Kind::Unlearner));
-        };
+        let method = Instance::from_handle(instance).unlearner()?;
         let api = host(api)?;
         let call = &*call;
         let mut model = read_model(&call.model)?;
@@ -219,10 +247,7 @@ unsafe extern "C" fn pruner_info(
     err: *mut *mut c_char,
 ) -> Status {
     guard(err, || {
-        let instance = &*(instance as *const Instance);
-        let Instance::Pruner(method) = instance else {
-            return Err(not_a(instance, Kind::Pruner));
-        };
+        let method = Instance::from_handle(instance).pruner()?;
         *sparsity = method.sparsity();
         *rewind_epoch = method.rewind_epoch().map_or(-1, |e| e as i64);
         Ok(())
@@ -237,10 +262,7 @@ unsafe extern "C" fn prune(
     err: *mut *mut c_char,
 ) -> Status {
     guard(err, || {
-        let instance = &*(instance as *const Instance);
-        let Instance::Pruner(method) = instance else {
-            return Err(not_a(instance, Kind::Pruner));
-        };
+        let method = Instance::from_handle(instance).pruner()?;
         let api = host(api)?;
         let call = &*call;
         let mut model = read_model(&call.model)?;
@@ -271,10 +293,7 @@ unsafe extern "C" fn attack_target(
     err: *mut *mut c_char,
 ) -> Status {
     guard(err, || {
-        let instance = &*(instance as *const Instance);
-        let Instance::Attack(method) = instance else {
-            return Err(not_a(instance, Kind::Attack));
-        };
+        let method = Instance::from_handle(instance).attack()?;
         *target = method.target() as u64;
         Ok(())
     })
@@ -288,10 +307,7 @@ unsafe extern "C" fn poison(
     err: *mut *mut c_char,
 ) -> Status {
     guard(err, || {
-        let instance = &*(instance as *const Instance);
-        let Instance::Attack(method) = instance else {
-            return Err(not_a(instance, Kind::Attack));
-        };
+        let method = Instance::from_handle(instance).attack()?;
         let call = &*call;
         let data = read_task(&call.data)?;
         let cx: CallContext = read_json(call.context_json, "call context")?;
@@ -322,10 +338,7 @@ unsafe extern "C" fn trigger(
     err: *mut *mut c_char,
 ) -> Status {
     guard(err, || {
-        let instance = &*(instance as *const Instance);
-        let Instance::Attack(method) = instance else {
-            return Err(not_a(instance, Kind::Attack));
-        };
+        let method = Instance::from_handle(instance).attack()?;
         let images = borrow_tensor(images, "images")?;
         let triggered = method.trigger(&images).map_err(|e| e.to_string())?;
         *out = into_handle(triggered);
@@ -369,8 +382,7 @@ impl LoopBackend for HostLoop {
             seed: run.seed,
             augment: run.stream.augment,
         };
-        let run_json = CString::new(serde_json::to_string(&meta).expect("serialises"))
-            .expect("JSON has no NUL");
+        let run_json = wire::json_cstring(&meta);
         let mut state = ObjectiveState {
             objective,
             model: model as *const Model,

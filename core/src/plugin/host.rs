@@ -16,9 +16,9 @@ use super::abi::{
     KIND_PRUNER, KIND_UNLEARNER,
 };
 use super::wire::{
-    self, alloc_string, borrow_tensor, free_string, guard, put_all, read_dataset, read_json,
-    read_list, read_model, read_str, status_result, CallContext, Collected, OwnedList, OwnedModel,
-    OwnedTask, ReportMeta, RunMeta,
+    self, alloc_string, borrow_tensor, free_string, guard, json_cstring, put_all, read_dataset,
+    read_json, read_list, read_model, read_str, status_result, CallContext, Collected, OwnedList,
+    OwnedModel, OwnedTask, ReportMeta, RunMeta,
 };
 use crate::config::ConfigIssue;
 use crate::mask::Mask;
@@ -276,24 +276,17 @@ unsafe fn method(
     ))
 }
 
-/// Everything loading the plugin paths produced: libraries (with the methods the registry
-/// accepted) and every problem, each naming its library.
-#[derive(Default)]
-pub struct Loaded {
-    pub libraries: Vec<(PathBuf, String, String)>,
-    pub problems: Vec<PluginError>,
-}
-
 /// Loads every library that `paths` (folders or files) name into `registry`. A library or
-/// method that fails is reported in `problems` and left out; the others are added.
-pub fn extend(registry: &mut Registry, paths: &[PathBuf]) -> Loaded {
-    let mut out = Loaded::default();
+/// method that fails is left out, and its problem (naming the library) returned; the others
+/// are added.
+pub fn extend(registry: &mut Registry, paths: &[PathBuf]) -> Vec<PluginError> {
+    let mut problems = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for p in paths {
         let libs = match libraries_in(p) {
             Ok(l) => l,
             Err(e) => {
-                out.problems.push(e);
+                problems.push(e);
                 continue;
             }
         };
@@ -304,19 +297,18 @@ pub fn extend(registry: &mut Registry, paths: &[PathBuf]) -> Loaded {
             }
             match load(&lib) {
                 Ok(l) => {
-                    out.problems.extend(l.rejected);
+                    problems.extend(l.rejected);
                     for m in l.methods {
                         if let Err(e) = registry.add(m) {
-                            out.problems.push(e.into());
+                            problems.push(e.into());
                         }
                     }
-                    out.libraries.push((l.path, l.name, l.version));
                 }
-                Err(e) => out.problems.push(e),
+                Err(e) => problems.push(e),
             }
         }
     }
-    out
+    problems
 }
 
 /// One method of a loaded library.
@@ -373,13 +365,9 @@ impl LibraryMethod {
     pub fn build_pruner(self: &Arc<Self>, config: &Value) -> Built<dyn Pruner> {
         let instance = self.create(config)?;
         let (mut sparsity, mut rewind) = (0.0, -1i64);
-        let mut err = std::ptr::null_mut();
-        // SAFETY: a live instance of this entry.
-        unsafe {
-            let s = (self.entry.pruner_info)(instance.ptr, &mut sparsity, &mut rewind, &mut err);
-            status_result(s, err, self.free)
-        }
-        .map_err(|m| vec![ConfigIssue::new("", None, format!("{}: {m}", self.who()))])?;
+        // SAFETY: a live instance of this entry; out-pointers valid.
+        unsafe { instance.call(|e, i, err| (e.pruner_info)(i, &mut sparsity, &mut rewind, err)) }
+            .map_err(|e| vec![ConfigIssue::new("", None, e.to_string())])?;
         Ok(Box::new(LibraryPruner {
             instance,
             sparsity,
@@ -390,13 +378,9 @@ impl LibraryMethod {
     pub fn build_attack(self: &Arc<Self>, config: &Value) -> Built<dyn Attack> {
         let instance = self.create(config)?;
         let mut target = 0u64;
-        let mut err = std::ptr::null_mut();
-        // SAFETY: a live instance of this entry.
-        unsafe {
-            let s = (self.entry.attack_target)(instance.ptr, &mut target, &mut err);
-            status_result(s, err, self.free)
-        }
-        .map_err(|m| vec![ConfigIssue::new("", None, format!("{}: {m}", self.who()))])?;
+        // SAFETY: a live instance of this entry; out-pointer valid.
+        unsafe { instance.call(|e, i, err| (e.attack_target)(i, &mut target, err)) }
+            .map_err(|e| vec![ConfigIssue::new("", None, e.to_string())])?;
         Ok(Box::new(LibraryAttack {
             instance,
             target: target as usize,
@@ -425,19 +409,28 @@ impl Instance {
     fn failed(&self, m: String) -> MethodError {
         MethodError::Failed(format!("{}: {m}", self.method.who()))
     }
+
+    /// Calls one of the entry's functions on this instance; its error (freed with the library's
+    /// allocator) names the method and library.
+    ///
+    /// # Safety
+    /// `f` calls an entry function with arguments valid for the call.
+    unsafe fn call(
+        &self,
+        f: impl FnOnce(&MethodEntry, *mut c_void, *mut *mut c_char) -> Status,
+    ) -> Result<(), MethodError> {
+        let mut err = std::ptr::null_mut();
+        let status = f(self.method.entry, self.ptr, &mut err);
+        status_result(status, err, self.method.free).map_err(|m| self.failed(m))
+    }
 }
 
 fn context_json(seed: u64, label: &str, progress: bool) -> CString {
-    let cx = CallContext {
+    json_cstring(&CallContext {
         seed,
         label: label.to_string(),
         progress,
-    };
-    CString::new(serde_json::to_string(&cx).expect("serialises")).expect("JSON has no NUL")
-}
-
-fn json_cstring(v: &impl serde::Serialize) -> CString {
-    CString::new(serde_json::to_string(v).expect("serialises")).expect("JSON has no NUL")
+    })
 }
 
 struct LibraryUnlearner(Instance);
@@ -458,13 +451,11 @@ impl Unlearner for LibraryUnlearner {
             context_json: cx.as_ptr(),
             trainer: ctx.trainer as *const Trainer as *const c_void,
         };
-        let mut err = std::ptr::null_mut();
         // SAFETY: everything the call points at lives until this returns.
         unsafe {
-            let s = (self.0.method.entry.unlearn)(self.0.ptr, host_api(), &call, &mut err);
-            status_result(s, err, self.0.method.free)
-        }
-        .map_err(|m| self.0.failed(m))?;
+            self.0
+                .call(|e, i, err| (e.unlearn)(i, host_api(), &call, err))?
+        };
         // The model changed in place; a plugin cannot be trusted to keep the mask.
         ctx.enforce_mask();
         Ok(())
@@ -502,14 +493,11 @@ impl Pruner for LibraryPruner {
             trainer: ctx.trainer as *const Trainer as *const c_void,
         };
         let mut got = Collected::default();
-        let mut err = std::ptr::null_mut();
         // SAFETY: as for unlearn; the sink outlives the call.
         unsafe {
-            let e = &self.instance.method.entry;
-            let s = (e.prune)(self.instance.ptr, host_api(), &call, got.sink(), &mut err);
-            status_result(s, err, self.instance.method.free)
-        }
-        .map_err(|m| self.instance.failed(m))?;
+            self.instance
+                .call(|e, i, err| (e.prune)(i, host_api(), &call, got.sink(), err))?
+        };
         let mask = Mask::from_tensors(ctx.model, got.into_map())
             .map_err(|e| self.instance.failed(format!("the mask it returned: {e}")))?;
         mask.apply(ctx.model);
@@ -531,14 +519,11 @@ impl Attack for LibraryAttack {
             context_json: cx.as_ptr(),
         };
         let mut got = Collected::default();
-        let mut err = std::ptr::null_mut();
-        // SAFETY: as for unlearn.
+        // SAFETY: as for unlearn; the sink outlives the call.
         unsafe {
-            let e = &self.instance.method.entry;
-            let s = (e.poison)(self.instance.ptr, host_api(), &call, got.sink(), &mut err);
-            status_result(s, err, self.instance.method.free)
-        }
-        .map_err(|m| self.instance.failed(m))?;
+            self.instance
+                .call(|e, i, err| (e.poison)(i, host_api(), &call, got.sink(), err))?
+        };
         let mut got = got.into_map();
         let mut take = |name: &str| {
             got.remove(name).ok_or_else(|| {
@@ -562,19 +547,11 @@ impl Attack for LibraryAttack {
 
     fn trigger(&self, images: &Tensor) -> Result<Tensor, MethodError> {
         let mut out = std::ptr::null_mut();
-        let mut err = std::ptr::null_mut();
         // SAFETY: a borrowed input, an owned output.
         unsafe {
-            let e = &self.instance.method.entry;
-            let s = (e.trigger)(
-                self.instance.ptr,
-                images.as_ptr() as *mut C_tensor,
-                &mut out,
-                &mut err,
-            );
-            status_result(s, err, self.instance.method.free)
-        }
-        .map_err(|m| self.instance.failed(m))?;
+            self.instance
+                .call(|e, i, err| (e.trigger)(i, images.as_ptr() as *mut C_tensor, &mut out, err))?
+        };
         if out.is_null() {
             return Err(self.instance.failed("trigger returned no tensor".into()));
         }

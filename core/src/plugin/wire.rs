@@ -40,6 +40,11 @@ pub fn leak_string(s: &str) -> *const c_char {
     alloc_string(s)
 }
 
+/// A value as a JSON C string (borrowed by the other side for the duration of a call).
+pub fn json_cstring(v: &impl Serialize) -> CString {
+    CString::new(serde_json::to_string(v).expect("serialises")).expect("JSON has no NUL")
+}
+
 /// Reads a borrowed string argument.
 ///
 /// # Safety
@@ -281,8 +286,7 @@ impl OwnedDataset {
             augment: d.augment,
         };
         OwnedDataset {
-            meta: CString::new(serde_json::to_string(&meta).expect("serialises"))
-                .expect("JSON has no NUL"),
+            meta: json_cstring(&meta),
             images: d.images.shallow_clone(),
             labels: d.labels.shallow_clone(),
         }
@@ -362,8 +366,7 @@ impl OwnedModel {
     pub fn new(model: &Model, forward: ForwardFn) -> OwnedModel {
         let vars: BTreeMap<String, Tensor> = model.var_store().variables().into_iter().collect();
         OwnedModel {
-            spec: CString::new(serde_json::to_string(model.spec()).expect("serialises"))
-                .expect("JSON has no NUL"),
+            spec: json_cstring(model.spec()),
             variables: OwnedList::new(&vars),
             forward,
         }

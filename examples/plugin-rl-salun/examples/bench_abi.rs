@@ -96,10 +96,9 @@ fn main() {
     let mut dylib = Registry::from_methods([]).expect("empty registry");
     let loaded = plugin::host::extend(&mut dylib, std::slice::from_ref(&library));
     assert!(
-        loaded.problems.is_empty(),
+        loaded.is_empty(),
         "{}",
         loaded
-            .problems
             .iter()
             .map(|p| p.to_string())
             .collect::<Vec<_>>()
