@@ -68,6 +68,7 @@ mod tests {
             ua,
             ra,
             ta,
+            ta_full: ta,
             val: 0.0,
             mia_efficacy: e,
             mia_privacy: BTreeMap::new(),

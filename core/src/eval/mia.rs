@@ -1,4 +1,4 @@
-//! Membership-inference attacks (SPEC §6): an RBF SVC (C = 3, gamma = 1 / n_features) fit on
+//! Membership-inference attacks (the paper's evaluation; `docs/reference.md` lists where we differ from its code): an RBF SVC (C = 3, gamma = 1 / n_features) fit on
 //! shadow members (the start of `D_r`) and non-members (the start of `test`), scored per feature.
 
 use serde::{Deserialize, Serialize};
@@ -222,17 +222,20 @@ pub fn efficacy(
     Ok(attack.score(100.0 - attack.member_share(forget)?))
 }
 
-/// MIA-Privacy: shadow = first half of `D_r` vs first half of `test`; the score is the mean of the
-/// share of the rest of `D_r` predicted member and of the rest of `test` predicted non-member.
+/// MIA-Privacy, as the reference code computes it: with n = |test| / 2 (5,000 on CIFAR-10),
+/// shadow members = the first n of `D_r`, shadow non-members = the first n of `test`; targets =
+/// the rest of each. The score is the mean of the share of the rest of `D_r` predicted member and
+/// of the rest of `test` predicted non-member. Where `D_r` is smaller than `test` (tiny sets
+/// only), n = |D_r| / 2, so that the shadow classes stay balanced and both keep targets.
 pub fn privacy(
     retain: &Outputs,
     test: &Outputs,
     feature: MiaFeature,
 ) -> Result<MiaScore, MiaError> {
-    let (hr, ht) = (retain.len() / 2, test.len() / 2);
-    let attack = Attack::fit(&retain.head(hr), &test.head(ht), feature)?;
-    let rest_r = retain.tail_from(hr);
-    let rest_t = test.tail_from(ht);
+    let n = privacy_shadow_size(retain.len(), test.len());
+    let attack = Attack::fit(&retain.head(n), &test.head(n), feature)?;
+    let rest_r = retain.tail_from(n);
+    let rest_t = test.tail_from(n);
     if rest_r.is_empty() || rest_t.is_empty() {
         return Err(MiaError::Empty {
             feature,
@@ -242,6 +245,11 @@ pub fn privacy(
     let member_acc = attack.member_share(&rest_r)?;
     let nonmember_acc = 100.0 - attack.member_share(&rest_t)?;
     Ok(attack.score((member_acc + nonmember_acc) / 2.0))
+}
+
+/// Shadow samples per class of MIA-Privacy: `|test| / 2`, or `|D_r| / 2` when `D_r` is smaller.
+pub fn privacy_shadow_size(retain: usize, test: usize) -> usize {
+    (test / 2).min(retain / 2)
 }
 
 #[cfg(test)]
@@ -319,7 +327,8 @@ mod tests {
         assert!(s.informative && s.majority_share == 50.0);
         let p = privacy(&retain, &test, MiaFeature::Confidence).unwrap();
         assert_eq!(p.value, 100.0);
-        assert_eq!((p.shadow_members, p.shadow_nonmembers), (20, 15));
+        // n = |test| / 2 = 15 of each; targets: the other 25 of D_r and 15 of test.
+        assert_eq!((p.shadow_members, p.shadow_nonmembers), (15, 15));
     }
 
     /// Members and non-members identical: the SVC predicts one class and the score is flagged.
@@ -332,5 +341,32 @@ mod tests {
         assert!(!s.informative, "{s:?}");
         assert_eq!(s.majority_share, 100.0);
         assert!(s.value == 0.0 || s.value == 100.0);
+    }
+    /// The privacy split by index: shadow = the first n = |test| / 2 of `D_r` and of `test`;
+    /// targets = the rest of each. The confident (member-like) rows are placed so that any other
+    /// split gives another score.
+    #[test]
+    fn privacy_shadow_and_target_sets_by_index() {
+        let m = [0.95, 0.03, 0.02];
+        let n = [0.4, 0.3, 0.3];
+        // D_r (40): shadow part 0..15 all member-like; targets 15..40: 10 member-like, 15 not.
+        let mut retain = vec![m; 15];
+        retain.extend(vec![m; 10]);
+        retain.extend(vec![n; 15]);
+        // test (30): shadow part 0..15 all non-member-like; targets 15..30: 3 member-like.
+        let mut test = vec![n; 15];
+        test.extend(vec![m; 3]);
+        test.extend(vec![n; 12]);
+        let (retain, test) = (outputs(&retain, &[0; 40]), outputs(&test, &[0; 30]));
+        assert_eq!(privacy_shadow_size(40, 30), 15);
+        let p = privacy(&retain, &test, MiaFeature::Confidence).unwrap();
+        assert_eq!((p.shadow_members, p.shadow_nonmembers), (15, 15));
+        assert_eq!(p.shadow_accuracy, 100.0);
+        // members among D_r's targets: 10 / 25 = 40%; non-members among test's: 12 / 15 = 80%.
+        assert!((p.value - 60.0).abs() < 1e-9, "{}", p.value);
+        // A small D_r caps n at |D_r| / 2 so that it keeps targets.
+        assert_eq!(privacy_shadow_size(10, 30), 5);
+        assert_eq!(privacy_shadow_size(10_000, 9_000), 4_500);
+        assert_eq!(privacy_shadow_size(40_500, 10_000), 5_000);
     }
 }

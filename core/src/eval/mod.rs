@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::{index_tensor, Dataset};
-use crate::forget::ForgetSet;
+use crate::forget::{ForgetKind, ForgetSet};
 use crate::model::Model;
 
 pub use mia::{MiaError, MiaFeature, MiaScore};
@@ -66,6 +66,15 @@ impl Outputs {
         Outputs {
             logits: self.logits.narrow(0, 0, n as i64),
             labels: self.labels.narrow(0, 0, n as i64),
+        }
+    }
+
+    /// The rows whose label is not `class`, in order (the test set of class-wise forgetting).
+    pub fn without_class(&self, class: usize) -> Outputs {
+        let keep = self.labels.ne(class as i64).nonzero().squeeze_dim(1);
+        Outputs {
+            logits: self.logits.index_select(0, &keep),
+            labels: self.labels.index_select(0, &keep),
         }
     }
 
@@ -152,8 +161,13 @@ pub struct Metrics {
     pub ua: f64,
     /// Remaining accuracy: accuracy on `D_r`.
     pub ra: f64,
-    /// Testing accuracy.
+    /// Testing accuracy, the headline TA. In class-wise forgetting it is measured, as in the
+    /// reference code, on the test samples of the other classes only (the forgotten class has
+    /// no right answer left); otherwise on the whole test set.
     pub ta: f64,
+    /// Accuracy on the whole test set, forgotten class included (equals `ta` except in
+    /// class-wise forgetting).
+    pub ta_full: f64,
     pub val: f64,
     /// MIA-Efficacy per feature: share of `D_f` predicted non-member.
     pub mia_efficacy: BTreeMap<MiaFeature, MiaScore>,
@@ -168,7 +182,17 @@ impl Metrics {
     }
 }
 
-/// All metrics for one model's outputs and one forget set.
+/// The class that class-wise forgetting removes from the test set, if any.
+pub fn class_removed_from_test(forget: &ForgetSet) -> Option<usize> {
+    match forget.kind {
+        ForgetKind::Class => forget.class,
+        ForgetKind::Random | ForgetKind::File => None,
+    }
+}
+
+/// All metrics for one model's outputs and one forget set. The test set of class-wise
+/// forgetting lacks the forgotten class: TA and both MIA attacks' shadow non-members use the
+/// remaining test samples (the reference code's evaluation).
 pub fn evaluate(
     out: &SplitOutputs,
     forget: &ForgetSet,
@@ -176,10 +200,19 @@ pub fn evaluate(
 ) -> Result<Metrics, MiaError> {
     let f = out.train.select(&forget.forget);
     let r = out.train.select(&forget.retain);
+    let reduced;
+    let test = match class_removed_from_test(forget) {
+        Some(c) => {
+            reduced = out.test.without_class(c);
+            &reduced
+        }
+        None => &out.test,
+    };
     let mut m = Metrics {
         ua: 100.0 - f.accuracy(),
         ra: r.accuracy(),
-        ta: out.test.accuracy(),
+        ta: test.accuracy(),
+        ta_full: out.test.accuracy(),
         val: out.val.accuracy(),
         mia_efficacy: BTreeMap::new(),
         mia_privacy: BTreeMap::new(),
@@ -187,9 +220,8 @@ pub fn evaluate(
     if cfg.mia {
         for &feat in &cfg.mia_features {
             m.mia_efficacy
-                .insert(feat, mia::efficacy(&r, &out.test, &f, feat)?);
-            m.mia_privacy
-                .insert(feat, mia::privacy(&r, &out.test, feat)?);
+                .insert(feat, mia::efficacy(&r, test, &f, feat)?);
+            m.mia_privacy.insert(feat, mia::privacy(&r, test, feat)?);
         }
     }
     Ok(m)
@@ -218,5 +250,94 @@ mod tests {
         assert!((o.head(3).accuracy() - 200.0 / 3.0).abs() < 1e-9);
         assert_eq!(o.tail_from(1).len(), 3);
         assert!(o.select(&[]).accuracy().is_nan());
+    }
+    /// Logits that predict `pred` with probability `conf` (the rest spread evenly), 3 classes.
+    fn rows(spec: &[(i64, usize, f64)]) -> Outputs {
+        let mut flat = Vec::new();
+        let mut labels = Vec::new();
+        for &(label, pred, conf) in spec {
+            for k in 0..3 {
+                let p = if k == pred { conf } else { (1.0 - conf) / 2.0 };
+                flat.push(p.ln() as f32);
+            }
+            labels.push(label);
+        }
+        Outputs {
+            logits: Tensor::from_slice(&flat).view([spec.len() as i64, 3]),
+            labels: Tensor::from_slice(&labels),
+        }
+    }
+
+    /// Class-wise forgetting of class 2: TA counts only the test samples of classes 0 and 1,
+    /// `ta_full` all of them, and the MIA shadow non-members come from the reduced test set.
+    #[test]
+    fn class_wise_test_set_drops_the_forgotten_class() {
+        // train: 0..6 retain (classes 0, 1, all right and confident), 6..9 the class to forget.
+        let mut train = vec![(0, 0, 0.95); 3];
+        train.extend([(1, 1, 0.95); 3]);
+        train.extend([(2, 2, 0.95); 3]);
+        // test: 4 of class 0 (3 right), 2 of class 1 (both wrong), 4 of class 2 (all right).
+        let test_spec = [
+            (0, 0, 0.4),
+            (2, 2, 0.4),
+            (0, 0, 0.4),
+            (0, 1, 0.4),
+            (2, 2, 0.4),
+            (1, 0, 0.4),
+            (0, 0, 0.4),
+            (2, 2, 0.4),
+            (1, 2, 0.4),
+            (2, 2, 0.4),
+        ];
+        let out = SplitOutputs {
+            train: rows(&train),
+            val: rows(&[(0, 0, 0.9)]),
+            test: rows(&test_spec),
+        };
+        let forget = ForgetSet {
+            name: "class-2".into(),
+            kind: ForgetKind::Class,
+            class: Some(2),
+            forget: vec![6, 7, 8],
+            retain: (0..6).collect(),
+        };
+        let cfg = EvalConfig {
+            mia_features: vec![MiaFeature::Confidence],
+            ..EvalConfig::default()
+        };
+        let m = evaluate(&out, &forget, &cfg).unwrap();
+        // classes 0 and 1: 6 samples, 3 right.
+        assert_eq!(m.ta, 50.0);
+        // all 10: 3 + 4 right.
+        assert_eq!(m.ta_full, 70.0);
+        assert_eq!((m.ua, m.ra, m.val), (0.0, 100.0, 100.0));
+        // Efficacy: n = min(|D_r| = 6, |reduced test| = 6); privacy: n = 6 / 2 = 3.
+        let e = &m.mia_efficacy[&MiaFeature::Confidence];
+        assert_eq!((e.shadow_members, e.shadow_nonmembers), (6, 6));
+        let p = &m.mia_privacy[&MiaFeature::Confidence];
+        assert_eq!((p.shadow_members, p.shadow_nonmembers), (3, 3));
+        // The forget set is as confident as the retain set: predicted member, efficacy 0.
+        assert_eq!(e.value, 0.0);
+
+        // The same outputs under random forgetting of the same rows keep the whole test set.
+        let random = ForgetSet {
+            kind: ForgetKind::Random,
+            class: None,
+            ..forget
+        };
+        let m = evaluate(&out, &random, &cfg).unwrap();
+        assert_eq!((m.ta, m.ta_full), (70.0, 70.0));
+        let e = &m.mia_efficacy[&MiaFeature::Confidence];
+        assert_eq!((e.shadow_members, e.shadow_nonmembers), (6, 6));
+        assert_eq!(m.mia_privacy[&MiaFeature::Confidence].shadow_nonmembers, 3);
+    }
+
+    #[test]
+    fn without_class_keeps_order() {
+        let o = rows(&[(0, 0, 0.5), (1, 1, 0.5), (0, 1, 0.5), (2, 2, 0.5)]);
+        let r = o.without_class(0);
+        assert_eq!(Vec::<i64>::try_from(&r.labels).unwrap(), vec![1, 2]);
+        assert_eq!(r.accuracy(), 100.0);
+        assert_eq!(o.without_class(5).len(), 4);
     }
 }
