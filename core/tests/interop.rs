@@ -125,8 +125,9 @@ fn pytorch_checkpoints_load_with_the_same_logits() {
     }
 }
 
-/// A model with running statistics of real activations and non-trivial affine BatchNorm
-/// parameters, pruned by magnitude to `sparsity`.
+/// A model with running statistics of real activations, non-trivial affine BatchNorm
+/// parameters and classifier layers (VGG's start at N(0, 0.01^2) with zero biases, which gives
+/// near-constant logits), pruned by magnitude to `sparsity`.
 fn trained_looking_model(arch: Arch, seed: u64, sparsity: f64) -> (Model, Mask) {
     let s = spec(arch);
     let model = Model::new(s.clone(), Device::Cpu, seed).unwrap();
@@ -136,6 +137,14 @@ fn trained_looking_model(arch: Arch, seed: u64, sparsity: f64) -> (Model, Mask) 
             let _ = model.forward_t(&Tensor::rand(shape, (Kind::Float, Device::Cpu)), true);
         }
         let vars = model.var_store().variables();
+        for (name, w) in &vars {
+            if w.dim() == 2 {
+                let fan_in = w.size()[1] as f64;
+                w.shallow_clone().copy_(&(w.randn_like() / fan_in.sqrt()));
+                let b = &vars[&name.replace(".weight", ".bias")];
+                b.shallow_clone().copy_(&(b.randn_like() * 0.1));
+            }
+        }
         for name in vars.keys() {
             let Some(bn) = name.strip_suffix(".running_mean") else {
                 continue;

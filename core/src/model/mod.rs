@@ -179,7 +179,7 @@ impl Model {
     /// A freshly initialised model; `seed` fixes the initial weights.
     pub fn new(spec: ModelSpec, device: Device, seed: u64) -> Result<Model, ModelError> {
         let m = Model::build(spec, device)?;
-        init_parameters(&m.vs, seed)?;
+        init_parameters(&m.vs, m.spec.arch, seed)?;
         Ok(m)
     }
 
@@ -339,11 +339,78 @@ impl Model {
     }
 }
 
-/// PyTorch's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for conv and linear
-/// weights and their biases, weight 1 and bias 0 for BatchNorm. The random values are drawn from host generators
-/// seeded by `seed` and the parameter name: the same seed gives the same weights on every device
-/// and whatever other threads do with libtorch's global generator.
-fn init_parameters(vs: &nn::VarStore, seed: u64) -> Result<(), ModelError> {
+/// How one parameter tensor starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// U(-b, b) with b = 1 / sqrt(fan_in of the layer's weight): PyTorch's default for conv and
+    /// linear weights and biases.
+    PytorchUniform,
+    /// N(0, std^2).
+    Normal {
+        std: f64,
+    },
+    Constant(f64),
+}
+
+/// Fan-in and fan-out of a conv or linear weight (`[out, in, k...]`), as PyTorch computes them.
+pub fn fans(weight_shape: &[i64]) -> (f64, f64) {
+    let receptive: i64 = weight_shape.iter().skip(2).product();
+    let fan_in = weight_shape.get(1).copied().unwrap_or(1) * receptive;
+    let fan_out = weight_shape[0] * receptive;
+    (fan_in as f64, fan_out as f64)
+}
+
+impl Arch {
+    /// How the reference code's model file for this architecture initialises a parameter: `layer`
+    /// is the kind of layer it belongs to, `weight_shape` that layer's weight shape, `is_bias`
+    /// whether it is the bias.
+    /// - `resnet18` (its `ResNet.py`): convs `kaiming_normal_(mode="fan_out", nonlinearity="relu")`,
+    ///   i.e. N(0, 2 / fan_out); the classifier keeps PyTorch's default;
+    /// - `resnet20`, `resnet56` (its `ResNets.py`): conv and linear weights `kaiming_normal_` with
+    ///   its defaults (fan_in, gain sqrt 2), i.e. N(0, 2 / fan_in); the linear bias keeps
+    ///   PyTorch's default;
+    /// - `vgg16-bn` (its `VGG.py`): convs as ResNet-18's (bias 0); linear weights N(0, 0.01^2),
+    ///   biases 0;
+    /// - `small-cnn` has no counterpart there and keeps PyTorch's defaults.
+    ///
+    /// BatchNorm starts at weight 1 and bias 0 everywhere.
+    pub fn init(self, layer: LayerKind, weight_shape: &[i64], is_bias: bool) -> Init {
+        let (fan_in, fan_out) = fans(weight_shape);
+        let he_fan_out = Init::Normal {
+            std: (2.0 / fan_out).sqrt(),
+        };
+        let he_fan_in = Init::Normal {
+            std: (2.0 / fan_in).sqrt(),
+        };
+        match (layer, self, is_bias) {
+            (LayerKind::BatchNorm, _, false) => Init::Constant(1.0),
+            (LayerKind::BatchNorm, _, true) => Init::Constant(0.0),
+            (_, Arch::SmallCnn, _) => Init::PytorchUniform,
+            (LayerKind::Conv, Arch::Resnet18, false) => he_fan_out,
+            (LayerKind::Conv, Arch::Vgg16Bn, false) => he_fan_out,
+            (LayerKind::Conv, Arch::Vgg16Bn, true) => Init::Constant(0.0),
+            (LayerKind::Conv | LayerKind::Linear, Arch::Resnet20 | Arch::Resnet56, false) => {
+                he_fan_in
+            }
+            (LayerKind::Linear, Arch::Vgg16Bn, false) => Init::Normal { std: 0.01 },
+            (LayerKind::Linear, Arch::Vgg16Bn, true) => Init::Constant(0.0),
+            _ => Init::PytorchUniform,
+        }
+    }
+}
+
+/// The kinds of layer with parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    Conv,
+    Linear,
+    BatchNorm,
+}
+
+/// Initialises every parameter as [`Arch::init`] says. The random values are drawn from host
+/// generators seeded by `seed` and the parameter's name: the same seed gives the same weights on
+/// every device and whatever other threads do with libtorch's global generator.
+fn init_parameters(vs: &nn::VarStore, arch: Arch, seed: u64) -> Result<(), ModelError> {
     use rand::RngExt;
     let _g = tch::no_grad_guard();
     let vars = vs.variables();
@@ -351,26 +418,42 @@ fn init_parameters(vs: &nn::VarStore, seed: u64) -> Result<(), ModelError> {
         let Some(prefix) = name.strip_suffix(".weight") else {
             continue;
         };
-        if vars.contains_key(&format!("{prefix}.running_mean")) {
-            // BatchNorm: PyTorch starts at weight 1 (tch would draw it from U(0, 1)).
-            let _ = w.shallow_clone().f_fill_(1.0)?;
+        if !w.requires_grad() {
             continue;
         }
-        if !w.requires_grad() || w.dim() < 2 {
+        let layer = if vars.contains_key(&format!("{prefix}.running_mean")) {
+            LayerKind::BatchNorm
+        } else if w.dim() > 2 {
+            LayerKind::Conv
+        } else if w.dim() == 2 {
+            LayerKind::Linear
+        } else {
             continue;
-        }
-        let fan_in = (w.numel() / w.size()[0] as usize) as f64;
-        let bound = 1.0 / fan_in.sqrt();
+        };
+        let shape = w.size();
         let bias = vars.get(&format!("{prefix}.bias"));
-        for t in std::iter::once(w).chain(bias) {
-            let mut r = crate::rng::rng(seed, &format!("init {name} {:?}", t.size()));
-            let values: Vec<f32> = (0..t.numel())
-                .map(|_| r.random_range(-bound..bound) as f32)
-                .collect();
-            let src = Tensor::from_slice(&values)
-                .view(t.size().as_slice())
-                .to_device(t.device());
-            t.shallow_clone().f_copy_(&src)?;
+        for (t, is_bias) in std::iter::once((w, false)).chain(bias.map(|b| (b, true))) {
+            let values = match arch.init(layer, &shape, is_bias) {
+                Init::Constant(c) => {
+                    let _ = t.shallow_clone().f_fill_(c)?;
+                    continue;
+                }
+                Init::PytorchUniform => {
+                    let bound = 1.0 / fans(&shape).0.sqrt();
+                    let mut r = crate::rng::rng(seed, &format!("init {name} {:?}", t.size()));
+                    let v: Vec<f32> = (0..t.numel())
+                        .map(|_| r.random_range(-bound..bound) as f32)
+                        .collect();
+                    Tensor::from_slice(&v).view(t.size().as_slice())
+                }
+                Init::Normal { std } => {
+                    let purpose = format!("init normal {name} {:?}", t.size());
+                    crate::grad::normal_like(std::slice::from_ref(t), seed, &purpose)?
+                        .remove(0)
+                        .f_mul_scalar(std)?
+                }
+            };
+            t.shallow_clone().f_copy_(&values.to_device(t.device()))?;
         }
     }
     Ok(())
@@ -502,6 +585,91 @@ pub(crate) mod tests {
         }
         assert!(p["bn1.weight"].eq(1.0).all().int64_value(&[]) == 1);
         assert!(p["bn1.bias"].eq(0.0).all().int64_value(&[]) == 1);
+    }
+
+    /// Every parameter of every architecture against the reference code's model files, with the
+    /// expected distribution written out here from the weight's shape (not through `Arch::init`):
+    /// N(0, 2 / fan_out) for ResNet-18's and VGG's convs, N(0, 2 / fan_in) for the CIFAR ResNets'
+    /// convs and classifier weight, N(0, 0.01^2) for VGG's linear weights, PyTorch's U(+-1/sqrt
+    /// (fan_in)) for what those files leave alone, and BatchNorm 1 / 0.
+    #[test]
+    fn init_follows_each_reference_model_file() {
+        enum Want {
+            Normal(f64),
+            Uniform(f64),
+            Value(f64),
+        }
+        for (arch, input) in [
+            (Arch::Resnet18, [3, 32, 32]),
+            (Arch::Resnet20, [3, 32, 32]),
+            (Arch::Resnet56, [3, 32, 32]),
+            (Arch::Vgg16Bn, [3, 32, 32]),
+            (Arch::SmallCnn, [1, 8, 8]),
+        ] {
+            let m = Model::new(spec(arch, input, 10), Device::Cpu, 11).unwrap();
+            let vars = m.var_store().variables();
+            let mut checked = 0;
+            for (name, t) in m.parameters() {
+                let (prefix, is_bias) = match name.strip_suffix(".bias") {
+                    Some(p) => (p.to_string(), true),
+                    None => (name.strip_suffix(".weight").unwrap().to_string(), false),
+                };
+                let w = vars[&format!("{prefix}.weight")].size();
+                let bn = vars.contains_key(&format!("{prefix}.running_mean"));
+                let conv = w.len() == 4;
+                let k = if conv { w[2] * w[3] } else { 1 };
+                let (fan_in, fan_out) = ((w[1.min(w.len() - 1)] * k) as f64, (w[0] * k) as f64);
+                let default = Want::Uniform(1.0 / fan_in.sqrt());
+                let want = match (arch, bn, conv, is_bias) {
+                    (_, true, _, false) => Want::Value(1.0),
+                    (_, true, _, true) => Want::Value(0.0),
+                    (Arch::SmallCnn, ..) => default,
+                    (Arch::Resnet18 | Arch::Vgg16Bn, _, true, false) => {
+                        Want::Normal((2.0 / fan_out).sqrt())
+                    }
+                    (Arch::Resnet20 | Arch::Resnet56, _, _, false) => {
+                        Want::Normal((2.0 / fan_in).sqrt())
+                    }
+                    (Arch::Vgg16Bn, _, false, false) => Want::Normal(0.01),
+                    (Arch::Vgg16Bn, _, _, true) => Want::Value(0.0),
+                    _ => default,
+                };
+                let n = t.numel() as f64;
+                let mean = t.mean(Kind::Double).double_value(&[]);
+                let std = t.std(false).double_value(&[]);
+                let max = t.abs().max().double_value(&[]);
+                match want {
+                    Want::Value(v) => {
+                        assert!(
+                            t.eq(v).all().int64_value(&[]) == 1,
+                            "{arch} {name}: not {v}"
+                        )
+                    }
+                    Want::Normal(sd) => {
+                        // The sample std of n normals is within 6 / sqrt(2n) relative error.
+                        let tol = 6.0 / (2.0 * n).sqrt();
+                        assert!(
+                            (std / sd - 1.0).abs() < tol,
+                            "{arch} {name}: std {std} vs {sd}"
+                        );
+                        assert!(
+                            mean.abs() < 6.0 * sd / n.sqrt(),
+                            "{arch} {name}: mean {mean}"
+                        );
+                    }
+                    Want::Uniform(b) => {
+                        assert!(max <= b, "{arch} {name}: {max} beyond {b}");
+                        let sd = b / 3f64.sqrt();
+                        if n >= 64.0 {
+                            let tol = 8.0 / (2.0 * n).sqrt();
+                            assert!((std / sd - 1.0).abs() < tol, "{arch} {name}: std {std}");
+                        }
+                    }
+                }
+                checked += 1;
+            }
+            assert!(checked >= 11, "{arch}: {checked} parameters checked");
+        }
     }
 
     #[test]
