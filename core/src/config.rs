@@ -68,8 +68,9 @@ pub struct DataConfig {
     /// Settings of the `synthetic` data set.
     #[serde(default)]
     pub synthetic: SyntheticConfig,
-    /// Training-time augmentation; default: the data set's (SPEC: random crop with 4-pixel
-    /// padding and horizontal flip for CIFAR, SVHN and TinyImageNet; none otherwise).
+    /// Training-time augmentation; default: the data set's (random crop with 4-pixel padding
+    /// and horizontal flip for CIFAR and TinyImageNet; none otherwise, SVHN included, as in the
+    /// paper's code).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub augment: Option<Augment>,
 }
@@ -299,7 +300,9 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
                 m,
             ));
         }
-        if let Some(r) = pruner.as_ref().and_then(|p| p.instance.rewind_epoch()) {
+        if let Some(crate::method::RewindPoint::Epoch(r)) =
+            pruner.as_ref().and_then(|p| p.instance.rewind_point())
+        {
             if r > train.epochs {
                 issues.push(ConfigIssue::new(
                     "/prune/rewind_epoch",
@@ -461,7 +464,7 @@ fn check_checkpoint(
     };
     match pruner {
         Some(_) if has_mask => Err(at("/prune", None, "model.checkpoint is already pruned (it has a mask): remove `prune` to unlearn it as it is".into())),
-        Some(p) if p.instance.rewind_epoch().is_some() => Err(at(
+        Some(p) if matches!(p.instance.rewind_point(), Some(crate::method::RewindPoint::Epoch(_))) => Err(at(
             "/prune/method",
             Some(Value::from(p.method.clone())),
             "this pruner rewinds to weights from dense training, which a run from model.checkpoint does not do: remove model.checkpoint, or use a pruner that does not rewind (SynFlow, or IMP with rewind = \"pt\")".into(),

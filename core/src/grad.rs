@@ -6,7 +6,9 @@
 //! [`Model::parameters`] order, sorted by name). Gradients come from `torch.autograd.grad`-style
 //! calls ([`Tensor::f_run_backward`]), so they never touch the parameters' `.grad` fields and
 //! never interfere with an optimizer. Rows are read from a [`Stream`] in its order, in batches,
-//! without shuffling.
+//! without shuffling, with the stream's augmentation (drawn from a generator seeded by the
+//! stream's `augment_seed`): the reference code computes FF's and IU's gradients on its retain
+//! and forget loaders, which keep the training transform. [`GradInputs`] lets a method choose.
 //!
 //! A net built [`Net::with_mask`] treats pruned weights as constants, as the training loop does
 //! (it masks gradients before each step): their gradients are 0 in every tool here.
@@ -146,17 +148,58 @@ impl<'a> Net<'a> {
     }
 }
 
-/// The rows of `stream` in order, `batch_size` at a time: `(inputs in [0, 1], labels)`.
+/// Which inputs a one-shot method computes its gradients on.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum GradInputs {
+    /// With the data set's training-time augmentation (random crop and flip where the data set
+    /// has them), as the reference code does: its retain and forget loaders keep the training
+    /// transform during unlearning.
+    #[default]
+    Augmented,
+    /// The clean images, as evaluation sees them.
+    Clean,
+}
+
+impl GradInputs {
+    /// `stream` with its augmentation kept or removed.
+    pub fn apply<'a>(self, mut stream: Stream<'a>) -> Stream<'a> {
+        if self == GradInputs::Clean {
+            stream.augment = crate::data::Augment::NONE;
+        }
+        stream
+    }
+}
+
+/// The `purpose` (see [`crate::rng::rng`]) of the generator that augments the gradient tools'
+/// inputs, seeded by the stream's `augment_seed`; each call of [`batches`] starts it afresh.
+pub const AUGMENT_PURPOSE: &str = "gradient inputs";
+
+/// The rows of `stream` in order, `batch_size` at a time: `(inputs in [0, 1], labels)`, the
+/// inputs augmented as `stream.augment` says.
 pub fn batches<'s>(
     stream: &'s Stream<'_>,
     batch_size: usize,
 ) -> impl Iterator<Item = Result<(Tensor, Tensor), TchError>> + 's {
     let n = stream.len() as i64;
     let bs = batch_size.max(1) as i64;
+    let mut rng = crate::rng::rng(stream.augment_seed, AUGMENT_PURPOSE);
     (0..n).step_by(bs as usize).map(move |start| {
         let len = bs.min(n - start);
         let rows = stream.rows.f_narrow(0, start, len)?;
-        let x = stream.data.batch_images(&rows);
+        let x = stream
+            .augment
+            .apply(&stream.data.batch_images(&rows), &mut rng);
         let y = stream.labels.f_narrow(0, start, len)?;
         Ok((x, y))
     })
@@ -589,6 +632,75 @@ mod tests {
         let empty = Stream::new(&d, &[]);
         let z = summed_grad(&net, &empty, 4).unwrap();
         assert_eq!(z.abs().sum(Kind::Float).double_value(&[]), 0.0);
+    }
+
+    /// With an augmenting data set, every tool reads the batches augmented by a generator seeded
+    /// from the stream (batch by batch, in order); [`GradInputs::Clean`] reads the clean images.
+    /// Expected values: the closed-form per-sample gradients of the augmented (or clean) pixels.
+    #[test]
+    fn gradients_follow_the_streams_augmentation() {
+        let l = linear();
+        let net = l.net();
+        let mut d = tiny_data();
+        d.augment = crate::data::Augment {
+            crop_padding: 1,
+            flip: true,
+        };
+        let labels = d.labels_vec();
+        let rows = [0usize, 1, 3, 4, 6];
+        let stream = Stream {
+            augment_seed: 9,
+            ..Stream::new(&d, &rows)
+        };
+        let sum_of = |xs: &[Vec<f64>]| {
+            let mut want = vec![0.0; net.numel() as usize];
+            for (x, &i) in xs.iter().zip(&rows) {
+                for (w, s) in want.iter_mut().zip(l.sample_grad(x, labels[i] as usize)) {
+                    *w += s;
+                }
+            }
+            want
+        };
+        // The augmented inputs, batch by batch (2 rows, 2 rows, 1 row).
+        let mut rng = crate::rng::rng(9, AUGMENT_PURPOSE);
+        let mut augmented = Vec::new();
+        for chunk in rows.chunks(2) {
+            let x = d.batch_images(&crate::data::index_tensor(chunk, Device::Cpu));
+            let a = d.augment.apply(&x, &mut rng);
+            augmented.extend(vec_of(&a).chunks(FEATURES).map(|r| r.to_vec()));
+        }
+        let all = rows_f64(&d);
+        let clean: Vec<Vec<f64>> = rows.iter().map(|&i| all[i].clone()).collect();
+        assert_ne!(augmented, clean, "the draws change some inputs");
+        let g = summed_grad(&net, &stream, 2).unwrap();
+        assert_close(&vec_of(&g), &sum_of(&augmented), 1e-5);
+        let clean_stream = GradInputs::Clean.apply(Stream {
+            augment_seed: 9,
+            ..Stream::new(&d, &rows)
+        });
+        let g = summed_grad(&net, &clean_stream, 2).unwrap();
+        assert_close(&vec_of(&g), &sum_of(&clean), 1e-5);
+        // Augmented is the default; another seed draws other inputs.
+        assert_eq!(GradInputs::default(), GradInputs::Augmented);
+        let other = Stream {
+            augment_seed: 10,
+            ..Stream::new(&d, &rows)
+        };
+        let g10 = summed_grad(&net, &other, 2).unwrap();
+        assert!(!g10.allclose(&summed_grad(&net, &stream, 2).unwrap(), 1e-6, 1e-6, false));
+        // Per-sample gradients: batches of one, from the same generator.
+        let mut rng = crate::rng::rng(9, AUGMENT_PURPOSE);
+        let mut seen = 0;
+        for_each_sample_grad::<TchError>(&net, &stream, 10, |k, g| {
+            let i = rows[k];
+            let x = d.batch_images(&crate::data::index_tensor(&[i], Device::Cpu));
+            let a = vec_of(&d.augment.apply(&x, &mut rng));
+            assert_close(&vec_of(g), &l.sample_grad(&a, labels[i] as usize), 1e-5);
+            seen += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, rows.len());
     }
 
     #[test]

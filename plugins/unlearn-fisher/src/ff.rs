@@ -11,7 +11,7 @@ use unlearn_core::method::{MethodConfig, MethodError, UnlearnCtx, UnlearnMethod,
 use unlearn_core::model::Model;
 use unlearn_core::tch::{Kind, TchError, Tensor};
 
-use unlearn_core::grad::{assign_masked_, class_fisher, normal_like, Net};
+use unlearn_core::grad::{assign_masked_, class_fisher, normal_like, GradInputs, Net};
 
 /// Fisher forgetting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -20,8 +20,8 @@ pub struct FfConfig {
     /// Noise scale `a`: the variance of a weight is `a * min(1 / (F + 1e-8), 1e3)` (1e2 for
     /// parameters with one row per class), `F` its Fisher information on the retain set.
     /// Default 1e-6; scale it to the task. The reference code's generic `--alpha` default, 0.2
-    /// (also in its README's FF command), gives weights with little Fisher information noise of
-    /// standard deviation up to 14 and destroys a model (digits: test accuracy 10%); the
+    /// (its README's FF command leaves `--alpha` to the user), gives weights with little Fisher
+    /// information noise of standard deviation up to 14 and destroys a model (digits: test accuracy 10%); the
     /// reference repository's reproduction notes say the paper searched FF's `a` over very small
     /// values. On the digits, 1e-7 to 1e-6 forget a class while keeping retain accuracy and 1e-5
     /// damages the 99%-sparse model (sweep in host/presets/demo.toml).
@@ -31,6 +31,10 @@ pub struct FfConfig {
     /// is that of its mean loss, so this value changes the result, not only the speed.
     #[schemars(range(min = 1))]
     pub batch_size: usize,
+    /// Inputs of the Fisher accumulation: `augmented` (the data set's training-time
+    /// augmentation, as the reference code, whose retain loader keeps the training transform) or
+    /// `clean`. The same on data sets without augmentation.
+    pub inputs: GradInputs,
 }
 
 impl Default for FfConfig {
@@ -38,6 +42,7 @@ impl Default for FfConfig {
         FfConfig {
             alpha: 1e-6,
             batch_size: 32,
+            inputs: GradInputs::Augmented,
         }
     }
 }
@@ -93,7 +98,8 @@ impl Ff {
         let net = Net::eval(model).with_mask(ctx.mask);
         synchronize(device);
         let start = Instant::now();
-        let fisher = class_fisher(&net, &ctx.retain_stream(), self.config.batch_size)?;
+        let retain = self.config.inputs.apply(ctx.retain_stream());
+        let fisher = class_fisher(&net, &retain, self.config.batch_size)?;
         synchronize(device);
         let fisher_seconds = start.elapsed().as_secs_f64();
 

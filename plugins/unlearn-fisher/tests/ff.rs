@@ -4,7 +4,9 @@
 mod common;
 
 use common::*;
+use unlearn_core::data::Augment;
 use unlearn_core::grad::normal_like;
+use unlearn_core::grad::GradInputs;
 use unlearn_core::method::{UnlearnMethod, Unlearner};
 use unlearn_core::model::Model;
 use unlearn_core::tch::{Kind, Tensor};
@@ -18,7 +20,19 @@ const BATCH: usize = 8;
 /// gradients; accumulate mean_batch(p_y) * grad^2 and divide by the number of batches.
 /// With `masked`, the gradients of pruned weights are 0 (they are constants).
 fn reference_fisher(f: &Fixture, model: &Model, batch: usize, masked: bool) -> Vec<Vec<f64>> {
+    reference_fisher_on(f, model, batch, masked, None)
+}
+
+/// [`reference_fisher`] on the inputs [`Fixture::inputs`] gives for `augment_seed`.
+fn reference_fisher_on(
+    f: &Fixture,
+    model: &Model,
+    batch: usize,
+    masked: bool,
+    augment_seed: Option<u64>,
+) -> Vec<Vec<f64>> {
     let rows = &f.forget.retain;
+    let images = f.inputs(rows, batch, augment_seed);
     let pruned = if masked {
         pruned(model, &f.mask)
     } else {
@@ -26,14 +40,14 @@ fn reference_fisher(f: &Fixture, model: &Model, batch: usize, masked: bool) -> V
     };
     let mut acc: Vec<Vec<f64>> = weights(model).iter().map(|w| vec![0.0; w.len()]).collect();
     let chunks: Vec<&[usize]> = rows.chunks(batch).collect();
-    for chunk in &chunks {
+    for (c, chunk) in chunks.iter().enumerate() {
         let n = chunk.len() as f64;
-        let xs: Vec<Tensor> = chunk.iter().map(|&r| f.image(r)).collect();
+        let xs = &images[c * batch..c * batch + chunk.len()];
         let ps: Vec<Vec<f64>> = xs.iter().map(|x| probs(model, x)).collect();
         for y in 0..CLASSES {
             let p_y = ps.iter().map(|p| p[y]).sum::<f64>() / n;
             let mut g: Vec<Vec<f64>> = acc.iter().map(|a| vec![0.0; a.len()]).collect();
-            for x in &xs {
+            for x in xs {
                 let mut sg = sample_grad(model, x, y);
                 mask_grads(&mut sg, &pruned);
                 for (gp, sp) in g.iter_mut().zip(sg) {
@@ -137,9 +151,14 @@ fn reference_moments(
 }
 
 fn ff(alpha: f64) -> Ff {
+    ff_on(alpha, GradInputs::Augmented)
+}
+
+fn ff_on(alpha: f64, inputs: GradInputs) -> Ff {
     Ff::new(FfConfig {
         alpha,
         batch_size: BATCH,
+        inputs,
     })
 }
 
@@ -239,8 +258,12 @@ fn ff_samples_mu_plus_sqrt_var_times_the_seeded_normal_draws() {
     let fisher = reference_fisher(&f, &f.model, BATCH, true);
     let (mu_ref, var_ref, _) = reference_moments(&f.model, &fisher, ALPHA, Some(FORGET_CLASS));
     let out = run_ff(&f, ALPHA, true, seed);
-    // The documented draw: core's seeded host generator with FF's purpose, one standard normal
-    // tensor per parameter in name order.
+    assert_sampled(&f, &out, &mu_ref, &var_ref, seed);
+}
+
+/// `out` is `mu + sqrt(var) * z` with z the documented draw (core's seeded host generator with
+/// FF's purpose, one standard normal tensor per parameter in name order), pruned weights 0.
+fn assert_sampled(f: &Fixture, out: &Model, mu_ref: &[Vec<f64>], var_ref: &[Vec<f64>], seed: u64) {
     let params: Vec<Tensor> = f.model.parameters().into_values().collect();
     let noise: Vec<Vec<f64>> = normal_like(&params, seed, unlearn_fisher::ff::NOISE_PURPOSE)
         .unwrap()
@@ -248,7 +271,7 @@ fn ff_samples_mu_plus_sqrt_var_times_the_seeded_normal_draws() {
         .map(to_vec)
         .collect();
     let pruned = pruned(&f.model, &f.mask);
-    let got = weights(&out);
+    let got = weights(out);
     let names: Vec<String> = f.model.parameters().into_keys().collect();
     let mut checked = 0;
     for i in 0..got.len() {
@@ -269,8 +292,40 @@ fn ff_samples_mu_plus_sqrt_var_times_the_seeded_normal_draws() {
         }
     }
     assert!(checked > 40_000);
-    assert_eq!(f.mask.violations(&out), 0);
+    assert_eq!(f.mask.violations(out), 0);
     assert!(out.all_finite());
+}
+
+/// On a training set with augmentation, FF's Fisher is accumulated on augmented inputs by
+/// default (as the reference code, whose retain loader keeps the training transform), and on
+/// the clean images with `inputs = "clean"`: each equals the reference computed on those inputs.
+#[test]
+fn ff_fisher_inputs_are_augmented_unless_asked_for_clean() {
+    let mut f = fixture();
+    f.data.train.augment = Augment {
+        crop_padding: 2,
+        flip: true,
+    };
+    let seed = 4;
+    let mut outs = Vec::new();
+    for (inputs, augment_seed) in [
+        (GradInputs::Augmented, Some(seed)),
+        (GradInputs::Clean, None),
+    ] {
+        let fisher = reference_fisher_on(&f, &f.model, BATCH, true, augment_seed);
+        let (mu_ref, var_ref, _) = reference_moments(&f.model, &fisher, ALPHA, Some(FORGET_CLASS));
+        let mut out = f.model.try_clone().unwrap();
+        let mut ctx = f.ctx(&mut out, Some(&f.mask), seed);
+        ff_on(ALPHA, inputs).unlearn(&mut ctx).unwrap();
+        assert_sampled(&f, &out, &mu_ref, &var_ref, seed);
+        outs.push(out);
+    }
+    let w = |m: &Model| m.parameters()["conv2.weight"].shallow_clone();
+    assert!(!w(&outs[0]).equal(&w(&outs[1])), "the inputs matter");
+    // Clean inputs on an augmenting set equal the default on a set without augmentation.
+    f.data.train.augment = Augment::NONE;
+    let plain = run_ff(&f, ALPHA, true, seed);
+    assert!(w(&plain).equal(&w(&outs[1])));
 }
 
 #[test]

@@ -5,6 +5,8 @@
 mod common;
 
 use common::*;
+use unlearn_core::data::Augment;
+use unlearn_core::grad::GradInputs;
 use unlearn_core::method::{UnlearnMethod, Unlearner};
 use unlearn_core::model::Model;
 use unlearn_fisher::{Iu, IuConfig};
@@ -13,19 +15,27 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// SPEC §5 "IU" steps 1-2: the vector `k` (flat, parameters in name order).
-fn reference_k(f: &Fixture, model: &Model, n: usize) -> Vec<f64> {
+/// The IU steps 1-2 (the vector `k`, flat, parameters in name order) on the inputs
+/// [`Fixture::inputs`] gives for `augment_seed`: `g_f` and `g_r`
+/// read batches of `batch`, the recursion batches of one, each pass from a fresh generator.
+fn reference_k_on(
+    f: &Fixture,
+    model: &Model,
+    n: usize,
+    batch: usize,
+    augment_seed: Option<u64>,
+) -> Vec<f64> {
     // pruned weights are constants: their gradients are 0
     let pruned = pruned(model, &f.mask);
-    let grad = |row: usize| {
-        let mut g = sample_grad(model, &f.image(row), f.label(row));
+    let grad = |x: &unlearn_core::tch::Tensor, row: usize| {
+        let mut g = sample_grad(model, x, f.label(row));
         mask_grads(&mut g, &pruned);
         flat(&g)
     };
     let sum = |rows: &[usize]| {
         let mut s = vec![];
-        for &r in rows {
-            let g = grad(r);
+        for (x, &r) in f.inputs(rows, batch, augment_seed).iter().zip(rows) {
+            let g = grad(x, r);
             if s.is_empty() {
                 s = vec![0.0; g.len()];
             }
@@ -45,8 +55,9 @@ fn reference_k(f: &Fixture, model: &Model, n: usize) -> Vec<f64> {
         .collect();
     let big_n = n as f64;
     let mut o: Vec<f64> = vec![];
-    for &r in f.forget.retain.iter().take(n) {
-        let g = grad(r);
+    let first: Vec<usize> = f.forget.retain.iter().take(n).copied().collect();
+    for (x, &r) in f.inputs(&first, 1, augment_seed).iter().zip(&first) {
+        let g = grad(x, r);
         if o.is_empty() {
             o = g;
             continue;
@@ -71,12 +82,25 @@ fn run_iu(f: &Fixture, config: IuConfig, mask: bool) -> (Model, unlearn_fisher::
 }
 
 fn check_update(f: &Fixture, n: usize, alpha: f64) {
-    let k = reference_k(f, &f.model, n);
+    check_update_on(f, n, alpha, GradInputs::Augmented, None);
+}
+
+/// IU with `inputs` against [`reference_k_on`] with `augment_seed` (the context's seed, 0, when
+/// the inputs are augmented).
+fn check_update_on(
+    f: &Fixture,
+    n: usize,
+    alpha: f64,
+    inputs: GradInputs,
+    augment_seed: Option<u64>,
+) -> Model {
+    let k = reference_k_on(f, &f.model, n, 256, augment_seed);
     let (out, report) = run_iu(
         f,
         IuConfig {
             alpha,
             samples: n,
+            inputs,
             ..Default::default()
         },
         true,
@@ -116,6 +140,23 @@ fn check_update(f: &Fixture, n: usize, alpha: f64) {
         moved += (after[j] != before[j]) as usize;
     }
     assert!(moved > after.len() / 3);
+    out
+}
+
+/// On a training set with augmentation, IU's g_f, g_r and per-sample gradients are computed on
+/// augmented inputs by default (the reference keeps the training transform on its loaders) and
+/// on clean ones with `inputs = "clean"`.
+#[test]
+fn iu_gradients_are_on_augmented_inputs_unless_asked_for_clean() {
+    let mut f = fixture();
+    f.data.train.augment = Augment {
+        crop_padding: 2,
+        flip: true,
+    };
+    let a = check_update_on(&f, 20, 5.0, GradInputs::Augmented, Some(0));
+    let c = check_update_on(&f, 20, 5.0, GradInputs::Clean, None);
+    let w = |m: &Model| m.parameters()["conv2.weight"].shallow_clone();
+    assert!(!w(&a).equal(&w(&c)), "the inputs matter");
 }
 
 #[test]

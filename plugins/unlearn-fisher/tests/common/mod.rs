@@ -114,6 +114,26 @@ impl Fixture {
             .batch_images(&index_tensor(&[row], Device::Cpu))
     }
 
+    /// The inputs FF and IU read for `rows` in batches of `batch`, one image (a batch of one)
+    /// per row: clean with `seed` None; else augmented as the training set says, a batch at a
+    /// time, by core's generator for the gradient tools seeded with `seed`.
+    pub fn inputs(&self, rows: &[usize], batch: usize, seed: Option<u64>) -> Vec<Tensor> {
+        let Some(seed) = seed else {
+            return rows.iter().map(|&r| self.image(r)).collect();
+        };
+        let mut rng = unlearn_core::rng::rng(seed, unlearn_core::grad::AUGMENT_PURPOSE);
+        let train = &self.data.train;
+        rows.chunks(batch)
+            .flat_map(|chunk| {
+                let x = train.batch_images(&index_tensor(chunk, Device::Cpu));
+                let a = train.augment.apply(&x, &mut rng);
+                (0..chunk.len() as i64)
+                    .map(|i| a.narrow(0, i, 1))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     pub fn label(&self, row: usize) -> usize {
         self.data.train.labels.int64_value(&[row as i64]) as usize
     }
