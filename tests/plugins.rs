@@ -439,7 +439,7 @@ fn pruners_and_attacks_through_the_abi_match_their_built_in_selves() {
 
     // OMP: dense training keeping the rewind snapshot it asks for, then prune (rewind to the
     // snapshot, retrain in core's loop under the mask).
-    let prune = |name: &str| -> (Mask, Model, f64, Option<usize>) {
+    let prune = |name: &str| -> (Mask, Model, f64, Option<unlearn_core::method::RewindPoint>) {
         let p = registry
             .get(name)
             .unwrap()
@@ -453,16 +453,14 @@ fn pruners_and_attacks_through_the_abi_match_their_built_in_selves() {
         let dense = trainer
             .run(
                 &mut model,
-                Run {
-                    rewind_epoch: p.rewind_epoch(),
-                    ..Run::new("dense".into(), &s, &stream, None, 0)
-                },
+                Run::new("dense".into(), &s, &stream, None, 0)
+                    .keeping(p.rewind_point(), &t.data.val),
                 &mut CrossEntropy,
             )
             .unwrap();
         let mut ctx = PruneCtx {
             model: &mut model,
-            rewind: dense.rewind.as_ref(),
+            rewind: dense.kept(),
             data: &t.data,
             schedule: &s,
             trainer: &trainer,
@@ -470,12 +468,15 @@ fn pruners_and_attacks_through_the_abi_match_their_built_in_selves() {
             label: name.into(),
         };
         let mask = p.prune(&mut ctx).unwrap_or_else(|e| panic!("{name}: {e}"));
-        (mask, model, p.sparsity(), p.rewind_epoch())
+        (mask, model, p.sparsity(), p.rewind_point())
     };
     let (mask_a, model_a, s_a, r_a) = prune("OMP");
     let (mask_b, model_b, s_b, r_b) = prune("OMP-dylib");
     assert_eq!((s_a, r_a), (s_b, r_b));
-    assert_eq!((s_a, r_a), (0.7, Some(3)));
+    assert_eq!(
+        (s_a, r_a),
+        (0.7, Some(unlearn_core::method::RewindPoint::Epoch(3)))
+    );
     assert_eq!(mask_a.zeros(), mask_b.zeros());
     for (name, m) in mask_a.tensors() {
         assert!(m.equal(mask_b.get(name).unwrap()), "mask of {name}");

@@ -268,16 +268,14 @@ fn check_pruner(m: &Method, f: &mut Failures) {
         let report = trainer
             .run(
                 &mut model,
-                Run {
-                    rewind_epoch: p.rewind_epoch(),
-                    ..Run::new("dense".into(), &s, &stream, None, 0)
-                },
+                Run::new("dense".into(), &s, &stream, None, 0)
+                    .keeping(p.rewind_point(), &t.data.val),
                 &mut CrossEntropy,
             )
             .expect("dense training of the tiny model");
         let mut ctx = PruneCtx {
             model: &mut model,
-            rewind: report.rewind.as_ref(),
+            rewind: report.kept(),
             data: &t.data,
             schedule: &s,
             trainer: &trainer,

@@ -108,12 +108,21 @@ pub struct UnlearnCtx<'a> {
 }
 
 impl<'a> UnlearnCtx<'a> {
+    /// `D_r`, with the training set's augmentation (seeded by the context's seed for the
+    /// gradient tools).
     pub fn retain_stream(&self) -> Stream<'a> {
-        Stream::new(&self.data.train, &self.forget.retain)
+        Stream {
+            augment_seed: self.seed,
+            ..Stream::new(&self.data.train, &self.forget.retain)
+        }
     }
 
+    /// `D_f`, likewise.
     pub fn forget_stream(&self) -> Stream<'a> {
-        Stream::new(&self.data.train, &self.forget.forget)
+        Stream {
+            augment_seed: self.seed,
+            ..Stream::new(&self.data.train, &self.forget.forget)
+        }
     }
 
     /// Runs core's loop on the context's model, mask and seed.
@@ -149,7 +158,7 @@ impl<'a> UnlearnCtx<'a> {
 pub struct PruneCtx<'a> {
     /// The trained dense model; the pruner turns it into the trained sparse model.
     pub model: &'a mut Model,
-    /// The weights after [`Pruner::rewind_epoch`] epochs of dense training, when it asked for them.
+    /// The dense weights [`Pruner::rewind_point`] asked for, when it asked.
     pub rewind: Option<&'a Snapshot>,
     pub data: &'a TaskData,
     /// The pipeline's training schedule (used to retrain after pruning).
@@ -222,12 +231,13 @@ pub trait Unlearner: Send + Sync {
     fn unlearn(&self, ctx: &mut UnlearnCtx<'_>) -> Result<(), MethodError>;
 }
 
+pub use crate::train::RewindPoint;
+
 pub trait Pruner: Send + Sync {
     /// The share of prunable weights the returned mask zeroes (exactly `round(s * total)`).
     fn sparsity(&self) -> f64;
-    /// Epoch after which dense training should keep a snapshot for this pruner to rewind to
-    /// (0: the initialisation).
-    fn rewind_epoch(&self) -> Option<usize> {
+    /// The dense weights this pruner rewinds to, which dense training keeps for it.
+    fn rewind_point(&self) -> Option<RewindPoint> {
         None
     }
     fn prune(&self, ctx: &mut PruneCtx<'_>) -> Result<Mask, MethodError>;

@@ -19,7 +19,7 @@ use crate::eval::{evaluate, Metrics, MiaError, SplitOutputs};
 use crate::forget::ForgetSet;
 use crate::io::{ensure_writable_dir, write_atomic};
 use crate::mask::Mask;
-use crate::method::{MethodError, PruneCtx, TaskData, UnlearnCtx};
+use crate::method::{MethodError, PruneCtx, RewindPoint, TaskData, UnlearnCtx};
 use crate::model::{Model, ModelError, ModelSpec, Snapshot};
 use crate::train::{CrossEntropy, Run, Trainer};
 
@@ -148,13 +148,17 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
     };
     let mut variants = Vec::new();
 
-    // The original model: from `model.checkpoint`, or trained here (with the rewind point the
-    // pruner asked for).
-    let rewind_epoch = plan.pruner.as_ref().and_then(|p| p.instance.rewind_epoch());
+    // The original model: from `model.checkpoint`, or trained here (keeping the weights the
+    // pruner rewinds to).
+    let rewind_point = plan.pruner.as_ref().and_then(|p| p.instance.rewind_point());
     let mut rewind = None;
     if let Some(path) = &plan.checkpoint {
         (opts.notify)(&format!("starting from {}", path.display()));
         let (model, mask) = load_original(path, &spec, opts.device)?;
+        // The only dense weights there are: the best-validation rewind point of `pt`.
+        if rewind_point == Some(RewindPoint::BestValidation) {
+            rewind = Some(model.snapshot());
+        }
         let name = if mask.is_some() { "sparse" } else { "dense" };
         variants.push(variant(name, model, mask, 0.0, &data, eval_batch));
     } else {
@@ -172,22 +176,26 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
                 ));
                 let all: Vec<usize> = (0..data.train.len()).collect();
                 let stream = crate::train::Stream::new(&data.train, &all);
-                let run = Run {
-                    rewind_epoch,
-                    ..Run::new("dense training".into(), &cfg.train, &stream, None, cfg.seed)
-                };
-                let report = opts
+                let run = Run::new("dense training".into(), &cfg.train, &stream, None, cfg.seed)
+                    .keeping(rewind_point, &data.val);
+                let mut report = opts
                     .trainer
                     .run(&mut dense, run, &mut CrossEntropy)
                     .map_err(|e| PipelineError::Method {
                         label: "dense training".into(),
                         source: e.into(),
                     })?;
-                if let Some(r) = &report.rewind {
+                if let Some(best) = &report.best {
+                    (opts.notify)(&format!(
+                        "best validation accuracy {:.2}% after epoch {} (the rewind point)",
+                        best.accuracy, best.epoch
+                    ));
+                }
+                if let Some(r) = report.kept() {
                     state.save_snapshot("rewind", r)?;
                 }
                 state.save_model("dense", &dense, None, report.seconds, &provenance)?;
-                rewind = report.rewind;
+                rewind = report.rewind.take().or(report.best.map(|b| b.snapshot));
                 report.seconds
             }
         };
@@ -600,10 +608,15 @@ impl State {
     }
 }
 
+/// Changes whenever the same config computes other numbers than before (initialisation,
+/// evaluation), so that a state written by an older build is not resumed into a newer one.
+const COMPUTATION_REVISION: &str = "2: reference-code initialisation and evaluation";
+
 /// Identifies what a run computes: the config and the code version.
 fn fingerprint(plan: &Plan) -> String {
     let mut h = Sha256::new();
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(COMPUTATION_REVISION.as_bytes());
     h.update(serde_json::to_vec(&plan.config).expect("serialises"));
     for f in &plan.forget {
         h.update(f.hash().as_bytes());

@@ -130,6 +130,9 @@ pub struct Stream<'a> {
     pub labels: Tensor,
     /// Applied to every training batch; the data set's own policy by default.
     pub augment: Augment,
+    /// Seeds the augmentation of the gradient tools in [`crate::grad`], which read a stream
+    /// outside the loop (the loop draws its augmentation from its run's seed).
+    pub augment_seed: u64,
 }
 
 impl<'a> Stream<'a> {
@@ -141,6 +144,7 @@ impl<'a> Stream<'a> {
             rows,
             labels,
             augment: data.augment,
+            augment_seed: 0,
         }
     }
 
@@ -207,6 +211,10 @@ pub struct Run<'a> {
     pub mask: Option<&'a Mask>,
     /// Keep a copy of the weights after this many epochs (0: before the first step).
     pub rewind_epoch: Option<usize>,
+    /// Evaluate the accuracy on this set after every epoch and keep a copy of the weights of
+    /// the best epoch (the first of equals): the reference code's best-validation checkpoint.
+    /// Only core's own loop does this (plugin ABI v1 does not carry it).
+    pub keep_best: Option<&'a Dataset>,
     /// Seeds the batch order.
     pub seed: u64,
 }
@@ -227,6 +235,7 @@ impl<'a> Run<'a> {
             stream,
             mask,
             rewind_epoch: None,
+            keep_best: None,
             seed,
         }
     }
@@ -237,9 +246,74 @@ pub struct TrainReport {
     /// Wall-clock seconds of the loop, device synchronised.
     pub seconds: f64,
     pub rewind: Option<Snapshot>,
+    /// The best epoch on [`Run::keep_best`]'s set, when asked.
+    pub best: Option<BestEpoch>,
     /// Mean loss of the last epoch.
     pub last_loss: f64,
     pub steps: usize,
+}
+
+/// Dense weights a pruner asks dense training to keep for it (`PruneCtx::rewind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewindPoint {
+    /// The weights after this many epochs (0: the initialisation).
+    Epoch(usize),
+    /// The weights after the epoch with the best validation accuracy (the first of equals), as
+    /// the reference code's `pt` keeps them. A run from `model.checkpoint` gives the checkpoint.
+    BestValidation,
+}
+
+impl<'a> Run<'a> {
+    /// This run, keeping the weights `point` names (`val`: the validation set).
+    pub fn keeping(self, point: Option<RewindPoint>, val: &'a Dataset) -> Run<'a> {
+        Run {
+            rewind_epoch: match point {
+                Some(RewindPoint::Epoch(e)) => Some(e),
+                _ => None,
+            },
+            keep_best: (point == Some(RewindPoint::BestValidation)).then_some(val),
+            ..self
+        }
+    }
+}
+
+impl TrainReport {
+    /// The weights [`Run::keeping`] kept, if any.
+    pub fn kept(&self) -> Option<&Snapshot> {
+        self.rewind
+            .as_ref()
+            .or(self.best.as_ref().map(|b| &b.snapshot))
+    }
+}
+
+/// The weights after the epoch with the best accuracy on a held-out set.
+#[derive(Debug)]
+pub struct BestEpoch {
+    /// Epochs trained when the weights were kept (1 = after the first epoch).
+    pub epoch: usize,
+    /// Accuracy in percent.
+    pub accuracy: f64,
+    pub snapshot: Snapshot,
+}
+
+/// Top-1 accuracy (percent) of `model` on all of `data`, in eval mode, without gradients.
+fn accuracy(model: &Model, data: &Dataset) -> f64 {
+    let _g = tch::no_grad_guard();
+    let n = data.len() as i64;
+    let device = data.images.device();
+    let mut correct = 0i64;
+    for start in (0..n).step_by(1024) {
+        let idx = Tensor::arange_start(start, n.min(start + 1024), (Kind::Int64, device));
+        let pred = model
+            .forward_t(&data.batch_images(&idx), false)
+            .argmax(1, false);
+        correct += pred
+            .eq_tensor(&data.labels.index_select(0, &idx))
+            .sum(Kind::Int64)
+            .int64_value(&[]);
+    }
+    100.0 * correct as f64 / n.max(1) as f64
 }
 
 /// Where a [`Trainer`]'s loops run when not in this copy of core: inside a plugin library, the
@@ -320,6 +394,7 @@ impl Trainer {
             m.apply(model);
         }
         let mut rewind = (run.rewind_epoch == Some(0)).then(|| model.snapshot());
+        let mut best = None;
         let steps_per_epoch = n.div_ceil(s.batch_size);
         let bar = progress_bar(self.progress, (s.epochs * steps_per_epoch) as u64, &label);
         let mut last_loss = f64::NAN;
@@ -379,12 +454,23 @@ impl Trainer {
             if run.rewind_epoch == Some(epoch + 1) {
                 rewind = Some(model.snapshot());
             }
+            if let Some(val) = run.keep_best {
+                let acc = accuracy(model, val);
+                if best.as_ref().is_none_or(|b: &BestEpoch| acc > b.accuracy) {
+                    best = Some(BestEpoch {
+                        epoch: epoch + 1,
+                        accuracy: acc,
+                        snapshot: model.snapshot(),
+                    });
+                }
+            }
         }
         synchronize(self.device);
         bar.finish_and_clear();
         Ok(TrainReport {
             seconds: start.elapsed().as_secs_f64(),
             rewind,
+            best,
             last_loss,
             steps,
         })
@@ -485,6 +571,7 @@ mod tests {
                         stream: &stream,
                         mask: None,
                         rewind_epoch: Some(1),
+                        keep_best: None,
                         seed: 0,
                     },
                     &mut CrossEntropy,
@@ -531,6 +618,7 @@ mod tests {
                     stream: &stream,
                     mask: Some(&mask),
                     rewind_epoch: None,
+                    keep_best: None,
                     seed: 0,
                 },
                 &mut CrossEntropy,
@@ -579,6 +667,7 @@ mod tests {
                     stream: &stream,
                     mask: None,
                     rewind_epoch: None,
+                    keep_best: None,
                     seed: 0,
                 },
                 &mut Exploding,

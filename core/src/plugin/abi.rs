@@ -109,7 +109,8 @@ pub struct MethodEntry {
         call: *const UnlearnCall,
         err: *mut *mut c_char,
     ) -> Status,
-    /// Pruners: the sparsity and the rewind epoch (-1: none) the pruner asks for.
+    /// Pruners: the sparsity and the rewind point the pruner asks for: an epoch n >= 0 (the
+    /// weights after n epochs), -1 none, -2 the dense weights of the best validation epoch.
     pub pruner_info: unsafe extern "C" fn(
         instance: *mut c_void,
         sparsity: *mut f64,

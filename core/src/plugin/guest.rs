@@ -249,7 +249,7 @@ unsafe extern "C" fn pruner_info(
     guard(err, || {
         let method = Instance::from_handle(instance).pruner()?;
         *sparsity = method.sparsity();
-        *rewind_epoch = method.rewind_epoch().map_or(-1, |e| e as i64);
+        *rewind_epoch = wire::rewind_point_to_i64(method.rewind_point());
         Ok(())
     })
 }
@@ -370,6 +370,12 @@ impl LoopBackend for HostLoop {
         run: Run<'_>,
         objective: &mut dyn Objective,
     ) -> Result<TrainReport, TrainError> {
+        if run.keep_best.is_some() {
+            return Err(TrainError::Remote(format!(
+                "{}: keeping the best epoch's weights (Run::keep_best) is not available to plugins",
+                run.label
+            )));
+        }
         let model: &Model = model;
         let owned_model = OwnedModel::new(model, wire::forward_of(model));
         let mask = OwnedList::optional(run.mask.map(|m| m.tensors().iter()));
@@ -419,6 +425,7 @@ impl LoopBackend for HostLoop {
         Ok(TrainReport {
             seconds: report.seconds,
             rewind: run.rewind_epoch.map(|_| Snapshot(rewind.into_map())),
+            best: None,
             last_loss: report.last_loss.unwrap_or(f64::NAN),
             steps: report.steps,
         })

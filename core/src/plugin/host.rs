@@ -23,7 +23,8 @@ use super::wire::{
 use crate::config::ConfigIssue;
 use crate::mask::Mask;
 use crate::method::{
-    Attack, AttackCtx, Built, Kind, MethodError, Poisoning, PruneCtx, Pruner, UnlearnCtx, Unlearner,
+    Attack, AttackCtx, Built, Kind, MethodError, Poisoning, PruneCtx, Pruner, RewindPoint,
+    UnlearnCtx, Unlearner,
 };
 use crate::model::Model;
 use crate::registry::{Method, Registry, Source};
@@ -371,7 +372,7 @@ impl LibraryMethod {
         Ok(Box::new(LibraryPruner {
             instance,
             sparsity,
-            rewind: usize::try_from(rewind).ok(),
+            rewind: wire::rewind_point_from_i64(rewind),
         }))
     }
 
@@ -465,7 +466,7 @@ impl Unlearner for LibraryUnlearner {
 struct LibraryPruner {
     instance: Instance,
     sparsity: f64,
-    rewind: Option<usize>,
+    rewind: Option<RewindPoint>,
 }
 
 impl Pruner for LibraryPruner {
@@ -473,7 +474,7 @@ impl Pruner for LibraryPruner {
         self.sparsity
     }
 
-    fn rewind_epoch(&self) -> Option<usize> {
+    fn rewind_point(&self) -> Option<RewindPoint> {
         self.rewind
     }
 
@@ -599,6 +600,7 @@ unsafe extern "C" fn run_loop(
             rows: borrow_tensor(req.rows, "stream rows")?,
             labels: borrow_tensor(req.labels, "stream labels")?,
             augment: meta.augment,
+            augment_seed: 0,
         };
         if stream.rows.size() != stream.labels.size() {
             return Err(format!(
@@ -615,6 +617,7 @@ unsafe extern "C" fn run_loop(
             stream: &stream,
             mask: mask.as_ref(),
             rewind_epoch: meta.rewind_epoch,
+            keep_best: None,
             seed: meta.seed,
         };
         let mut objective = ForeignObjective {

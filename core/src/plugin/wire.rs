@@ -14,7 +14,7 @@ use super::abi::{
     TensorList, TensorSink, ERR, OK,
 };
 use crate::data::{Augment, Dataset};
-use crate::method::TaskData;
+use crate::method::{RewindPoint, TaskData};
 use crate::model::{Model, ModelSpec};
 use crate::train::Schedule;
 
@@ -468,6 +468,24 @@ pub struct CallContext {
     pub seed: u64,
     pub label: String,
     pub progress: bool,
+}
+
+/// A pruner's rewind point as `pruner_info` writes it: -1 none, -2 the best-validation weights,
+/// n >= 0 the weights after epoch n.
+pub fn rewind_point_to_i64(p: Option<RewindPoint>) -> i64 {
+    match p {
+        None => -1,
+        Some(RewindPoint::BestValidation) => -2,
+        Some(RewindPoint::Epoch(e)) => e as i64,
+    }
+}
+
+/// The inverse of [`rewind_point_to_i64`]; any other negative value reads as none.
+pub fn rewind_point_from_i64(v: i64) -> Option<RewindPoint> {
+    match v {
+        -2 => Some(RewindPoint::BestValidation),
+        v => usize::try_from(v).ok().map(RewindPoint::Epoch),
+    }
 }
 
 /// `run_json` of a loop request: a `Run` without its tensors.

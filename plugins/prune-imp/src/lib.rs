@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use unlearn_core::mask::{magnitude_scores, Mask};
-use unlearn_core::method::{MethodConfig, MethodError, PruneCtx, PruneMethod, Pruner};
+use unlearn_core::method::{MethodConfig, MethodError, PruneCtx, PruneMethod, Pruner, RewindPoint};
 use unlearn_core::model::{Model, Snapshot};
 use unlearn_core::register_pruner;
 use unlearn_core::rng::permutation;
@@ -30,18 +30,19 @@ pub fn rewind_and_retrain(
     Ok(())
 }
 
-/// The dense weights after `epoch` epochs, which the pipeline kept because the pruner's
-/// [`Pruner::rewind_epoch`] asked for them.
+/// The dense weights the pipeline kept because the pruner's [`Pruner::rewind_point`] asked for
+/// them (`what` names them in the error).
 fn kept_snapshot<'a>(
     ctx: &PruneCtx<'a>,
     method: &str,
-    epoch: usize,
+    what: &str,
 ) -> Result<&'a Snapshot, MethodError> {
-    ctx.rewind.ok_or_else(|| {
-        MethodError::Failed(format!(
-            "{method} needs the dense weights after epoch {epoch}, but none were kept"
-        ))
-    })
+    ctx.rewind
+        .ok_or_else(|| MethodError::Failed(format!("{method} needs {what}, but none were kept")))
+}
+
+fn after_epoch(epoch: usize) -> String {
+    format!("the dense weights after epoch {epoch}")
 }
 
 /// One-shot pruning (OMP, random): keep the highest `scores` globally so that exactly
@@ -55,7 +56,7 @@ pub fn one_shot(
     rewind_epoch: usize,
 ) -> Result<Mask, MethodError> {
     let mask = Mask::from_scores(scores, None, sparsity)?;
-    let target = kept_snapshot(ctx, method, rewind_epoch)?;
+    let target = kept_snapshot(ctx, method, &after_epoch(rewind_epoch))?;
     rewind_and_retrain(ctx, &mask, target, rewind_epoch)?;
     Ok(mask)
 }
@@ -148,8 +149,8 @@ impl Pruner for Omp {
         self.config.sparsity
     }
 
-    fn rewind_epoch(&self) -> Option<usize> {
-        Some(self.config.rewind_epoch)
+    fn rewind_point(&self) -> Option<RewindPoint> {
+        Some(RewindPoint::Epoch(self.config.rewind_epoch))
     }
 
     fn prune(&self, ctx: &mut PruneCtx<'_>) -> Result<Mask, MethodError> {
@@ -188,8 +189,8 @@ impl Pruner for RandomPrune {
         self.config.sparsity
     }
 
-    fn rewind_epoch(&self) -> Option<usize> {
-        Some(self.config.rewind_epoch)
+    fn rewind_point(&self) -> Option<RewindPoint> {
+        Some(RewindPoint::Epoch(self.config.rewind_epoch))
     }
 
     fn prune(&self, ctx: &mut PruneCtx<'_>) -> Result<Mask, MethodError> {
@@ -209,16 +210,17 @@ register_pruner!(RandomPrune);
 // ----------------------------------------------------------------------------------------------
 // IMP
 
-/// Where IMP rewinds the surviving weights after each pruning round.
+/// Where IMP rewinds the surviving weights after each pruning round. Whatever the target, the
+/// retraining lr schedule is advanced by `rewind_epoch` epochs, as the reference code does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RewindTarget {
-    /// The dense weights after `rewind_epoch` epochs (lottery tickets with early rewinding); the
-    /// retraining schedule is advanced by `rewind_epoch` epochs, as in OMP.
+    /// The dense weights after `rewind_epoch` epochs (lottery tickets with early rewinding).
     RewindLt,
-    /// The initialisation (the original lottery tickets); retraining runs the whole schedule.
+    /// The initialisation (the original lottery tickets).
     Lt,
-    /// The trained dense weights the pruner was given; retraining runs the whole schedule.
+    /// The dense weights of the epoch with the best validation accuracy (the reference code's
+    /// best dense checkpoint); from `model.checkpoint`, that checkpoint.
     Pt,
 }
 
@@ -238,9 +240,12 @@ pub struct ImpConfig {
     #[schemars(range(min = 0.0, max = 0.999))]
     pub rate: f64,
     /// What the survivors are rewound to before each retraining: `rewind_lt` (the dense weights
-    /// after `rewind_epoch` epochs), `lt` (the initialisation) or `pt` (the trained dense weights).
+    /// after `rewind_epoch` epochs), `lt` (the initialisation) or `pt` (the dense weights of the
+    /// best validation epoch).
     pub rewind: RewindTarget,
-    /// Epoch of dense training to rewind to with `rewind_lt` (SPEC: 8); unused otherwise.
+    /// Epoch of dense training to rewind to with `rewind_lt` (the paper: 8). With every target,
+    /// retraining starts the lr schedule this many epochs in, as the reference code does (0: the
+    /// whole schedule).
     pub rewind_epoch: usize,
 }
 
@@ -313,18 +318,12 @@ impl Imp {
         if c.rounds == 0 {
             return Err(MethodError::Failed("IMP needs at least 1 round".into()));
         }
-        let dense;
-        let (target, offset): (&Snapshot, usize) = match c.rewind {
-            RewindTarget::RewindLt => (
-                kept_snapshot(ctx, Self::NAME, c.rewind_epoch)?,
-                c.rewind_epoch,
-            ),
-            RewindTarget::Lt => (kept_snapshot(ctx, Self::NAME, 0)?, 0),
-            RewindTarget::Pt => {
-                dense = ctx.model.snapshot();
-                (&dense, 0)
-            }
+        let what = match c.rewind {
+            RewindTarget::RewindLt => after_epoch(c.rewind_epoch),
+            RewindTarget::Lt => "the initial weights".into(),
+            RewindTarget::Pt => "the dense weights of the best validation epoch".into(),
         };
+        let (target, offset) = (kept_snapshot(ctx, Self::NAME, &what)?, c.rewind_epoch);
         let label = ctx.label.clone();
         let mut mask: Option<Mask> = None;
         for round in 1..=c.rounds {
@@ -350,12 +349,12 @@ impl Pruner for Imp {
         self.config.sparsity_after(self.config.rounds)
     }
 
-    fn rewind_epoch(&self) -> Option<usize> {
-        match self.config.rewind {
-            RewindTarget::RewindLt => Some(self.config.rewind_epoch),
-            RewindTarget::Lt => Some(0),
-            RewindTarget::Pt => None,
-        }
+    fn rewind_point(&self) -> Option<RewindPoint> {
+        Some(match self.config.rewind {
+            RewindTarget::RewindLt => RewindPoint::Epoch(self.config.rewind_epoch),
+            RewindTarget::Lt => RewindPoint::Epoch(0),
+            RewindTarget::Pt => RewindPoint::BestValidation,
+        })
     }
 
     fn prune(&self, ctx: &mut PruneCtx<'_>) -> Result<Mask, MethodError> {
@@ -394,9 +393,18 @@ mod tests {
                 ..Default::default()
             })
         };
-        assert_eq!(imp(RewindTarget::RewindLt).rewind_epoch(), Some(5));
-        assert_eq!(imp(RewindTarget::Lt).rewind_epoch(), Some(0));
-        assert_eq!(imp(RewindTarget::Pt).rewind_epoch(), None);
+        assert_eq!(
+            imp(RewindTarget::RewindLt).rewind_point(),
+            Some(RewindPoint::Epoch(5))
+        );
+        assert_eq!(
+            imp(RewindTarget::Lt).rewind_point(),
+            Some(RewindPoint::Epoch(0))
+        );
+        assert_eq!(
+            imp(RewindTarget::Pt).rewind_point(),
+            Some(RewindPoint::BestValidation)
+        );
     }
 
     #[test]

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use unlearn_core::data::{synthetic, SyntheticConfig};
 use unlearn_core::mask::{magnitude_scores, Mask};
-use unlearn_core::method::{PruneCtx, PruneMethod, Pruner, TaskData};
+use unlearn_core::method::{PruneCtx, PruneMethod, Pruner, RewindPoint, TaskData};
 use unlearn_core::model::{Arch, Model, ModelSpec, Snapshot};
 use unlearn_core::tch::{Device, Kind, Tensor};
-use unlearn_core::train::{CrossEntropy, Run, Schedule, Stream, Trainer};
+use unlearn_core::train::{BestEpoch, CrossEntropy, Run, Schedule, Stream, Trainer};
 use unlearn_prune_imp::{
     random_scores, Imp, ImpConfig, Omp, OmpConfig, RandomConfig, RandomPrune, RewindTarget,
 };
@@ -80,6 +80,69 @@ fn dense(f: &Fixture, epochs: usize, rewind: Option<usize>) -> (Model, Option<Sn
         )
         .unwrap();
     (m, report.rewind)
+}
+
+/// Dense training as the pipeline runs it for IMP `pt`: the weights of the best validation epoch.
+fn best_validation(f: &Fixture, epochs: usize) -> BestEpoch {
+    let mut m = Model::new(f.spec.clone(), Device::Cpu, SEED).unwrap();
+    let all: Vec<usize> = (0..f.data.train.len()).collect();
+    let stream = Stream::new(&f.data.train, &all);
+    let s = schedule(epochs);
+    let run = Run::new("dense".into(), &s, &stream, None, SEED)
+        .keeping(Some(RewindPoint::BestValidation), &f.data.val);
+    let report = Trainer::new(Device::Cpu, false)
+        .run(&mut m, run, &mut CrossEntropy)
+        .unwrap();
+    assert!(report.rewind.is_none());
+    report.best.expect("asked for the best epoch")
+}
+
+/// Accuracy (percent) on `data` of the model holding `weights`, counted by hand.
+fn accuracy_of(f: &Fixture, weights: &Snapshot, data: &unlearn_core::data::Dataset) -> f64 {
+    let mut m = Model::new(f.spec.clone(), Device::Cpu, 0).unwrap();
+    m.load_snapshot(weights).unwrap();
+    let all: Vec<usize> = (0..data.len()).collect();
+    let x = data.batch_images(&unlearn_core::data::index_tensor(&all, Device::Cpu));
+    let pred = Vec::<i64>::try_from(m.forward_t(&x, false).argmax(1, false)).unwrap();
+    let labels = data.labels_vec();
+    let right = pred.iter().zip(&labels).filter(|(p, y)| p == y).count();
+    100.0 * right as f64 / labels.len() as f64
+}
+
+/// IMP `pt` rewinds to the best validation epoch (the reference code's best dense checkpoint):
+/// the loop keeps the first epoch whose validation accuracy is the highest, checked against the
+/// weights after every epoch, kept one run at a time, and their accuracies counted by hand.
+#[test]
+fn pt_keeps_the_best_validation_epoch() {
+    one_thread();
+    let mut f = fixture();
+    // A harder validation set than the training rows, so that accuracy moves between epochs.
+    let val = synthetic(&SyntheticConfig {
+        samples: 40,
+        classes: 4,
+        noise: 9.0,
+        seed: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    f.data.val = val;
+    let epochs = 6;
+    let best = best_validation(&f, epochs);
+    let per_epoch: Vec<(f64, Snapshot)> = (1..=epochs)
+        .map(|e| {
+            let snap = dense(&f, epochs, Some(e)).1.unwrap();
+            (accuracy_of(&f, &snap, &f.data.val), snap)
+        })
+        .collect();
+    let accs: Vec<f64> = per_epoch.iter().map(|(a, _)| *a).collect();
+    let top = accs.iter().cloned().fold(f64::MIN, f64::max);
+    let first = accs.iter().position(|&a| a == top).unwrap();
+    assert_eq!(best.epoch, first + 1, "accuracies per epoch {accs:?}");
+    assert_eq!(best.accuracy, top);
+    let w = |s: &Snapshot| s.0["conv3.weight"].shallow_clone();
+    assert!(w(&best.snapshot).equal(&w(&per_epoch[first].1)));
+    // The last epoch is not always the best one: the test must be able to tell them apart.
+    eprintln!("validation accuracy per epoch: {accs:?}");
 }
 
 /// Runs `prune` on a copy of `model` with a retraining schedule of `retrain_epochs` epochs.
@@ -260,11 +323,11 @@ fn imp_rewinds_to_each_target() {
         .snapshot();
     let (model, snap3) = dense(&f, 4, Some(3));
     let (_, snap0) = dense(&f, 4, Some(0));
-    let dense_values = model.snapshot();
+    let best = best_validation(&f, 4).snapshot;
     // The epoch-3 weights differ from the initialisation and from the trained ones.
     let w = |s: &Snapshot| s.0["conv2.weight"].shallow_clone();
     assert!(!w(snap3.as_ref().unwrap()).equal(&w(&init)));
-    assert!(!w(snap3.as_ref().unwrap()).equal(&w(&dense_values)));
+    assert!(!w(snap3.as_ref().unwrap()).equal(&w(&model.snapshot())));
     assert!(w(snap0.as_ref().unwrap()).equal(&w(&init)));
     let cases: [(RewindTarget, Option<&Snapshot>, &Snapshot); 3] = [
         (
@@ -273,7 +336,7 @@ fn imp_rewinds_to_each_target() {
             snap3.as_ref().unwrap(),
         ),
         (RewindTarget::Lt, snap0.as_ref(), &init),
-        (RewindTarget::Pt, None, &dense_values),
+        (RewindTarget::Pt, Some(&best), &best),
     ];
     for (rewind, kept, target) in cases {
         let imp = Imp::new(ImpConfig {
@@ -283,12 +346,12 @@ fn imp_rewinds_to_each_target() {
             ..Default::default()
         });
         assert_eq!(
-            imp.rewind_epoch(),
-            match rewind {
-                RewindTarget::RewindLt => Some(3),
-                RewindTarget::Lt => Some(0),
-                RewindTarget::Pt => None,
-            }
+            imp.rewind_point(),
+            Some(match rewind {
+                RewindTarget::RewindLt => RewindPoint::Epoch(3),
+                RewindTarget::Lt => RewindPoint::Epoch(0),
+                RewindTarget::Pt => RewindPoint::BestValidation,
+            })
         );
         // No retraining: the model is the rewind target under the mask.
         let (m, mask) = run_pruner(&f, &model, kept, 0, |ctx| imp.prune(ctx).unwrap());
@@ -340,7 +403,7 @@ fn retraining_advances_the_schedule_by_the_rewound_epochs() {
     let f = fixture();
     let (model, snap3) = dense(&f, 4, Some(3));
     let (_, snap0) = dense(&f, 4, Some(0));
-    let dense_values = model.snapshot();
+    let best = best_validation(&f, 4).snapshot;
     // lr 0.05 before epoch 3 and 0.0005 from it: the offset decides which one retraining uses.
     let s = Schedule {
         epochs: 1,
@@ -352,10 +415,11 @@ fn retraining_advances_the_schedule_by_the_rewound_epochs() {
     };
     let snap3 = snap3.unwrap();
     let snap0 = snap0.unwrap();
+    // As the reference code: every target advances the schedule by `rewind_epoch`.
     let cases: [(RewindTarget, Option<&Snapshot>, &Snapshot, usize); 3] = [
         (RewindTarget::RewindLt, Some(&snap3), &snap3, 3),
-        (RewindTarget::Lt, Some(&snap0), &snap0, 0),
-        (RewindTarget::Pt, None, &dense_values, 0),
+        (RewindTarget::Lt, Some(&snap0), &snap0, 3),
+        (RewindTarget::Pt, Some(&best), &best, 3),
     ];
     for (rewind, kept, target, offset) in cases {
         let imp = Imp::new(ImpConfig {

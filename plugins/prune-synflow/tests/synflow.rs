@@ -346,7 +346,7 @@ fn the_pruner_masks_a_fresh_initialisation_and_trains_it() {
         sparsity: 0.9,
         rounds: 20,
     });
-    assert_eq!(p.rewind_epoch(), None);
+    assert_eq!(p.rewind_point(), None);
     // Whatever the model it is given (here a different initialisation), the result is the
     // seed's initialisation under the SynFlow mask of that initialisation.
     let mut model = Model::new(spec(), Device::Cpu, 99).unwrap();
