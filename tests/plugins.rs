@@ -207,6 +207,7 @@ fn the_example_as_a_cdylib_matches_the_same_code_built_in() {
         &RunOptions {
             device: Device::Cpu,
             out_dir: tmp.path().join("builtin"),
+            cache_dir: None,
             trainer: Trainer::new(Device::Cpu, false),
             notify: &notify,
         },

@@ -222,6 +222,11 @@ pub struct Planned<T> {
     pub label: String,
     /// The config as given (defaults not filled in).
     pub params: Value,
+    /// The config with every default filled in: what the method computes with (cache keys use
+    /// it, so writing a default out or leaving it implicit is the same stage).
+    pub full_config: Value,
+    /// Which build of the method ran: its crate and version, or a hash of its plugin library.
+    pub build: String,
     pub instance: T,
 }
 
@@ -418,12 +423,20 @@ fn plan_method<T>(
         return None;
     }
     match build(method, &params) {
-        Ok(instance) => Some(Planned {
-            method: name.to_string(),
-            label,
-            params,
-            instance,
-        }),
+        Ok(instance) => {
+            let mut full_config = method.default_config.clone();
+            if let (Some(full), Some(given)) = (full_config.as_object_mut(), params.as_object()) {
+                full.extend(given.clone());
+            }
+            Some(Planned {
+                method: name.to_string(),
+                label,
+                params,
+                full_config,
+                build: method.build_identity(),
+                instance,
+            })
+        }
         Err(errs) => {
             issues.extend(errs.into_iter().map(|e| e.prefixed(path)));
             None

@@ -1,6 +1,7 @@
 //! `unlearn` core: data, models, masks, the one training loop, metrics, the method registry,
 //! configs, the pipeline and its reports. Methods (pruners, unlearners) are plugins that use these.
 
+pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod conformance;

@@ -112,6 +112,18 @@ impl Method {
         }
     }
 
+    /// Which build of the method this is, for cache keys: a built-in's crate and unlearn's
+    /// version; a plugin library's SHA-256 (a rebuilt library is another method).
+    pub fn build_identity(&self) -> String {
+        match &self.source {
+            Source::BuiltIn(krate) => format!("{krate} {}", env!("CARGO_PKG_VERSION")),
+            Source::Library(path) => match crate::cache::file_sha256(path) {
+                Ok(sha) => format!("library sha256:{sha}"),
+                Err(e) => format!("library {} (unreadable: {e})", path.display()),
+            },
+        }
+    }
+
     pub fn build_unlearner(&self, config: &Value) -> Built<dyn Unlearner> {
         match &self.maker {
             Maker::Builtin(Factory::Unlearner(f)) => f(config),

@@ -80,6 +80,13 @@ enum Command {
         /// Output directory (default: runs/<config name>). Re-running into it resumes.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Stage cache to use (default: <out>/cache); several runs can share one, and each
+        /// reuses the stages (dense model, sparse models, rows) the others computed.
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Print every stage of the plan, cached or to run, and exit without running anything.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Run the built-in demo on the embedded digits.
     Demo {
@@ -238,11 +245,19 @@ fn real_main() -> Result<()> {
             );
             Ok(())
         }
-        Command::Run { config, out } => {
+        Command::Run {
+            config,
+            out,
+            cache,
+            dry_run,
+        } => {
             let plan = load_plan(&registry, &config, cli.arch)?;
             let out = out
                 .unwrap_or_else(|| Path::new("runs").join(config.file_stem().unwrap_or_default()));
-            execute(&plan, cli.device, &out, cli.quiet, &notify)
+            if dry_run {
+                return print_plan(&plan, &cache.unwrap_or_else(|| out.join("cache")));
+            }
+            execute(&plan, cli.device, &out, cache, cli.quiet, &notify)
         }
         Command::Demo { out, print_config } => {
             if print_config {
@@ -258,7 +273,7 @@ fn real_main() -> Result<()> {
                     issues,
                 }
             })?;
-            execute(&plan, cli.device, &out, cli.quiet, &notify)
+            execute(&plan, cli.device, &out, None, cli.quiet, &notify)
         }
         Command::Data { command } => data(command, cli.quiet),
         Command::Plugin { command } => match command {
@@ -434,17 +449,39 @@ fn load_plan(registry: &Registry, path: &Path, arch: Option<Arch>) -> Result<Pla
     })
 }
 
+/// `run --dry-run`: one line per stage, cached (with the seconds it took) or to run.
+fn print_plan(plan: &Plan, cache: &Path) -> Result<()> {
+    let stages = pipeline::dry_run(plan, cache).map_err(bad)?;
+    let cached = stages.iter().filter(|s| s.cached).count();
+    for s in &stages {
+        let state = if s.cached {
+            format!("cached ({:.1} s when computed)", s.seconds)
+        } else {
+            "to run".to_string()
+        };
+        println!("{:<6} {}  {:<40} {state}", s.kind, &s.key[..12], s.label);
+    }
+    println!(
+        "{} stages: {cached} cached, {} to run (cache {})",
+        stages.len(),
+        stages.len() - cached,
+        cache.display()
+    );
+    Ok(())
+}
+
 fn execute(
     plan: &Plan,
     device: DeviceChoice,
     out: &Path,
+    cache_dir: Option<PathBuf>,
     quiet: bool,
     notify: &dyn Fn(&str),
 ) -> Result<()> {
     let device = device.resolve().map_err(bad)?;
     let trainer = Trainer::new(device, !quiet);
     let cancel = trainer.cancel.clone();
-    // First Ctrl-C: stop at the next batch (finished work stays in <out>/state for resuming);
+    // First Ctrl-C: stop at the next batch (finished stages stay in the cache for resuming);
     // a second one exits at once.
     let _ = ctrlc::set_handler(move || {
         if cancel.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -462,11 +499,14 @@ fn execute(
     let opts = RunOptions {
         device,
         out_dir: out.to_path_buf(),
+        cache_dir,
         trainer,
         notify,
     };
     let results = pipeline::run(plan, &opts).map_err(|e| match e {
-        pipeline::PipelineError::Output { .. } => bad(e),
+        pipeline::PipelineError::Output { .. }
+        | pipeline::PipelineError::ForeignOutput { .. }
+        | pipeline::PipelineError::Input { .. } => bad(e),
         e => anyhow::Error::from(e),
     })?;
     println!("{}", unlearn_core::report::results_table(&results));

@@ -1,0 +1,404 @@
+//! The stage cache as a user meets it: what a changed config recomputes, and the hazards of the
+//! output folder (labels that sanitise alike, a checkpoint whose content changes, a folder that
+//! is not ours, a corrupt entry, two runs at once).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn unlearn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_unlearn"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A small run: synthetic 8x8 data, a few epochs, class 1 forgotten; `prune` and `unlearn` are
+/// TOML appended as they are.
+fn config(dir: &Path, name: &str, prune: &str, unlearn: &str) -> PathBuf {
+    let text = format!(
+        r#"seed = 0
+[data]
+dataset = "synthetic"
+synthetic = {{ samples = 200, classes = 4, noise = 6.0 }}
+split = {{ test_fraction = 0.2, val_fraction = 0.1 }}
+[train]
+epochs = 3
+lr = 0.05
+batch_size = 32
+milestones = []
+[eval]
+mia_features = ["confidence"]
+[[forget]]
+kind = "class"
+class = 1
+{prune}
+{unlearn}
+"#
+    );
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const OMP: &str = "[prune]\nmethod = \"OMP\"\nsparsity = 0.8\nrewind_epoch = 1\n";
+
+fn ft(lr: f64, label: &str) -> String {
+    format!(
+        "[[unlearn]]\nmethod = \"FT\"\nlabel = {label:?}\nepochs = 1\nlr = {lr}\nbatch_size = 32\n"
+    )
+}
+
+fn run(cfg: &Path, out: &Path, extra: &[&str]) -> (Value, Output) {
+    let mut args = vec![
+        "--device",
+        "cpu",
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    let o = unlearn(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    (r, o)
+}
+
+/// `(kind, label, cached)` of every stage of a run.
+fn stages(r: &Value) -> Vec<(String, String, bool)> {
+    r["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["kind"].as_str().unwrap().to_string(),
+                s["label"].as_str().unwrap().to_string(),
+                s["cached"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn computed(r: &Value) -> Vec<String> {
+    stages(r)
+        .into_iter()
+        .filter(|s| !s.2)
+        .map(|s| s.1)
+        .collect()
+}
+
+fn metrics(r: &Value) -> Vec<(String, Value)> {
+    r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                format!("{} {} {}", x["model"], x["method"], x["label"]),
+                x["metrics"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// Adding an unlearner to a finished run computes only its rows: the dense and sparse models
+/// and every other row come from the cache; `--dry-run` says so first; an unchanged re-run
+/// computes nothing; a second output folder sharing the cache computes nothing either.
+#[test]
+fn adding_an_unlearner_runs_only_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cache = dir.path().join("shared-cache");
+    let cache_arg = ["--cache", cache.to_str().unwrap()];
+    let first = config(dir.path(), "a.toml", OMP, &ft(0.01, "FT"));
+    let (r1, _) = run(&first, &out, &cache_arg);
+    // dense, sparse, and (original, FT) x (dense, sparse)
+    assert_eq!(computed(&r1).len(), 6, "{:?}", stages(&r1));
+
+    let ga = "[[unlearn]]\nmethod = \"GA\"\nepochs = 1\nlr = 1e-4\nbatch_size = 32\n";
+    let second = config(
+        dir.path(),
+        "b.toml",
+        OMP,
+        &format!("{}{ga}", ft(0.01, "FT")),
+    );
+    let o = unlearn(&[
+        "run",
+        second.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--cache",
+        cache.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("8 stages: 6 cached, 2 to run"),
+        "{}",
+        stdout(&o)
+    );
+    let (r2, o) = run(&second, &out, &cache_arg);
+    assert_eq!(
+        computed(&r2),
+        ["GA on class-1 (dense)", "GA on class-1 (sparse)"],
+        "{:?}",
+        stages(&r2)
+    );
+    assert!(!stderr(&o).contains("training the dense model") && !stderr(&o).contains("pruning"));
+    // The rows both runs share are the same numbers.
+    let m1 = metrics(&r1);
+    let m2 = metrics(&r2);
+    for row in &m1 {
+        assert!(m2.contains(row), "{} changed", row.0);
+    }
+
+    // Unchanged: nothing is computed.
+    let (r3, o) = run(&second, &out, &cache_arg);
+    assert!(computed(&r3).is_empty(), "{:?}", stages(&r3));
+    assert!(!stderr(&o).contains("unlearning:"));
+    assert_eq!(metrics(&r3), m2);
+    // Another output folder on the same cache: nothing either, same table.
+    let (r4, _) = run(&second, &dir.path().join("other"), &cache_arg);
+    assert!(computed(&r4).is_empty());
+    assert_eq!(metrics(&r4), m2);
+}
+
+/// Rows are keyed by what they compute, never by their labels: labels that a file name would
+/// sanitise alike stay apart, a method labelled `original` is reported beside the real
+/// original, and two labels for the same settings share one computation.
+#[test]
+fn labels_never_collide_or_vanish() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let unlearners = [
+        ft(0.01, "ФТ"),
+        ft(0.05, "ГА"),
+        ft(0.02, "a/b"),
+        ft(0.03, "a_b"),
+        ft(0.04, "original"),
+        ft(0.01, "FT again"),
+    ]
+    .concat();
+    let cfg = config(dir.path(), "labels.toml", "", &unlearners);
+    let (r, _) = run(&cfg, &out, &[]);
+    let rows = r["rows"].as_array().unwrap();
+    let labels: Vec<&str> = rows.iter().map(|x| x["label"].as_str().unwrap()).collect();
+    assert_eq!(
+        labels,
+        ["original", "ФТ", "ГА", "a/b", "a_b", "original", "FT again"]
+    );
+    assert_eq!(rows[0]["method"], "original");
+    assert_eq!(rows[5]["method"], "FT");
+    assert!(rows[5]["rte"].as_f64().is_some() && rows[0]["rte"].is_null());
+    // Each setting is its own stage (different keys, whatever the labels); the same settings
+    // under two labels are one stage, computed once.
+    let key = |label: &str| -> String {
+        r["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["label"] == format!("{label} on class-1 (dense)"))
+            .unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let keys: Vec<String> = labels[1..6].iter().map(|l| key(l)).collect();
+    for i in 0..keys.len() {
+        for j in i + 1..keys.len() {
+            assert_ne!(keys[i], keys[j], "{} vs {}", labels[i + 1], labels[j + 1]);
+        }
+    }
+    assert_eq!(key("FT again"), key("ФТ"));
+    assert_eq!(rows[1]["metrics"], rows[6]["metrics"]);
+    let ran = computed(&r);
+    assert_eq!(
+        ran.len(),
+        1 + 1 + 5,
+        "dense, original, 5 distinct FTs: {ran:?}"
+    );
+    // A re-run reports the same rows under the same labels.
+    let (again, _) = run(&cfg, &out, &[]);
+    assert_eq!(again["rows"].as_array().unwrap().len(), 7);
+    assert_eq!(metrics(&again), metrics(&r));
+}
+
+/// A `[model] checkpoint` is keyed by its content: replacing the file's bytes makes a new model
+/// and new rows, whose numbers are those of the new weights.
+#[test]
+fn a_checkpoint_whose_content_changes_is_a_new_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let trained = |seed: u64| {
+        let cfg = config(dir.path(), &format!("seed{seed}.toml"), "", &ft(0.01, "FT"));
+        let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+            "seed = 0",
+            &format!("seed = {seed}"),
+            1,
+        );
+        std::fs::write(&cfg, text).unwrap();
+        let out = dir.path().join(format!("seed{seed}"));
+        let (r, _) = run(&cfg, &out, &[]);
+        (out.join("models/dense.safetensors"), r)
+    };
+    let (a, ra) = trained(0);
+    let (b, rb) = trained(1);
+    let ckpt = dir.path().join("model.safetensors");
+    std::fs::copy(&a, &ckpt).unwrap();
+    let text = std::fs::read_to_string(config(dir.path(), "c.toml", "", &ft(0.01, "FT")))
+        .unwrap()
+        .replacen(
+            "[train]",
+            "[model]\ncheckpoint = \"model.safetensors\"\n[train]",
+            1,
+        );
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = dir.path().join("from-ckpt");
+    let (c1, _) = run(&cfg, &out, &[]);
+    std::fs::copy(&b, &ckpt).unwrap();
+    let (c2, _) = run(&cfg, &out, &[]);
+    assert_eq!(computed(&c2).len(), 3, "a new model: {:?}", stages(&c2));
+    let original = |r: &Value| r["rows"][0]["metrics"].clone();
+    assert_eq!(original(&c1), original(&ra));
+    assert_eq!(original(&c2), original(&rb));
+    assert_ne!(original(&c1), original(&c2));
+}
+
+/// A non-empty folder unlearn did not make is refused before anything is written; an empty
+/// one is taken.
+#[test]
+fn a_folder_unlearn_did_not_make_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "a.toml", "", &ft(0.01, "FT"));
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::write(theirs.join("notes.txt"), b"mine").unwrap();
+    std::fs::create_dir(theirs.join("state")).unwrap();
+    let o = unlearn(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        theirs.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not empty and was not made by unlearn")
+            && stderr(&o).contains("theirs"),
+        "{}",
+        stderr(&o)
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&theirs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["notes.txt", "state"]);
+    assert_eq!(std::fs::read(theirs.join("notes.txt")).unwrap(), b"mine");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    run(&cfg, &empty, &[]);
+    assert!(empty.join(".unlearn-output").is_file());
+}
+
+/// A corrupt entry (a truncated row, a damaged model file) is named, discarded and recomputed
+/// to the same numbers; every other entry is kept.
+#[test]
+fn a_corrupt_entry_is_named_discarded_and_recomputed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cfg = config(dir.path(), "a.toml", OMP, &ft(0.01, "FT"));
+    let (r1, _) = run(&cfg, &out, &[]);
+    let key = |kind: &str, label: &str| -> String {
+        r1["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["kind"] == kind && s["label"] == label)
+            .unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let row = out
+        .join("cache/row")
+        .join(key("row", "FT on class-1 (sparse)"));
+    let meta = std::fs::read(row.join("meta.json")).unwrap();
+    std::fs::write(row.join("meta.json"), &meta[..meta.len() / 2]).unwrap();
+    let dense = out.join("cache/dense").join(key("dense", "dense training"));
+    std::fs::write(dense.join("model.safetensors"), b"not a checkpoint").unwrap();
+    let (r2, o) = run(&cfg, &out, &[]);
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!(
+            "cache entry row/{} is unreadable",
+            &key("row", "FT on class-1 (sparse)")[..12]
+        )),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!(
+            "cache entry dense/{} is unreadable",
+            &key("dense", "dense training")[..12]
+        )) && e.contains("model.safetensors"),
+        "{e}"
+    );
+    assert_eq!(
+        computed(&r2),
+        ["dense training", "FT on class-1 (sparse)"],
+        "{:?}",
+        stages(&r2)
+    );
+    assert_eq!(metrics(&r2), metrics(&r1));
+}
+
+/// Two runs into one folder at the same time: each reports its own rows, and the stage they
+/// share (the dense model) is computed once, by whichever got its lock first.
+#[test]
+fn two_runs_at_once_keep_their_own_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join(".unlearn-output"), b"").unwrap();
+    let a = config(dir.path(), "a.toml", "", &ft(0.01, "only-in-a"));
+    let b = config(dir.path(), "b.toml", "", &ft(0.02, "only-in-b"));
+    let spawn = |cfg: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_unlearn"))
+            .args([
+                "--device",
+                "cpu",
+                "run",
+                cfg.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (pa, pb) = (spawn(&a), spawn(&b));
+    let (oa, ob) = (
+        pa.wait_with_output().unwrap(),
+        pb.wait_with_output().unwrap(),
+    );
+    assert!(oa.status.success(), "{}", stderr(&oa));
+    assert!(ob.status.success(), "{}", stderr(&ob));
+    assert!(stdout(&oa).contains("only-in-a") && !stdout(&oa).contains("only-in-b"));
+    assert!(stdout(&ob).contains("only-in-b") && !stdout(&ob).contains("only-in-a"));
+    let trained = [&oa, &ob]
+        .iter()
+        .filter(|o| stderr(o).contains("training the dense model"))
+        .count();
+    assert_eq!(trained, 1, "{}\n{}", stderr(&oa), stderr(&ob));
+}
