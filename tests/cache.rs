@@ -402,3 +402,146 @@ fn two_runs_at_once_keep_their_own_rows() {
         .count();
     assert_eq!(trained, 1, "{}\n{}", stderr(&oa), stderr(&ob));
 }
+
+/// A study in one file: two seeds, a list of pruners with a sparsity sweep. Every seed runs
+/// every model; `results.csv` holds one line per seed x model x scenario x method x metric;
+/// `report.md` gives mean ± std over seeds, checked here against the per-seed rows.
+#[test]
+fn seeds_and_a_sparsity_sweep_in_one_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let prune = "[[prune]]\nmethod = \"OMP\"\nsparsity = [0.5, 0.8]\nrewind_epoch = 1\n\n\
+                 [[prune]]\nmethod = \"random\"\nsparsity = 0.5\nrewind_epoch = 1\n";
+    let cfg = config(dir.path(), "study.toml", prune, &ft(0.01, "FT"));
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replacen("seed = 0", "seeds = [3, 4]", 1);
+    std::fs::write(&cfg, text).unwrap();
+    let o = unlearn(&["validate", cfg.to_str().unwrap()]);
+    assert!(
+        stdout(&o).contains("pruners OMP 50%, OMP 80%, random") && stdout(&o).contains("2 seeds"),
+        "{}",
+        stdout(&o)
+    );
+    let out = dir.path().join("out");
+    let (r, _) = run(&cfg, &out, &[]);
+    let rows = r["rows"].as_array().unwrap();
+    // 2 seeds x 4 models (dense, OMP 50%, OMP 80%, random 50%) x (original, FT)
+    assert_eq!(rows.len(), 16);
+    assert_eq!(r["models"].as_array().unwrap().len(), 8);
+    for seed in [3, 4] {
+        let sparsities: Vec<f64> = r["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["seed"] == seed)
+            .map(|m| (m["sparsity"].as_f64().unwrap() * 100.0).round())
+            .collect();
+        assert_eq!(sparsities, [0.0, 50.0, 80.0, 50.0]);
+        let file = out.join(format!("models/seed-{seed}/sparse-2.safetensors"));
+        assert!(file.is_file(), "{}", file.display());
+    }
+    // Seeds differ: other initialisations give other models, so other numbers.
+    let of_seed = |seed: u64| -> Vec<Value> {
+        rows.iter()
+            .filter(|x| x["seed"] == seed)
+            .map(|x| x["metrics"].clone())
+            .collect()
+    };
+    assert_ne!(of_seed(3), of_seed(4));
+    // The stage keys of the two seeds are all different.
+    let keys: std::collections::BTreeSet<&str> = r["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 2 * (4 + 8));
+    // results.csv: a header and one line per row and metric; its values are results.json's.
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "seed,scenario,model,pruner,sparsity,method,label,metric,value"
+    );
+    let ra_lines: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.contains(",ra,"))
+        .copied()
+        .collect();
+    assert_eq!(ra_lines.len(), 16);
+    let want = rows
+        .iter()
+        .find(|x| x["seed"] == 4 && x["pruner"] == "OMP 50%" && x["method"] == "FT")
+        .unwrap()["metrics"]["ra"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        csv.contains(&format!(
+            "4,\"class-1\",sparse,\"OMP 50%\",{},\"FT\",\"FT\",ra,{want}\n",
+            rows.iter()
+                .find(|x| x["seed"] == 4 && x["pruner"] == "OMP 50%")
+                .unwrap()["sparsity"]
+        )),
+        "{csv}"
+    );
+    // report.md: mean ± std (sample std) of each column over the two seeds.
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("Mean ± standard deviation over 2 seeds (3, 4)"));
+    let values: Vec<f64> = [3, 4]
+        .iter()
+        .map(|&s| {
+            rows.iter()
+                .find(|x| x["seed"] == s && x["pruner"] == "OMP 80%" && x["method"] == "FT")
+                .unwrap()["metrics"]["ta"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    let mean = (values[0] + values[1]) / 2.0;
+    let sd = ((values[0] - mean).powi(2) + (values[1] - mean).powi(2)).sqrt();
+    let line = report
+        .lines()
+        .find(|l| l.contains("| OMP 80% (80.0%)") && l.contains("| FT "))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(
+        line.contains(&format!("{mean:.2} ± {sd:.2}")),
+        "TA {mean:.2} ± {sd:.2} in {line}"
+    );
+}
+
+/// Study mistakes are reported all at once, each with its path, before any work: an unknown
+/// pruner in the list, a sparsity listed twice, an empty sweep, an empty `seeds`.
+#[test]
+fn study_mistakes_are_all_reported_with_their_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let prune = "[[prune]]\nmethod = \"OMP\"\nsparsity = [0.5, 0.9, 0.5]\n\n\
+                 [[prune]]\nmethod = \"OMPP\"\n\n\
+                 [[prune]]\nmethod = \"random\"\nsparsity = []\n";
+    let cfg = config(dir.path(), "bad.toml", prune, &ft(0.01, "FT"));
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replacen("seed = 0", "seeds = []", 1);
+    std::fs::write(&cfg, text).unwrap();
+    let out = dir.path().join("out");
+    for args in [
+        vec!["validate", cfg.to_str().unwrap()],
+        vec!["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()],
+    ] {
+        let o = unlearn(&args);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let e = stderr(&o);
+        for needle in [
+            "/prune/0/sparsity/2 = 0.5: this sparsity is listed twice",
+            "/prune/1/method = \"OMPP\": unknown pruner `OMPP`",
+            "/prune/2/sparsity = []: an empty sparsity sweep",
+            "/seeds",
+        ] {
+            assert!(e.contains(needle), "missing `{needle}` in:\n{e}");
+        }
+        assert!(!e.contains("panicked"));
+    }
+    assert!(
+        !out.exists(),
+        "nothing is written before the config is valid"
+    );
+}

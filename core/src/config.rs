@@ -26,6 +26,11 @@ pub struct PipelineConfig {
     /// Seed of model initialisation and batch order.
     #[serde(default)]
     pub seed: u64,
+    /// Several seeds: the whole run (dense model, sparse models, rows) once per seed, reported
+    /// per seed and as mean +- std over seeds (the paper averages trials). Replaces `seed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1), extend("uniqueItems" = true))]
+    pub seeds: Option<Vec<u64>>,
     #[serde(default)]
     pub data: DataConfig,
     #[serde(default)]
@@ -33,9 +38,11 @@ pub struct PipelineConfig {
     /// Dense training (SPEC §3 defaults; scale them to the data set).
     #[serde(default)]
     pub train: Schedule,
-    /// Optional pruner: its sparse model is unlearned and evaluated beside the dense one.
+    /// Pruners: one table (`[prune]`) or several (`[[prune]]`); each sparse model is unlearned
+    /// and evaluated beside the dense one. `sparsity = [0.5, 0.9, 0.95]` in an entry sweeps it:
+    /// one sparse model per value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prune: Option<MethodSpec>,
+    pub prune: Option<OneOrMany<MethodSpec>>,
     /// Forgetting scenarios; every unlearner runs on each.
     #[schemars(length(min = 1))]
     pub forget: Vec<ForgetSpec>,
@@ -116,6 +123,14 @@ impl Default for ModelConfig {
             checkpoint: None,
         }
     }
+}
+
+/// A table or a list of tables.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
 }
 
 /// A method and its settings: `method` names it (see `unlearn list`), the other keys are its
@@ -240,8 +255,66 @@ pub struct Plan {
     pub dataset: Dataset,
     pub split: Split,
     pub forget: Vec<ForgetSet>,
-    pub pruner: Option<Planned<Box<dyn Pruner>>>,
+    /// One sparse model each, in config order (sweeps expanded).
+    pub pruners: Vec<Planned<Box<dyn Pruner>>>,
     pub unlearners: Vec<Planned<Box<dyn Unlearner>>>,
+    /// The seeds to run (`seeds`, or `[seed]`).
+    pub seeds: Vec<u64>,
+}
+
+impl Plan {
+    /// The weights dense training must keep for the pruners (validation makes them agree).
+    pub fn rewind_point(&self) -> Option<crate::method::RewindPoint> {
+        self.pruners.iter().find_map(|p| p.instance.rewind_point())
+    }
+}
+
+/// `0.95` as `95%`, `0.995` as `99.5%`.
+fn percent(share: f64) -> String {
+    format!("{}%", (share * 1000.0).round() / 10.0)
+}
+
+/// The pruner entries of a config, as `(path, entry)`: `[prune]` or `[[prune]]`, with each
+/// `sparsity` list expanded into one entry per value (path `/prune/i`, or `/prune` for a table).
+fn pruner_entries(raw: &Value, issues: &mut Vec<ConfigIssue>) -> Vec<(String, Value)> {
+    let list: Vec<(String, &Value)> = match raw.get("prune") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("/prune/{i}"), v))
+            .collect(),
+        Some(v @ Value::Object(_)) => vec![("/prune".to_string(), v)],
+        _ => Vec::new(),
+    };
+    let mut out = Vec::new();
+    for (path, entry) in list {
+        match entry.get("sparsity") {
+            Some(Value::Array(values)) => {
+                if values.is_empty() {
+                    issues.push(ConfigIssue::new(
+                        &format!("{path}/sparsity"),
+                        Some(Value::Array(vec![])),
+                        "an empty sparsity sweep: give at least one value",
+                    ));
+                }
+                for (j, v) in values.iter().enumerate() {
+                    if values[..j].contains(v) {
+                        issues.push(ConfigIssue::new(
+                            &format!("{path}/sparsity/{j}"),
+                            Some(v.clone()),
+                            "this sparsity is listed twice",
+                        ));
+                        continue;
+                    }
+                    let mut e = entry.clone();
+                    e["sparsity"] = v.clone();
+                    out.push((format!("{path}/sparsity/{j}"), e));
+                }
+            }
+            _ => out.push((path, entry.clone())),
+        }
+    }
+    out
 }
 
 /// A validator for a schema this program generated (which always compiles).
@@ -269,11 +342,58 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
     let mut issues = issues_from_schema(&pipeline_schema(), raw, "");
 
     // Methods: known, of the right kind, and their settings valid against their own schema.
-    let pruner = raw.get("prune").filter(|v| v.is_object()).and_then(|v| {
-        plan_method(v, "/prune", Kind::Pruner, registry, &mut issues, |m, p| {
-            m.build_pruner(p)
-        })
-    });
+    let mut pruners: Vec<Planned<Box<dyn Pruner>>> = Vec::new();
+    for (path, entry) in pruner_entries(raw, &mut issues) {
+        // A swept value's path names the list item; the method's own checks report under it.
+        let (entry_path, sweep) = match path.split_once("/sparsity/") {
+            Some((p, _)) => (p.to_string(), Some(path.clone())),
+            None => (path.clone(), None),
+        };
+        let planned = plan_method(
+            &entry,
+            &entry_path,
+            Kind::Pruner,
+            registry,
+            &mut issues,
+            |m, p| m.build_pruner(p),
+        );
+        let Some(mut p) = planned else { continue };
+        if sweep.is_some() {
+            p.label = format!("{} {}", p.label, percent(p.instance.sparsity()));
+        }
+        if let Some(other) = pruners
+            .iter()
+            .find(|q| q.method == p.method && q.full_config == p.full_config)
+        {
+            issues.push(ConfigIssue::new(
+                &path,
+                None,
+                format!(
+                    "the same pruner and settings as `{}`: remove one",
+                    other.label
+                ),
+            ));
+        } else if pruners.iter().any(|q| q.label == p.label) {
+            issues.push(ConfigIssue::new(
+                &format!("{entry_path}/label"),
+                Some(Value::from(p.label.clone())),
+                "two pruners have this label; give one a distinct `label`",
+            ));
+        }
+        if let (Some(a), Some(b)) = (
+            pruners.iter().find_map(|q| q.instance.rewind_point()),
+            p.instance.rewind_point(),
+        ) {
+            if a != b {
+                issues.push(ConfigIssue::new(
+                    &entry_path,
+                    None,
+                    format!("rewinds to {b:?}, another pruner to {a:?}: one dense training keeps one rewind point, so put this pruner in a config of its own (it can share the stage cache)"),
+                ));
+            }
+        }
+        pruners.push(p);
+    }
     let mut unlearners = Vec::new();
     if let Some(list) = raw.get("unlearn").and_then(Value::as_array) {
         for (i, v) in list.iter().enumerate() {
@@ -305,18 +425,19 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
                 m,
             ));
         }
-        if let Some(crate::method::RewindPoint::Epoch(r)) =
-            pruner.as_ref().and_then(|p| p.instance.rewind_point())
-        {
-            if r > train.epochs {
-                issues.push(ConfigIssue::new(
-                    "/prune/rewind_epoch",
-                    Some(r.into()),
-                    format!(
-                        "rewinds to epoch {r}, but dense training has only {} epochs",
-                        train.epochs
-                    ),
-                ));
+        for p in &pruners {
+            if let Some(crate::method::RewindPoint::Epoch(r)) = p.instance.rewind_point() {
+                if r > train.epochs {
+                    issues.push(ConfigIssue::new(
+                        "/prune/rewind_epoch",
+                        Some(r.into()),
+                        format!(
+                            "{} rewinds to epoch {r}, but dense training has only {} epochs",
+                            p.label, train.epochs
+                        ),
+                    ));
+                    break;
+                }
             }
         }
     }
@@ -373,20 +494,18 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
     let (dataset, split) = loaded.expect("no issues, so the data loaded");
     let checkpoint = config.model.checkpoint.as_ref().map(|p| base_dir.join(p));
     if let Some(path) = &checkpoint {
-        check_checkpoint(
-            path,
-            &model_spec(config.model.arch, &dataset),
-            pruner.as_ref(),
-        )?;
+        check_checkpoint(path, &model_spec(config.model.arch, &dataset), &pruners)?;
     }
+    let seeds = config.seeds.clone().unwrap_or(vec![config.seed]);
     Ok(Plan {
         config,
         checkpoint,
         dataset,
         split,
         forget,
-        pruner,
+        pruners,
         unlearners,
+        seeds,
     })
 }
 
@@ -449,7 +568,7 @@ fn plan_method<T>(
 fn check_checkpoint(
     path: &Path,
     spec: &crate::model::ModelSpec,
-    pruner: Option<&Planned<Box<dyn Pruner>>>,
+    pruners: &[Planned<Box<dyn Pruner>>],
 ) -> Result<(), Vec<ConfigIssue>> {
     use crate::checkpoint::{import_pytorch, metadata, CheckpointError};
     let at = |p: &str, v: Option<Value>, m: String| vec![ConfigIssue::new(p, v, m)];
@@ -475,9 +594,15 @@ fn check_checkpoint(
         }
         Err(e) => return Err(at("/model/checkpoint", file, e.to_string())),
     };
-    match pruner {
-        Some(_) if has_mask => Err(at("/prune", None, "model.checkpoint is already pruned (it has a mask): remove `prune` to unlearn it as it is".into())),
-        Some(p) if matches!(p.instance.rewind_point(), Some(crate::method::RewindPoint::Epoch(_))) => Err(at(
+    let rewinds = pruners.iter().find(|p| {
+        matches!(
+            p.instance.rewind_point(),
+            Some(crate::method::RewindPoint::Epoch(_))
+        )
+    });
+    match (pruners.first(), rewinds) {
+        (Some(_), _) if has_mask => Err(at("/prune", None, "model.checkpoint is already pruned (it has a mask): remove `prune` to unlearn it as it is".into())),
+        (_, Some(p)) => Err(at(
             "/prune/method",
             Some(Value::from(p.method.clone())),
             "this pruner rewinds to weights from dense training, which a run from model.checkpoint does not do: remove model.checkpoint, or use a pruner that does not rewind (SynFlow, or IMP with rewind = \"pt\")".into(),

@@ -74,9 +74,13 @@ pub struct RunOptions<'a> {
 /// One row of the results table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
+    /// The run's seed (model initialisation, batch order, the methods' own draws).
+    pub seed: u64,
     pub scenario: String,
     /// `dense` or `sparse`.
     pub model: String,
+    /// The pruner (its label) that made the sparse model; None for the dense one.
+    pub pruner: Option<String>,
     pub sparsity: f64,
     /// `original` for the model before unlearning, else the registered method name.
     pub method: String,
@@ -90,7 +94,12 @@ pub struct Row {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelSummary {
+    pub seed: u64,
     pub name: String,
+    /// The pruner (its label) that made it; None for the dense model.
+    pub pruner: Option<String>,
+    /// Its checkpoint, relative to the output folder.
+    pub file: String,
     pub sparsity: f64,
     pub pruned_weights: i64,
     pub prunable_weights: i64,
@@ -123,6 +132,8 @@ pub struct RunResults {
     pub config: serde_json::Value,
     /// Indices into the data set for each split.
     pub split: crate::data::Split,
+    /// The seeds run; every model and row names its own.
+    pub seeds: Vec<u64>,
     pub models: Vec<ModelSummary>,
     pub scenarios: Vec<ScenarioSummary>,
     pub rows: Vec<Row>,
@@ -135,6 +146,7 @@ pub struct RunResults {
 
 struct Variant {
     name: &'static str,
+    pruner: Option<String>,
     model: Model,
     mask: Option<Mask>,
     summary: ModelSummary,
@@ -154,27 +166,29 @@ pub struct StageReport {
     pub seconds: f64,
 }
 
-/// The keys of every stage of a plan, computed before anything runs.
+/// The keys of every stage of one seed of a plan, computed before anything runs.
 pub struct StageKeys {
     pub dense: StageKey,
-    pub sparse: Option<StageKey>,
-    /// Per forget set, per model variant (dense, then sparse): the `original` row, then one per
-    /// unlearner in config order.
+    /// One per pruner, in config order.
+    pub sparse: Vec<StageKey>,
+    /// Per forget set, per model (dense, then each sparse one): the `original` row, then one
+    /// per unlearner in config order.
     pub rows: Vec<Vec<Vec<StageKey>>>,
 }
 
 impl StageKeys {
-    pub fn new(plan: &Plan) -> Result<StageKeys, PipelineError> {
+    /// `data` is [`data_identity`] of the plan (computed once for all seeds).
+    pub fn new(plan: &Plan, seed: u64, data: &Value) -> Result<StageKeys, PipelineError> {
         let cfg = &plan.config;
         let spec = crate::config::model_spec(cfg.model.arch, &plan.dataset);
-        let rewind = plan.pruner.as_ref().and_then(|p| p.instance.rewind_point());
-        let data = data_identity(plan);
         let common = json!({
             "unlearn": env!("CARGO_PKG_VERSION"),
             "revision": COMPUTATION_REVISION,
             "data": data,
             "model": spec,
         });
+        // Keeping rewind weights does not change training: the point is not part of the key
+        // (the entry records which one it holds).
         let dense = match &plan.checkpoint {
             Some(path) => {
                 let sha = file_sha256(path).map_err(|e| PipelineError::Input {
@@ -183,31 +197,31 @@ impl StageKeys {
                 })?;
                 StageKey::of(
                     StageKind::Dense,
-                    &json!({"common": common, "checkpoint": sha, "rewind": rewind}),
+                    &json!({"common": common, "checkpoint": sha}),
                 )
             }
             None => StageKey::of(
                 StageKind::Dense,
-                &json!({
-                    "common": common,
-                    "train": cfg.train,
-                    "seed": cfg.seed,
-                    "rewind": rewind,
-                }),
+                &json!({"common": common, "train": cfg.train, "seed": seed}),
             ),
         };
-        let sparse = plan.pruner.as_ref().map(|p| {
-            StageKey::of(
-                StageKind::Sparse,
-                &json!({
-                    "dense": dense,
-                    "method": p.method,
-                    "config": p.full_config,
-                    "build": p.build,
-                }),
-            )
-        });
-        let models: Vec<&StageKey> = std::iter::once(&dense).chain(sparse.as_ref()).collect();
+        let sparse: Vec<StageKey> = plan
+            .pruners
+            .iter()
+            .map(|p| {
+                StageKey::of(
+                    StageKind::Sparse,
+                    &json!({
+                        "dense": dense,
+                        "method": p.method,
+                        "config": p.full_config,
+                        "build": p.build,
+                        "seed": seed,
+                    }),
+                )
+            })
+            .collect();
+        let models: Vec<&StageKey> = std::iter::once(&dense).chain(&sparse).collect();
         let rows = plan
             .forget
             .iter()
@@ -227,7 +241,7 @@ impl StageKeys {
                                         "method": u.method,
                                         "config": u.full_config,
                                         "build": u.build,
-                                        "seed": cfg.seed,
+                                        "seed": seed,
                                     }),
                                 )
                             }))
@@ -271,8 +285,8 @@ fn data_identity(plan: &Plan) -> Value {
 #[derive(Debug, Serialize, Deserialize)]
 struct ModelMeta {
     train_seconds: f64,
-    /// Whether `rewind.safetensors` holds the weights the pruner rewinds to.
-    rewind: bool,
+    /// Which weights `rewind.safetensors` holds (the pruners' rewind point), if any.
+    rewind: Option<RewindPoint>,
 }
 
 /// Runs a validated plan and writes `results.json` and `report.md` to the output directory.
@@ -282,9 +296,7 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
     claim_output_dir(out)?;
     let cache_dir = opts.cache_dir.clone().unwrap_or_else(|| out.join("cache"));
     let cache = Cache::open(&cache_dir)?;
-    let keys = StageKeys::new(plan)?;
-    let mut stages = Vec::new();
-    let cfg = &plan.config;
+    let data_id = data_identity(plan);
     let data = TaskData {
         train: plan
             .dataset
@@ -293,6 +305,57 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
         val: plan.dataset.subset(&plan.split.val).to_device(opts.device),
         test: plan.dataset.subset(&plan.split.test).to_device(opts.device),
     };
+    let mut all = SeedResults::default();
+    for &seed in &plan.seeds {
+        let keys = StageKeys::new(plan, seed, &data_id)?;
+        run_seed(plan, opts, &cache, &data, seed, &keys, &mut all)?;
+    }
+    let results = RunResults {
+        unlearn_version: env!("CARGO_PKG_VERSION").into(),
+        device: device_name(opts.device),
+        libtorch: crate::device::libtorch_version(),
+        dataset: plan.dataset.name.clone(),
+        config: serde_json::to_value(&plan.config).expect("configs serialise"),
+        split: plan.split.clone(),
+        seeds: plan.seeds.clone(),
+        models: all.models,
+        scenarios: plan.forget.iter().map(scenario_summary).collect(),
+        rows: all.rows,
+        stages: all.stages,
+        cache: cache.dir().to_path_buf(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let json = serde_json::to_vec_pretty(&results).expect("results serialise");
+    let write = |name: &str, bytes: &[u8]| {
+        let path = out.join(name);
+        write_atomic(&path, bytes).map_err(|source| PipelineError::Output { path, source })
+    };
+    write("results.json", &json)?;
+    write("results.csv", crate::report::csv(&results).as_bytes())?;
+    write("report.md", crate::report::markdown(&results).as_bytes())?;
+    Ok(results)
+}
+
+/// What the seeds of a run add up to.
+#[derive(Default)]
+struct SeedResults {
+    models: Vec<ModelSummary>,
+    rows: Vec<Row>,
+    stages: Vec<StageReport>,
+}
+
+/// One seed of a run: its dense model, each sparse model, and every row.
+fn run_seed(
+    plan: &Plan,
+    opts: &RunOptions<'_>,
+    cache: &Cache,
+    data: &TaskData,
+    seed: u64,
+    keys: &StageKeys,
+    all: &mut SeedResults,
+) -> Result<(), PipelineError> {
+    let cfg = &plan.config;
+    let out = &opts.out_dir;
     let spec = crate::config::model_spec(cfg.model.arch, &plan.dataset);
     let eval_batch = cfg.eval.batch_size;
     let provenance = Provenance {
@@ -300,24 +363,32 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
         train_config: Some(serde_json::to_value(&cfg.train).expect("schedules serialise")),
     };
     let stage = StageRunner {
-        cache: &cache,
+        cache,
         notify: opts.notify,
         device: opts.device,
     };
+    // Stage labels name the seed when there are several.
+    let seeded = |label: String| {
+        if plan.seeds.len() > 1 {
+            format!("{label}, seed {seed}")
+        } else {
+            label
+        }
+    };
 
     // The original model: from `model.checkpoint`, or trained here (keeping the weights the
-    // pruner rewinds to).
-    let rewind_point = plan.pruner.as_ref().and_then(|p| p.instance.rewind_point());
-    let mut variants = Vec::new();
-    let dense_label = match &plan.checkpoint {
+    // pruners rewind to).
+    let rewind_point = plan.rewind_point();
+    let dense_label = seeded(match &plan.checkpoint {
         Some(path) => format!("the model of {}", path.display()),
         None => "dense training".to_string(),
-    };
+    });
     let (dense, dense_mask, rewind, seconds, report) = stage.model(
         StageKind::Dense,
         &keys.dense,
         &dense_label,
         &spec,
+        rewind_point,
         || match &plan.checkpoint {
             Some(path) => {
                 (opts.notify)(&format!("starting from {}", path.display()));
@@ -329,20 +400,25 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
             }
             None => {
                 (opts.notify)(&format!(
-                    "training the dense model ({} epochs on {} samples)",
+                    "training the dense model ({} epochs on {} samples{})",
                     cfg.train.epochs,
-                    data.train.len()
+                    data.train.len(),
+                    if plan.seeds.len() > 1 {
+                        format!(", seed {seed}")
+                    } else {
+                        String::new()
+                    }
                 ));
-                let mut dense = Model::new(spec.clone(), opts.device, cfg.seed)?;
+                let mut dense = Model::new(spec.clone(), opts.device, seed)?;
                 let all: Vec<usize> = (0..data.train.len()).collect();
                 let stream = crate::train::Stream::new(&data.train, &all);
-                let run = Run::new("dense training".into(), &cfg.train, &stream, None, cfg.seed)
+                let run = Run::new(dense_label.clone(), &cfg.train, &stream, None, seed)
                     .keeping(rewind_point, &data.val);
                 let mut report = opts
                     .trainer
                     .run(&mut dense, run, &mut CrossEntropy)
                     .map_err(|e| PipelineError::Method {
-                        label: "dense training".into(),
+                        label: dense_label.clone(),
                         source: e.into(),
                     })?;
                 if let Some(best) = &report.best {
@@ -357,25 +433,29 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
         },
         &provenance,
     )?;
-    stages.push(report);
+    all.stages.push(report);
     // A checkpoint with a mask is the sparse model itself.
     let name = if dense_mask.is_some() {
         "sparse"
     } else {
         "dense"
     };
-    export_model(&cache, StageKind::Dense, &keys.dense, out, name)?;
-    variants.push(variant(name, dense, dense_mask, seconds, &data, eval_batch));
+    let file = model_file(plan, seed, name, None);
+    export_model(cache, StageKind::Dense, &keys.dense, out, &file)?;
+    let mut variants = vec![variant(
+        name, None, seed, file, dense, dense_mask, seconds, data, eval_batch,
+    )];
 
-    // Sparse model.
-    if let (Some(p), Some(key)) = (&plan.pruner, &keys.sparse) {
-        let label = format!("{} pruning", p.label);
+    // Sparse models.
+    for (i, (p, key)) in plan.pruners.iter().zip(&keys.sparse).enumerate() {
+        let label = seeded(format!("{} pruning", p.label));
         let original = &variants[0].model;
         let (sparse, mask, _, seconds, report) = stage.model(
             StageKind::Sparse,
             key,
             &label,
             &spec,
+            None,
             || {
                 (opts.notify)(&format!("pruning with {}", p.label));
                 let mut sparse = original.try_clone()?;
@@ -384,10 +464,10 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
                 let mut ctx = PruneCtx {
                     model: &mut sparse,
                     rewind: rewind.as_ref(),
-                    data: &data,
+                    data,
                     schedule: &cfg.train,
                     trainer: &opts.trainer,
-                    seed: cfg.seed,
+                    seed,
                     label: label.clone(),
                 };
                 let mask = p
@@ -409,27 +489,31 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
             },
             &provenance,
         )?;
-        stages.push(report);
+        all.stages.push(report);
         let Some(mask) = mask else {
             return Err(PipelineError::State {
                 path: cache.entry(StageKind::Sparse, key),
                 message: "the sparse model has no mask".into(),
             });
         };
-        export_model(&cache, StageKind::Sparse, key, out, "sparse")?;
+        let file = model_file(plan, seed, "sparse", Some(i));
+        export_model(cache, StageKind::Sparse, key, out, &file)?;
         variants.push(variant(
             "sparse",
+            Some(p.label.clone()),
+            seed,
+            file,
             sparse,
             Some(mask),
             seconds,
-            &data,
+            data,
             eval_batch,
         ));
     }
     for v in &variants {
         (opts.notify)(&format!(
             "{} model: sparsity {:.1}%, train {:.1}%, test {:.1}%",
-            v.name,
+            v.pruner.as_deref().unwrap_or(v.name),
             100.0 * v.summary.sparsity,
             v.summary.train_accuracy,
             v.summary.test_accuracy
@@ -437,12 +521,28 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
     }
 
     // Unlearning.
-    let mut rows = Vec::new();
     for (f, forget) in plan.forget.iter().enumerate() {
         for (m, v) in variants.iter().enumerate() {
-            let group_start = rows.len();
+            let group_start = all.rows.len();
             let group_keys = &keys.rows[f][m];
-            let label = format!("original on {} ({})", forget.name, v.name);
+            // With one pruner its model is `sparse`; with several, each is named by its pruner.
+            let model_label = match &v.pruner {
+                Some(p) if plan.pruners.len() > 1 => p.as_str(),
+                _ => v.name,
+            };
+            let row = |method: &str, label: &str, metrics, rte| Row {
+                seed,
+                scenario: forget.name.clone(),
+                model: v.name.into(),
+                pruner: v.pruner.clone(),
+                sparsity: v.summary.sparsity,
+                method: method.into(),
+                label: label.into(),
+                metrics,
+                rte,
+                gap: None,
+            };
+            let label = seeded(format!("original on {} ({model_label})", forget.name));
             let (metrics, _, report) = stage.row(&group_keys[0], &label, || {
                 let metrics = evaluate(&v.outputs, forget, &cfg.eval).map_err(|source| {
                     PipelineError::Eval {
@@ -452,27 +552,18 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
                 })?;
                 Ok((metrics, None))
             })?;
-            stages.push(report);
-            rows.push(Row {
-                scenario: forget.name.clone(),
-                model: v.name.into(),
-                sparsity: v.summary.sparsity,
-                method: "original".into(),
-                label: "original".into(),
-                metrics,
-                rte: None,
-                gap: None,
-            });
+            all.stages.push(report);
+            all.rows.push(row("original", "original", metrics, None));
             for (u, key) in plan.unlearners.iter().zip(&group_keys[1..]) {
-                let label = format!("{} on {} ({})", u.label, forget.name, v.name);
+                let label = seeded(format!("{} on {} ({model_label})", u.label, forget.name));
                 let (metrics, rte, report) = stage.row(key, &label, || {
                     (opts.notify)(&format!("unlearning: {label}"));
                     let (model, rte) = unlearn_one(
                         v,
-                        &data,
+                        data,
                         forget,
                         &opts.trainer,
-                        cfg.seed,
+                        seed,
                         &label,
                         u.instance.as_ref(),
                         opts.device,
@@ -492,50 +583,20 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
                     })?;
                     Ok((metrics, Some(rte)))
                 })?;
-                stages.push(report);
-                rows.push(Row {
-                    scenario: forget.name.clone(),
-                    model: v.name.into(),
-                    sparsity: v.summary.sparsity,
-                    method: u.method.clone(),
-                    label: u.label.clone(),
-                    metrics,
-                    rte,
-                    gap: None,
-                });
+                all.stages.push(report);
+                all.rows.push(row(&u.method, &u.label, metrics, rte));
             }
-            add_gaps(&mut rows[group_start..]);
+            add_gaps(&mut all.rows[group_start..]);
         }
     }
-
-    let results = RunResults {
-        unlearn_version: env!("CARGO_PKG_VERSION").into(),
-        device: device_name(opts.device),
-        libtorch: crate::device::libtorch_version(),
-        dataset: plan.dataset.name.clone(),
-        config: serde_json::to_value(&plan.config).expect("configs serialise"),
-        split: plan.split.clone(),
-        models: variants.iter().map(|v| v.summary.clone()).collect(),
-        scenarios: plan.forget.iter().map(scenario_summary).collect(),
-        rows,
-        stages,
-        cache: cache.dir().to_path_buf(),
-        seconds: started.elapsed().as_secs_f64(),
-    };
-    let json = serde_json::to_vec_pretty(&results).expect("results serialise");
-    let write = |name: &str, bytes: &[u8]| {
-        let path = out.join(name);
-        write_atomic(&path, bytes).map_err(|source| PipelineError::Output { path, source })
-    };
-    write("results.json", &json)?;
-    write("report.md", crate::report::markdown(&results).as_bytes())?;
-    Ok(results)
+    all.models.extend(variants.into_iter().map(|v| v.summary));
+    Ok(())
 }
 
 /// The stages of a plan and whether the cache already holds each (for `run --dry-run`).
 pub fn dry_run(plan: &Plan, cache_dir: &Path) -> Result<Vec<StageReport>, PipelineError> {
-    let keys = StageKeys::new(plan)?;
     let cache = Cache::open(cache_dir)?;
+    let data_id = data_identity(plan);
     let seconds = |kind, key: &StageKey| -> f64 {
         match kind {
             StageKind::Row => cache
@@ -550,29 +611,44 @@ pub fn dry_run(plan: &Plan, cache_dir: &Path) -> Result<Vec<StageReport>, Pipeli
                 .map_or(0.0, |m| m.train_seconds),
         }
     };
-    let report = |kind: StageKind, key: &StageKey, label: String| StageReport {
-        kind: kind.name().into(),
-        label,
-        key: key.0.clone(),
-        cached: cache.contains(kind, key),
-        seconds: seconds(kind, key),
-    };
-    let mut out = vec![report(StageKind::Dense, &keys.dense, "dense model".into())];
-    let mut names = vec!["dense"];
-    if let (Some(p), Some(k)) = (&plan.pruner, &keys.sparse) {
-        out.push(report(StageKind::Sparse, k, format!("{} pruning", p.label)));
-        names.push("sparse");
-    }
-    for (f, forget) in plan.forget.iter().enumerate() {
-        for (m, name) in names.iter().enumerate() {
-            let labels = std::iter::once("original".to_string())
-                .chain(plan.unlearners.iter().map(|u| u.label.clone()));
-            for (label, key) in labels.zip(&keys.rows[f][m]) {
-                out.push(report(
-                    StageKind::Row,
-                    key,
-                    format!("{label} on {} ({name})", forget.name),
-                ));
+    let mut out = Vec::new();
+    for &seed in &plan.seeds {
+        let keys = StageKeys::new(plan, seed, &data_id)?;
+        let suffix = if plan.seeds.len() > 1 {
+            format!(", seed {seed}")
+        } else {
+            String::new()
+        };
+        let mut report = |kind: StageKind, key: &StageKey, label: String| {
+            out.push(StageReport {
+                kind: kind.name().into(),
+                label: format!("{label}{suffix}"),
+                key: key.0.clone(),
+                cached: cache.contains(kind, key),
+                seconds: seconds(kind, key),
+            })
+        };
+        report(StageKind::Dense, &keys.dense, "dense model".into());
+        let mut names = vec!["dense".to_string()];
+        for (p, k) in plan.pruners.iter().zip(&keys.sparse) {
+            report(StageKind::Sparse, k, format!("{} pruning", p.label));
+            names.push(if plan.pruners.len() > 1 {
+                p.label.clone()
+            } else {
+                "sparse".into()
+            });
+        }
+        for (f, forget) in plan.forget.iter().enumerate() {
+            for (m, name) in names.iter().enumerate() {
+                let labels = std::iter::once("original".to_string())
+                    .chain(plan.unlearners.iter().map(|u| u.label.clone()));
+                for (label, key) in labels.zip(&keys.rows[f][m]) {
+                    report(
+                        StageKind::Row,
+                        key,
+                        format!("{label} on {} ({name})", forget.name),
+                    );
+                }
             }
         }
     }
@@ -606,12 +682,14 @@ impl StageRunner<'_> {
         Ok(self.cache.discard(kind, key)?)
     }
 
-    /// A cached model, or None (a corrupt entry is discarded).
+    /// A cached model holding the rewind weights `rewind` names, or None (a corrupt entry is
+    /// discarded; one without those weights is recomputed and replaced).
     fn load_model(
         &self,
         kind: StageKind,
         key: &StageKey,
         spec: &ModelSpec,
+        rewind: Option<RewindPoint>,
     ) -> Result<Option<ModelParts>, PipelineError> {
         let meta: ModelMeta = match self.cache.meta(kind, key) {
             Ok(Some(m)) => m,
@@ -621,13 +699,20 @@ impl StageRunner<'_> {
                 return Ok(None);
             }
         };
+        if rewind.is_some() && meta.rewind != rewind {
+            (self.notify)(&format!(
+                "cache entry {kind}/{} does not hold the weights to rewind to ({rewind:?}): recomputing it",
+                key.short()
+            ));
+            return Ok(None);
+        }
         let dir = self.cache.entry(kind, key);
         let loaded = (|| -> Result<ModelParts, String> {
             let mut model = Model::build(spec.clone(), self.device).map_err(|e| e.to_string())?;
             let path = dir.join("model.safetensors");
             let (mask, _) = crate::checkpoint::load_into(&path, &mut model)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
-            let rewind = if meta.rewind {
+            let rewind = if meta.rewind.is_some() {
                 let p = dir.join("rewind.safetensors");
                 Some(Snapshot::load(&p, self.device).map_err(|e| format!("{}: {e}", p.display()))?)
             } else {
@@ -645,12 +730,14 @@ impl StageRunner<'_> {
     }
 
     /// The model stage `key`: from the cache, or computed by `compute` and stored.
+    #[allow(clippy::too_many_arguments)]
     fn model(
         &self,
         kind: StageKind,
         key: &StageKey,
         label: &str,
         spec: &ModelSpec,
+        rewind_point: Option<RewindPoint>,
         compute: impl FnOnce() -> Result<ModelParts, PipelineError>,
         provenance: &Provenance,
     ) -> Result<(Model, Option<Mask>, Option<Snapshot>, f64, StageReport), PipelineError> {
@@ -661,18 +748,18 @@ impl StageRunner<'_> {
             cached,
             seconds,
         };
-        if let Some((m, mask, r, s)) = self.load_model(kind, key, spec)? {
+        if let Some((m, mask, r, s)) = self.load_model(kind, key, spec, rewind_point)? {
             return Ok((m, mask, r, s, report(true, s)));
         }
         let _lock = self.cache.lock(kind, key)?;
         // Another process may have computed it while this one waited.
-        if let Some((m, mask, r, s)) = self.load_model(kind, key, spec)? {
+        if let Some((m, mask, r, s)) = self.load_model(kind, key, spec, rewind_point)? {
             return Ok((m, mask, r, s, report(true, s)));
         }
         let (model, mask, rewind, seconds) = compute()?;
         let meta = ModelMeta {
             train_seconds: seconds,
-            rewind: rewind.is_some(),
+            rewind: rewind.as_ref().and(rewind_point),
         };
         self.cache.put::<PipelineError>(kind, key, &meta, |dir| {
             crate::checkpoint::save(
@@ -733,21 +820,21 @@ impl StageRunner<'_> {
     }
 }
 
-/// Copies a cached model to `<out>/models/<name>.safetensors`, the checkpoint users load.
+/// Copies a cached model to `<out>/<file>`, the checkpoint users load.
 fn export_model(
     cache: &Cache,
     kind: StageKind,
     key: &StageKey,
     out: &Path,
-    name: &str,
+    file: &str,
 ) -> Result<(), PipelineError> {
-    let dir = out.join("models");
+    let dest = out.join(file);
     let output = |path: &Path| {
         let path = path.to_path_buf();
         move |source| PipelineError::Output { path, source }
     };
-    std::fs::create_dir_all(&dir).map_err(output(&dir))?;
-    let dest = dir.join(format!("{name}.safetensors"));
+    let dir = dest.parent().expect("a file in the output folder");
+    std::fs::create_dir_all(dir).map_err(output(dir))?;
     let src = cache.entry(kind, key).join("model.safetensors");
     let bytes = std::fs::read(&src).map_err(output(&src))?;
     write_atomic(&dest, &bytes).map_err(output(&dest))
@@ -846,8 +933,27 @@ fn load_original(
     }
 }
 
+/// Where a model's checkpoint goes, relative to the output folder: `models/dense.safetensors`
+/// and `models/sparse.safetensors` for one seed and one pruner; with several, numbered by the
+/// pruner's place in the config and put in a folder per seed (never named after labels).
+fn model_file(plan: &Plan, seed: u64, name: &str, pruner_index: Option<usize>) -> String {
+    let file = match pruner_index {
+        Some(i) if plan.pruners.len() > 1 => format!("{name}-{i}.safetensors"),
+        _ => format!("{name}.safetensors"),
+    };
+    if plan.seeds.len() > 1 {
+        format!("models/seed-{seed}/{file}")
+    } else {
+        format!("models/{file}")
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn variant(
     name: &'static str,
+    pruner: Option<String>,
+    seed: u64,
+    file: String,
     model: Model,
     mask: Option<Mask>,
     train_seconds: f64,
@@ -858,7 +964,10 @@ fn variant(
     let prunable: i64 = model.prunable().values().map(|t| t.numel() as i64).sum();
     let pruned = mask.as_ref().map(|m| m.zeros()).unwrap_or(0);
     let summary = ModelSummary {
+        seed,
         name: name.into(),
+        pruner: pruner.clone(),
+        file,
         sparsity: pruned as f64 / prunable as f64,
         pruned_weights: pruned,
         prunable_weights: prunable,
@@ -870,6 +979,7 @@ fn variant(
     };
     Variant {
         name,
+        pruner,
         model,
         mask,
         summary,

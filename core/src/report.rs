@@ -19,12 +19,24 @@ fn mia(s: Option<&MiaScore>) -> String {
     }
 }
 
-fn model_name(r: &Row) -> String {
-    if r.model == "dense" {
-        "dense".into()
-    } else {
-        format!("{} {:.1}%", r.model, 100.0 * r.sparsity)
+/// `dense`, or `sparse 95.0%`; with several pruners the pruner's label instead of `sparse`.
+fn model_name(r: &Row, several_pruners: bool) -> String {
+    match (&r.pruner, several_pruners) {
+        (Some(p), true) => format!("{p} ({:.1}%)", 100.0 * r.sparsity),
+        _ if r.model == "dense" => "dense".into(),
+        _ => format!("{} {:.1}%", r.model, 100.0 * r.sparsity),
     }
+}
+
+fn several_pruners(results: &RunResults) -> bool {
+    let mut pruners: Vec<&str> = results
+        .rows
+        .iter()
+        .filter_map(|r| r.pruner.as_deref())
+        .collect();
+    pruners.sort();
+    pruners.dedup();
+    pruners.len() > 1
 }
 
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -58,19 +70,25 @@ pub fn results_table(results: &RunResults) -> String {
         .scenarios
         .iter()
         .any(|s| s.kind == crate::forget::ForgetKind::Class);
+    let several = several_pruners(results);
+    let seeds = results.seeds.len() > 1;
     let rows: Vec<Vec<String>> = results
         .rows
         .iter()
         .map(|r| {
-            let mut cells = vec![
+            let mut cells = seeds
+                .then(|| r.seed.to_string())
+                .into_iter()
+                .collect::<Vec<_>>();
+            cells.extend([
                 r.scenario.clone(),
-                model_name(r),
+                model_name(r, several),
                 r.label.clone(),
                 num(Some(r.metrics.ua)),
                 mia(r.metrics.mia()),
                 num(Some(r.metrics.ra)),
                 num(Some(r.metrics.ta)),
-            ];
+            ]);
             if class_wise {
                 cells.push(num(Some(r.metrics.ta_full)));
             }
@@ -106,6 +124,132 @@ pub fn results_table(results: &RunResults) -> String {
     out
 }
 
+/// `mean ± std` of the values (sample std, n - 1; `-` for none).
+fn mean_std(values: &[f64]) -> String {
+    if values.is_empty() {
+        return "-".into();
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    if values.len() == 1 {
+        return format!("{mean:.2}");
+    }
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    format!("{mean:.2} ± {:.2}", var.sqrt())
+}
+
+/// The headline table over seeds: one line per (scenario, model, method) in first-seed order,
+/// each column the mean ± std of its seeds. MIA-Efficacy averages the informative attacks only
+/// and says how many seeds had one.
+pub fn mean_std_table(results: &RunResults) -> String {
+    let several = several_pruners(results);
+    let key = |r: &Row| (r.scenario.clone(), model_name(r, several), r.label.clone());
+    let mut order: Vec<(String, String, String)> = Vec::new();
+    for r in &results.rows {
+        let k = key(r);
+        if !order.contains(&k) {
+            order.push(k);
+        }
+    }
+    let rows: Vec<Vec<String>> = order
+        .iter()
+        .map(|k| {
+            let group: Vec<&Row> = results.rows.iter().filter(|r| key(r) == *k).collect();
+            let col = |f: &dyn Fn(&Row) -> Option<f64>| {
+                mean_std(&group.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
+            };
+            let informative: Vec<f64> = group
+                .iter()
+                .filter_map(|r| r.metrics.mia().filter(|s| s.informative).map(|s| s.value))
+                .collect();
+            let mia = if informative.len() == group.len() {
+                mean_std(&informative)
+            } else {
+                format!(
+                    "{} ({}/{} informative)",
+                    mean_std(&informative),
+                    informative.len(),
+                    group.len()
+                )
+            };
+            vec![
+                k.0.clone(),
+                k.1.clone(),
+                k.2.clone(),
+                col(&|r| Some(r.metrics.ua)),
+                mia,
+                col(&|r| Some(r.metrics.ra)),
+                col(&|r| Some(r.metrics.ta)),
+                col(&|r| r.rte),
+                col(&|r| r.gap.as_ref().map(|g| g.avg)),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "Scenario",
+            "Model",
+            "Method",
+            "UA",
+            "MIA-Efficacy",
+            "RA",
+            "TA",
+            "RTE (s)",
+            "Avg. Gap",
+        ],
+        &rows,
+    )
+}
+
+/// `results.csv`: one line per seed x model x scenario x method x metric (a tidy table).
+pub fn csv(results: &RunResults) -> String {
+    let field = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let mut out = String::from("seed,scenario,model,pruner,sparsity,method,label,metric,value\n");
+    for r in &results.rows {
+        let mut metrics: Vec<(String, f64)> = vec![
+            ("ua".into(), r.metrics.ua),
+            ("ra".into(), r.metrics.ra),
+            ("ta".into(), r.metrics.ta),
+            ("ta_full".into(), r.metrics.ta_full),
+            ("val".into(), r.metrics.val),
+        ];
+        for (name, scores) in [
+            ("mia_efficacy", &r.metrics.mia_efficacy),
+            ("mia_privacy", &r.metrics.mia_privacy),
+        ] {
+            for (feature, score) in scores {
+                metrics.push((format!("{name}_{feature}"), score.value));
+                metrics.push((
+                    format!("{name}_{feature}_informative"),
+                    if score.informative { 1.0 } else { 0.0 },
+                ));
+            }
+        }
+        if let Some(rte) = r.rte {
+            metrics.push(("rte".into(), rte));
+        }
+        if let Some(g) = &r.gap {
+            metrics.push(("gap_avg".into(), g.avg));
+        }
+        for (metric, value) in metrics {
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{}",
+                r.seed,
+                field(&r.scenario),
+                r.model,
+                field(r.pruner.as_deref().unwrap_or("")),
+                r.sparsity,
+                field(&r.method),
+                field(&r.label),
+                metric,
+                value
+            );
+        }
+    }
+    out
+}
+
 /// The full report: models, the headline table, MIA per feature, forget sets.
 pub fn markdown(results: &RunResults) -> String {
     let mut out = String::new();
@@ -128,7 +272,8 @@ pub fn markdown(results: &RunResults) -> String {
         .iter()
         .map(|m| {
             vec![
-                m.name.clone(),
+                m.seed.to_string(),
+                m.pruner.clone().unwrap_or_else(|| m.name.clone()),
                 format!("{:.2}%", 100.0 * m.sparsity),
                 format!("{} / {}", m.pruned_weights, m.prunable_weights),
                 m.parameters.to_string(),
@@ -141,6 +286,7 @@ pub fn markdown(results: &RunResults) -> String {
         .collect();
     out += &table(
         &[
+            "Seed",
             "Model",
             "Sparsity",
             "Pruned / prunable",
@@ -154,6 +300,21 @@ pub fn markdown(results: &RunResults) -> String {
     );
     let _ = writeln!(out, "\n## Unlearning\n");
     let _ = writeln!(out, "UA = 100 - accuracy on the forget set; RA, TA: accuracy on the retain and test sets (in class-wise forgetting TA counts the test samples of the other classes, as the paper's code does; \"TA all\" the whole test set); MIA-Efficacy: share of the forget set a confidence-based membership attack calls non-member; RTE: seconds of the unlearning step; Avg. Gap: mean |difference| to `retrain` on the same scenario and model (lower is better). All in percent except RTE.\n");
+    if results.seeds.len() > 1 {
+        let _ = writeln!(
+            out,
+            "Mean ± standard deviation over {} seeds ({}); each seed's rows follow.\n",
+            results.seeds.len(),
+            results
+                .seeds
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        out += &mean_std_table(results);
+        out += "\n";
+    }
     out += &results_table(results);
     let features: Vec<MiaFeature> = MiaFeature::ALL
         .into_iter()
@@ -167,6 +328,7 @@ pub fn markdown(results: &RunResults) -> String {
     if !features.is_empty() {
         let _ = writeln!(out, "\n## Membership inference by feature\n");
         let _ = writeln!(out, "MIA-Efficacy per feature, and MIA-Privacy (confidence). † marks a constant (uninformative) attack; shadow accuracy of the confidence attack in the last column.\n");
+        let several = several_pruners(results);
         let mut header: Vec<String> = vec!["Scenario".into(), "Model".into(), "Method".into()];
         header.extend(features.iter().map(|f| format!("Eff. {f}")));
         header.push("Privacy".into());
@@ -175,7 +337,7 @@ pub fn markdown(results: &RunResults) -> String {
             .rows
             .iter()
             .map(|r| {
-                let mut c = vec![r.scenario.clone(), model_name(r), r.label.clone()];
+                let mut c = vec![r.scenario.clone(), model_name(r, several), r.label.clone()];
                 c.extend(features.iter().map(|f| mia(r.metrics.mia_efficacy.get(f))));
                 c.push(mia(r.metrics.mia_privacy.get(&MiaFeature::Confidence)));
                 c.push(num(r.metrics.mia().map(|s| s.shadow_accuracy)));

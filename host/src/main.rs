@@ -233,15 +233,21 @@ fn real_main() -> Result<()> {
         }
         Command::Validate { config } => {
             let plan = load_plan(&registry, &config, cli.arch)?;
+            let pruners: Vec<&str> = plan.pruners.iter().map(|p| p.label.as_str()).collect();
             println!(
-                "{}: valid ({} scenario(s), {} unlearner(s){})",
+                "{}: valid ({} scenario(s), {} unlearner(s){}{})",
                 config.display(),
                 plan.forget.len(),
                 plan.unlearners.len(),
-                plan.pruner
-                    .as_ref()
-                    .map(|p| format!(", pruner {}", p.label))
-                    .unwrap_or_default()
+                match pruners.len() {
+                    0 => String::new(),
+                    1 => format!(", pruner {}", pruners[0]),
+                    _ => format!(", pruners {}", pruners.join(", ")),
+                },
+                match plan.seeds.len() {
+                    1 => String::new(),
+                    n => format!(", {n} seeds"),
+                }
             );
             Ok(())
         }
