@@ -414,7 +414,12 @@ fn seeds_and_a_sparsity_sweep_in_one_config() {
     let cfg = config(dir.path(), "study.toml", prune, &ft(0.01, "FT"));
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
-        .replacen("seed = 0", "seeds = [3, 4]", 1);
+        .replacen("seed = 0", "seeds = [3, 4]", 1)
+        .replacen(
+            "[train]",
+            "subset = { per_class = 30, seed = 1 }\n[train]",
+            1,
+        );
     std::fs::write(&cfg, text).unwrap();
     let o = unlearn(&["validate", cfg.to_str().unwrap()]);
     assert!(
@@ -424,6 +429,8 @@ fn seeds_and_a_sparsity_sweep_in_one_config() {
     );
     let out = dir.path().join("out");
     let (r, _) = run(&cfg, &out, &[]);
+    // The training subset: 30 of each of the 4 classes.
+    assert_eq!(r["split"]["train"].as_array().unwrap().len(), 120);
     let rows = r["rows"].as_array().unwrap();
     // 2 seeds x 4 models (dense, OMP 50%, OMP 80%, random 50%) x (original, FT)
     assert_eq!(rows.len(), 16);
@@ -510,7 +517,8 @@ fn seeds_and_a_sparsity_sweep_in_one_config() {
 }
 
 /// Study mistakes are reported all at once, each with its path, before any work: an unknown
-/// pruner in the list, a sparsity listed twice, an empty sweep, an empty `seeds`.
+/// pruner in the list, a sparsity listed twice, an empty sweep, an empty `seeds`, a training
+/// subset larger than the data.
 #[test]
 fn study_mistakes_are_all_reported_with_their_paths() {
     let dir = tempfile::tempdir().unwrap();
@@ -520,7 +528,8 @@ fn study_mistakes_are_all_reported_with_their_paths() {
     let cfg = config(dir.path(), "bad.toml", prune, &ft(0.01, "FT"));
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
-        .replacen("seed = 0", "seeds = []", 1);
+        .replacen("seed = 0", "seeds = []", 1)
+        .replacen("[train]", "subset = { per_class = 1000 }\n[train]", 1);
     std::fs::write(&cfg, text).unwrap();
     let out = dir.path().join("out");
     for args in [
@@ -535,6 +544,7 @@ fn study_mistakes_are_all_reported_with_their_paths() {
             "/prune/1/method = \"OMPP\": unknown pruner `OMPP`",
             "/prune/2/sparsity = []: an empty sparsity sweep",
             "/seeds",
+            "/data/subset: subset: 1000 per class is more than class 0's",
         ] {
             assert!(e.contains(needle), "missing `{needle}` in:\n{e}");
         }

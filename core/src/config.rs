@@ -75,6 +75,10 @@ pub struct DataConfig {
     /// Settings of the `synthetic` data set.
     #[serde(default)]
     pub synthetic: SyntheticConfig,
+    /// Train on a seeded subset of the training split (e.g. `{ per_class = 450 }`); val and
+    /// test stay whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<data::SubsetConfig>,
     /// Training-time augmentation; default: the data set's (random crop with 4-pixel padding
     /// and horizontal flip for CIFAR and TinyImageNet; none otherwise, SVHN included, as in the
     /// paper's code).
@@ -93,6 +97,7 @@ impl Default for DataConfig {
             dir: None,
             split: SplitConfig::default(),
             synthetic: SyntheticConfig::default(),
+            subset: None,
             augment: None,
         }
     }
@@ -447,7 +452,11 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
             Ok(x) => Some(x),
             Err(e) => {
                 let on_disk = d.dataset.format().is_some();
-                let path = if on_disk { "/data/dir" } else { "/data" };
+                let path = match e {
+                    DataError::Subset(_) => "/data/subset",
+                    _ if on_disk => "/data/dir",
+                    _ => "/data",
+                };
                 let value = d.dir.as_ref().map(|p| Value::from(p.display().to_string()));
                 issues.push(ConfigIssue::new(path, value, e.to_string()));
                 None
@@ -660,6 +669,10 @@ pub fn load_split(cfg: &DataConfig, base_dir: &Path) -> Result<(Dataset, Split),
     };
     if let Some(a) = cfg.augment {
         dataset.augment = a;
+    }
+    let mut split = split;
+    if let Some(sub) = &cfg.subset {
+        data::subset_train(&mut split, &dataset.labels_vec(), dataset.classes, sub)?;
     }
     Ok((dataset, split))
 }

@@ -306,10 +306,17 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
         test: plan.dataset.subset(&plan.split.test).to_device(opts.device),
     };
     let mut all = SeedResults::default();
+    let progress = Progress::new(plan);
     for &seed in &plan.seeds {
         let keys = StageKeys::new(plan, seed, &data_id)?;
-        run_seed(plan, opts, &cache, &data, seed, &keys, &mut all)?;
+        run_seed(plan, opts, &cache, &progress, &data, seed, &keys, &mut all)?;
     }
+    (opts.notify)(&format!(
+        "{} stages: {} from the cache, {} computed",
+        progress.total,
+        progress.cached.get(),
+        progress.computed.get()
+    ));
     let results = RunResults {
         unlearn_version: env!("CARGO_PKG_VERSION").into(),
         device: device_name(opts.device),
@@ -345,10 +352,12 @@ struct SeedResults {
 }
 
 /// One seed of a run: its dense model, each sparse model, and every row.
+#[allow(clippy::too_many_arguments)]
 fn run_seed(
     plan: &Plan,
     opts: &RunOptions<'_>,
     cache: &Cache,
+    progress: &Progress,
     data: &TaskData,
     seed: u64,
     keys: &StageKeys,
@@ -366,6 +375,7 @@ fn run_seed(
         cache,
         notify: opts.notify,
         device: opts.device,
+        progress,
     };
     // Stage labels name the seed when there are several.
     let seeded = |label: String| {
@@ -671,6 +681,62 @@ struct StageRunner<'a> {
     cache: &'a Cache,
     notify: &'a dyn Fn(&str),
     device: Device,
+    progress: &'a Progress,
+}
+
+/// Where the whole run stands: stages done of all, how many came from the cache, and the pace
+/// of those computed so far (for an estimate of the time left).
+struct Progress {
+    total: usize,
+    done: std::cell::Cell<usize>,
+    cached: std::cell::Cell<usize>,
+    computed: std::cell::Cell<usize>,
+    seconds: std::cell::Cell<f64>,
+}
+
+impl Progress {
+    fn new(plan: &Plan) -> Progress {
+        let models = 1 + plan.pruners.len();
+        let per_seed = models + plan.forget.len() * models * (1 + plan.unlearners.len());
+        Progress {
+            total: per_seed * plan.seeds.len(),
+            done: Default::default(),
+            cached: Default::default(),
+            computed: Default::default(),
+            seconds: Default::default(),
+        }
+    }
+
+    fn cached(&self) {
+        self.done.set(self.done.get() + 1);
+        self.cached.set(self.cached.get() + 1);
+    }
+
+    /// The line announcing a stage about to be computed.
+    fn starting(&self, label: &str) -> String {
+        let (done, computed) = (self.done.get(), self.computed.get());
+        let eta = if computed > 0 {
+            let pace = self.seconds.get() / computed as f64;
+            format!(
+                "; about {:.0} s left at the pace so far",
+                pace * (self.total - done) as f64
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "stage {}/{}: {label} ({} cached{eta})",
+            done + 1,
+            self.total,
+            self.cached.get()
+        )
+    }
+
+    fn finished(&self, seconds: f64) {
+        self.done.set(self.done.get() + 1);
+        self.computed.set(self.computed.get() + 1);
+        self.seconds.set(self.seconds.get() + seconds);
+    }
 }
 
 impl StageRunner<'_> {
@@ -749,14 +815,19 @@ impl StageRunner<'_> {
             seconds,
         };
         if let Some((m, mask, r, s)) = self.load_model(kind, key, spec, rewind_point)? {
+            self.progress.cached();
             return Ok((m, mask, r, s, report(true, s)));
         }
         let _lock = self.cache.lock(kind, key)?;
         // Another process may have computed it while this one waited.
         if let Some((m, mask, r, s)) = self.load_model(kind, key, spec, rewind_point)? {
+            self.progress.cached();
             return Ok((m, mask, r, s, report(true, s)));
         }
+        (self.notify)(&self.progress.starting(label));
+        let t0 = Instant::now();
         let (model, mask, rewind, seconds) = compute()?;
+        self.progress.finished(t0.elapsed().as_secs_f64());
         let meta = ModelMeta {
             train_seconds: seconds,
             rewind: rewind.as_ref().and(rewind_point),
@@ -801,12 +872,15 @@ impl StageRunner<'_> {
             seconds,
         };
         if let Some(r) = cached()? {
+            self.progress.cached();
             return Ok((r.metrics, r.rte, report(true, r.seconds)));
         }
         let _lock = self.cache.lock(kind, key)?;
         if let Some(r) = cached()? {
+            self.progress.cached();
             return Ok((r.metrics, r.rte, report(true, r.seconds)));
         }
+        (self.notify)(&self.progress.starting(label));
         let t0 = Instant::now();
         let (metrics, rte) = compute()?;
         let row = CachedRow {
@@ -814,6 +888,7 @@ impl StageRunner<'_> {
             rte,
             seconds: t0.elapsed().as_secs_f64(),
         };
+        self.progress.finished(row.seconds);
         self.cache
             .put::<PipelineError>(kind, key, &row, |_| Ok(()))?;
         Ok((row.metrics, row.rte, report(false, row.seconds)))

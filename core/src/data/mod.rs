@@ -11,7 +11,7 @@ mod synthetic;
 pub use augment::Augment;
 
 pub use digits::{digits, DIGITS_CREDIT};
-pub use split::{stratified_split, Split, SplitConfig};
+pub use split::{stratified_split, subset_train, Split, SplitConfig, SubsetConfig};
 pub use synthetic::{synthetic, SyntheticConfig};
 
 use tch::{Device, Kind, Tensor};
@@ -22,6 +22,8 @@ pub enum DataError {
     Malformed { name: String, message: String },
     #[error("split: {0}")]
     Split(String),
+    #[error("subset: {0}")]
+    Subset(String),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
     /// A file that cannot be read.

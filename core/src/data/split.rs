@@ -91,6 +91,68 @@ pub fn stratified_split(
     Ok(split)
 }
 
+/// A seeded subset of the training split, for runs that must be small (a study on a CPU):
+/// `per_class` samples of every class, or `fraction` of each class (rounded, at least one).
+/// Validation and test sets are kept whole.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubsetConfig {
+    /// Training samples kept per class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub per_class: Option<usize>,
+    /// Share of each class's training samples kept (instead of `per_class`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub fraction: Option<f64>,
+    /// Seed of the draw.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// Keeps the subset `cfg` describes of `split.train` (`labels` indexes the whole data set), in
+/// ascending order. A class with fewer samples than `per_class` is an error naming it.
+pub fn subset_train(
+    split: &mut Split,
+    labels: &[i64],
+    classes: usize,
+    cfg: &SubsetConfig,
+) -> Result<(), DataError> {
+    let err = |m: String| Err(DataError::Subset(m));
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for &i in &split.train {
+        by_class[labels[i] as usize].push(i);
+    }
+    let mut kept = Vec::new();
+    for (c, rows) in by_class.iter().enumerate() {
+        let k = match (cfg.per_class, cfg.fraction) {
+            (Some(_), Some(_)) => {
+                return err("give either `per_class` or `fraction`, not both".into())
+            }
+            (None, None) => return err("give `per_class` or `fraction`".into()),
+            (Some(k), None) => k,
+            (None, Some(f)) if f > 0.0 && f <= 1.0 => {
+                ((f * rows.len() as f64).round() as usize).max(1)
+            }
+            (None, Some(f)) => return err(format!("fraction {f} is outside (0, 1]")),
+        };
+        if rows.is_empty() {
+            continue;
+        }
+        if k > rows.len() {
+            return err(format!(
+                "{k} per class is more than class {c}'s {} training samples",
+                rows.len()
+            ));
+        }
+        let order = permutation(rows.len(), cfg.seed.wrapping_add(c as u64), "subset");
+        kept.extend(order[..k].iter().map(|&j| rows[j]));
+    }
+    kept.sort_unstable();
+    split.train = kept;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +198,54 @@ mod tests {
             ..Default::default()
         };
         assert!(stratified_split(&[0, 1], 2, &cfg).is_err());
+    }
+
+    #[test]
+    fn subsets_keep_k_per_class_seeded_and_refuse_too_many() {
+        // 30 samples, 3 classes (i % 3); train = the first 24.
+        let labels: Vec<i64> = (0..30).map(|i| (i % 3) as i64).collect();
+        let base = Split {
+            train: (0..24).collect(),
+            val: (24..27).collect(),
+            test: (27..30).collect(),
+        };
+        let take = |per_class, fraction, seed| {
+            let mut s = base.clone();
+            subset_train(
+                &mut s,
+                &labels,
+                3,
+                &SubsetConfig {
+                    per_class,
+                    fraction,
+                    seed,
+                },
+            )
+            .map(|()| s)
+        };
+        let s = take(Some(3), None, 1).unwrap();
+        assert_eq!(s.train.len(), 9);
+        for c in 0..3 {
+            assert_eq!(s.train.iter().filter(|&&i| labels[i] == c).count(), 3);
+        }
+        assert!(s.train.windows(2).all(|w| w[0] < w[1]) && s.train.iter().all(|&i| i < 24));
+        assert_eq!((s.val, s.test), (base.val.clone(), base.test.clone()));
+        assert_eq!(
+            take(Some(3), None, 1).unwrap(),
+            take(Some(3), None, 1).unwrap()
+        );
+        assert_ne!(
+            take(Some(3), None, 1).unwrap(),
+            take(Some(3), None, 2).unwrap()
+        );
+        // Each class has 8 training samples: a quarter is 2 each.
+        assert_eq!(take(None, Some(0.25), 0).unwrap().train.len(), 6);
+        let e = take(Some(9), None, 0).unwrap_err().to_string();
+        assert!(
+            e.contains("9 per class is more than class 0's 8 training samples"),
+            "{e}"
+        );
+        assert!(take(Some(2), Some(0.5), 0).is_err());
+        assert!(take(None, None, 0).is_err());
     }
 }
