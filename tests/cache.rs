@@ -494,6 +494,16 @@ fn seeds_and_a_sparsity_sweep_in_one_config() {
     // report.md: mean ± std (sample std) of each column over the two seeds.
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("Mean ± standard deviation over 2 seeds (3, 4)"));
+    // Each seed's rows follow, under a header with one name per cell.
+    let header = report
+        .lines()
+        .find(|l| l.starts_with("| Seed "))
+        .unwrap_or_else(|| panic!("{report}"));
+    let seed_row = report
+        .lines()
+        .find(|l| l.starts_with("| 4 "))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(header.matches('|').count(), seed_row.matches('|').count());
     let values: Vec<f64> = [3, 4]
         .iter()
         .map(|&s| {
@@ -514,6 +524,54 @@ fn seeds_and_a_sparsity_sweep_in_one_config() {
         line.contains(&format!("{mean:.2} ± {sd:.2}")),
         "TA {mean:.2} ± {sd:.2} in {line}"
     );
+    // The figure: TA of FT against sparsity on the OMP line, mean and std of the seeds; the
+    // dense model is every pruner's 0% point.
+    let results: unlearn_core::pipeline::RunResults =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let panels = unlearn_core::plot::panels(&results, "class-1");
+    let ta = panels.iter().find(|p| p.title == "TA (%)").unwrap();
+    let omp = ta.series.iter().find(|s| s.name == "FT · OMP").unwrap();
+    let xs: Vec<f64> = omp.points.iter().map(|p| p.0).collect();
+    assert_eq!(xs, [0.0, 50.0, 80.0]);
+    let (_, m, s) = omp.points[2];
+    assert!(
+        (m - mean).abs() < 1e-9 && (s - sd).abs() < 1e-9,
+        "{m} ± {s}"
+    );
+    assert!(ta.series.iter().any(|s| s.name == "FT · random"));
+    for ext in ["png", "svg"] {
+        let f = out.join(format!("plots/unlearning-vs-sparsity-1.{ext}"));
+        let bytes = std::fs::read(&f).unwrap();
+        match ext {
+            "png" => assert_eq!(&bytes[1..4], b"PNG"),
+            _ => {
+                let svg = String::from_utf8(bytes).unwrap();
+                assert!(
+                    svg.contains("Unlearning vs sparsity: class-1") && svg.contains("FT · OMP")
+                );
+                assert!(svg.contains("sparsity (%)") && svg.contains("TA (%)"));
+            }
+        }
+    }
+    // `unlearn report` regenerates the report, the table and the figures from results alone.
+    let report_before = std::fs::read_to_string(out.join("report.md")).unwrap();
+    std::fs::remove_dir_all(out.join("plots")).unwrap();
+    std::fs::remove_file(out.join("report.md")).unwrap();
+    std::fs::remove_file(out.join("results.csv")).unwrap();
+    let o = unlearn(&["report", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(out.join("report.md")).unwrap(),
+        report_before
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("results.csv")).unwrap(),
+        csv
+    );
+    assert!(out.join("plots/unlearning-vs-sparsity-1.png").is_file());
+    let o = unlearn(&["report", dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("results.json"), "{}", stderr(&o));
 }
 
 /// Study mistakes are reported all at once, each with its path, before any work: an unknown

@@ -16,6 +16,7 @@ pub mod method;
 pub mod model;
 pub mod objective;
 pub mod pipeline;
+pub mod plot;
 pub mod plugin;
 pub mod registry;
 pub mod report;

@@ -48,6 +48,8 @@ pub enum PipelineError {
     #[error(transparent)]
     Cache(#[from] CacheError),
     #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
+    #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
@@ -111,7 +113,7 @@ pub struct ModelSummary {
     pub test_accuracy: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScenarioSummary {
     pub name: String,
     pub kind: crate::forget::ForgetKind,
@@ -123,7 +125,7 @@ pub struct ScenarioSummary {
     pub forget_indices: Vec<usize>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResults {
     pub unlearn_version: String,
     pub device: String,
@@ -338,9 +340,21 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
         write_atomic(&path, bytes).map_err(|source| PipelineError::Output { path, source })
     };
     write("results.json", &json)?;
-    write("results.csv", crate::report::csv(&results).as_bytes())?;
-    write("report.md", crate::report::markdown(&results).as_bytes())?;
+    write_reports(&results, out)?;
     Ok(results)
+}
+
+/// `results.csv`, `report.md` and the figures under `plots/`, from a run's results alone (what
+/// `unlearn report <out>` regenerates).
+pub fn write_reports(results: &RunResults, out: &Path) -> Result<(), PipelineError> {
+    let write = |name: &str, bytes: &[u8]| {
+        let path = out.join(name);
+        write_atomic(&path, bytes).map_err(|source| PipelineError::Output { path, source })
+    };
+    write("results.csv", crate::report::csv(results).as_bytes())?;
+    write("report.md", crate::report::markdown(results).as_bytes())?;
+    crate::plot::write_all(results, &out.join("plots"))?;
+    Ok(())
 }
 
 /// What the seeds of a run add up to.

@@ -97,7 +97,8 @@ pub fn results_table(results: &RunResults) -> String {
             cells
         })
         .collect();
-    let mut header = vec![
+    let mut header = if seeds { vec!["Seed"] } else { vec![] };
+    header.extend([
         "Scenario",
         "Model",
         "Method",
@@ -105,7 +106,7 @@ pub fn results_table(results: &RunResults) -> String {
         "MIA-Efficacy",
         "RA",
         "TA",
-    ];
+    ]);
     if class_wise {
         header.push("TA all");
     }

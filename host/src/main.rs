@@ -97,6 +97,12 @@ enum Command {
         #[arg(long)]
         print_config: bool,
     },
+    /// Regenerate report.md, results.csv and the figures (plots/*.png, *.svg) of a finished run
+    /// from its results.json alone.
+    Report {
+        /// The run's output folder (the one given to `run --out`).
+        out: PathBuf,
+    },
     /// Show libtorch, CUDA and the device `--device` resolves to.
     Info,
     /// Data sets: list the downloadable ones, fetch them.
@@ -301,6 +307,31 @@ fn real_main() -> Result<()> {
             }
             PluginCommand::Check { library } => check_plugin(&library),
         },
+        Command::Report { out } => {
+            let path = out.join("results.json");
+            let bytes = std::fs::read(&path).map_err(|e| {
+                bad(anyhow::anyhow!(
+                    "cannot read {}: {e} (is {} a run's output folder?)",
+                    path.display(),
+                    out.display()
+                ))
+            })?;
+            let results: pipeline::RunResults = serde_json::from_slice(&bytes).map_err(|e| {
+                bad(anyhow::anyhow!(
+                    "{} is not the results of this unlearn version: {e}",
+                    path.display()
+                ))
+            })?;
+            pipeline::write_reports(&results, &out)?;
+            println!("{}", unlearn_core::report::results_table(&results));
+            notify(&format!(
+                "wrote {}, {} and {}",
+                out.join("report.md").display(),
+                out.join("results.csv").display(),
+                out.join("plots").display()
+            ));
+            Ok(())
+        }
         Command::Info => {
             let r = device::report();
             let chosen = cli.device.resolve().map_err(bad)?;
