@@ -168,6 +168,18 @@ pub struct StageReport {
     pub seconds: f64,
 }
 
+impl StageReport {
+    pub fn new(kind: StageKind, key: &StageKey, label: &str, cached: bool, seconds: f64) -> Self {
+        StageReport {
+            kind: kind.name().into(),
+            label: label.into(),
+            key: key.0.clone(),
+            cached,
+            seconds,
+        }
+    }
+}
+
 /// The keys of every stage of one seed of a plan, computed before anything runs.
 pub struct StageKeys {
     pub dense: StageKey,
@@ -644,13 +656,15 @@ pub fn dry_run(plan: &Plan, cache_dir: &Path) -> Result<Vec<StageReport>, Pipeli
             String::new()
         };
         let mut report = |kind: StageKind, key: &StageKey, label: String| {
-            out.push(StageReport {
-                kind: kind.name().into(),
-                label: format!("{label}{suffix}"),
-                key: key.0.clone(),
-                cached: cache.contains(kind, key),
-                seconds: seconds(kind, key),
-            })
+            let label = format!("{label}{suffix}");
+            let cached = cache.contains(kind, key);
+            out.push(StageReport::new(
+                kind,
+                key,
+                &label,
+                cached,
+                seconds(kind, key),
+            ))
         };
         report(StageKind::Dense, &keys.dense, "dense model".into());
         let mut names = vec!["dense".to_string()];
@@ -821,13 +835,7 @@ impl StageRunner<'_> {
         compute: impl FnOnce() -> Result<ModelParts, PipelineError>,
         provenance: &Provenance,
     ) -> Result<(Model, Option<Mask>, Option<Snapshot>, f64, StageReport), PipelineError> {
-        let report = |cached, seconds| StageReport {
-            kind: kind.name().into(),
-            label: label.to_string(),
-            key: key.0.clone(),
-            cached,
-            seconds,
-        };
+        let report = |cached, seconds| StageReport::new(kind, key, label, cached, seconds);
         if let Some((m, mask, r, s)) = self.load_model(kind, key, spec, rewind_point)? {
             self.progress.cached();
             return Ok((m, mask, r, s, report(true, s)));
@@ -878,13 +886,7 @@ impl StageRunner<'_> {
                 }
             }
         };
-        let report = |cached, seconds| StageReport {
-            kind: kind.name().into(),
-            label: label.to_string(),
-            key: key.0.clone(),
-            cached,
-            seconds,
-        };
+        let report = |cached, seconds| StageReport::new(kind, key, label, cached, seconds);
         if let Some(r) = cached()? {
             self.progress.cached();
             return Ok((r.metrics, r.rte, report(true, r.seconds)));
