@@ -7,20 +7,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn unlearn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_unlearn"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
+mod common;
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use common::{stderr, stdout, unlearn};
 
 /// A small run: synthetic 8x8 data, a few epochs, class 1 forgotten; `prune` and `unlearn` are
 /// TOML appended as they are.
