@@ -78,8 +78,9 @@ fn spec(arch: Arch) -> ModelSpec {
     }
 }
 
-const ARCHS: [Arch; 5] = [
+const ARCHS: [Arch; 6] = [
     Arch::Resnet18,
+    Arch::Conv6,
     Arch::Vgg16Bn,
     Arch::Resnet20,
     Arch::Resnet56,

@@ -40,8 +40,8 @@ struct Cli {
     /// Print no progress (results and errors only).
     #[arg(long, short, global = true)]
     quiet: bool,
-    /// Architecture, overriding the config's `model.arch` (small-cnn, resnet18, resnet20,
-    /// resnet56, vgg16-bn).
+    /// Architecture, overriding the config's `model.arch` (small-cnn, conv6, resnet18,
+    /// resnet20, resnet56, vgg16-bn).
     #[arg(long, global = true)]
     arch: Option<Arch>,
     /// Load plugin libraries from this folder (every library in it) or file; repeatable. Also

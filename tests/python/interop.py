@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import unlearn_models as um  # noqa: E402
 
-ARCHS = ["small-cnn", "resnet18", "resnet20", "resnet56", "vgg16-bn"]
+ARCHS = ["small-cnn", "conv6", "resnet18", "resnet20", "resnet56", "vgg16-bn"]
 MEAN = [0.4914, 0.4822, 0.4465]
 STD = [0.2470, 0.2435, 0.2616]
 

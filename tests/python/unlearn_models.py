@@ -117,21 +117,26 @@ class Vgg(nn.Module):
         return self.classifier(torch.flatten(h, 1))
 
 
-class SmallCnn(nn.Module):
-    def __init__(self, classes, cin, mean, std):
+class PlainCnn(nn.Module):
+    """small-cnn and conv6: 3x3 conv - BN - ReLU layers (width, stride), an optional 2x2
+    max-pool after one of them, global average pooling, fc."""
+
+    def __init__(self, classes, cin, mean, std, layers, pool_after):
         super().__init__()
         self.normalize = Normalize(mean, std)
-        widths = [cin, 32, 64, 128]
-        for i in range(3):
-            setattr(self, f"conv{i + 1}", conv(widths[i], widths[i + 1], 3))
-            setattr(self, f"bn{i + 1}", nn.BatchNorm2d(widths[i + 1]))
-        self.fc = nn.Linear(128, classes)
+        self.n, self.pool_after = len(layers), pool_after
+        width = cin
+        for i, (out, stride) in enumerate(layers):
+            setattr(self, f"conv{i + 1}", conv(width, out, 3, stride))
+            setattr(self, f"bn{i + 1}", nn.BatchNorm2d(out))
+            width = out
+        self.fc = nn.Linear(width, classes)
 
     def forward(self, x):
         h = self.normalize(x)
-        for i in range(3):
+        for i in range(self.n):
             h = F.relu(getattr(self, f"bn{i + 1}")(getattr(self, f"conv{i + 1}")(h)))
-            if i == 1:
+            if i == self.pool_after:
                 h = F.max_pool2d(h, 2)
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
 
@@ -150,7 +155,10 @@ def build(arch, classes, cin=3, mean=None, std=None, option=None):
     if arch == "vgg16-bn":
         return Vgg(classes, cin, mean, std)
     if arch == "small-cnn":
-        return SmallCnn(classes, cin, mean, std)
+        return PlainCnn(classes, cin, mean, std, [(32, 1), (64, 1), (128, 1)], 1)
+    if arch == "conv6":
+        layers = [(32, 1), (32, 1), (64, 2), (64, 1), (128, 2), (128, 1)]
+        return PlainCnn(classes, cin, mean, std, layers, None)
     raise ValueError(f"unknown architecture {arch}")
 
 

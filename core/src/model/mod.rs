@@ -17,7 +17,7 @@ use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 use resnet::ResNet;
-use small_cnn::SmallCnn;
+use small_cnn::PlainCnn;
 use vgg::Vgg;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,12 @@ pub enum Arch {
     /// pooling; 92k conv weights for one channel), fast enough for CPU tests and the demo. It
     /// accepts any image size and channel count.
     SmallCnn,
+    /// A plain CNN for CPU-scale CIFAR studies: six 3x3 conv layers (32-32-64-64-128-128, the
+    /// third and fifth with stride 2) with BatchNorm and ReLU, global average pooling, fc
+    /// (288,746 parameters for 10 classes on RGB). Fast enough for a few thousand CIFAR images
+    /// on a CPU, and deep enough to memorise them (what MIA-Efficacy needs). Images of at least
+    /// 4x4.
+    Conv6,
     /// ResNet-18, CIFAR form (3x3 stride-1 stem, no max-pool, BasicBlocks 64/128/256/512 x2,
     /// torchvision names; 11,173,962 parameters for 10 classes). Global average pooling: 32x32
     /// CIFAR/SVHN, 64x64 TinyImageNet, any image of at least 8x8.
@@ -71,8 +77,9 @@ pub enum Arch {
 }
 
 impl Arch {
-    pub const ALL: [Arch; 5] = [
+    pub const ALL: [Arch; 6] = [
         Arch::SmallCnn,
+        Arch::Conv6,
         Arch::Resnet18,
         Arch::Resnet20,
         Arch::Resnet56,
@@ -83,6 +90,7 @@ impl Arch {
     pub fn name(self) -> &'static str {
         match self {
             Arch::SmallCnn => "small-cnn",
+            Arch::Conv6 => "conv6",
             Arch::Resnet18 => "resnet18",
             Arch::Resnet20 => "resnet20",
             Arch::Resnet56 => "resnet56",
@@ -95,7 +103,7 @@ impl Arch {
         match self {
             Arch::SmallCnn => 2,
             Arch::Resnet18 => 8,
-            Arch::Resnet20 | Arch::Resnet56 => 4,
+            Arch::Conv6 | Arch::Resnet20 | Arch::Resnet56 => 4,
             Arch::Vgg16Bn => 16,
         }
     }
@@ -191,7 +199,8 @@ impl Model {
         let norm = Normalize::new(&root / "normalize", &spec.mean, &spec.std);
         let (c, classes) = (spec.input[0], spec.classes as i64);
         let net: Box<dyn ModuleT> = match spec.arch {
-            Arch::SmallCnn => Box::new(SmallCnn::new(&root, norm, c, classes)),
+            Arch::SmallCnn => Box::new(PlainCnn::small(&root, norm, c, classes)),
+            Arch::Conv6 => Box::new(PlainCnn::conv6(&root, norm, c, classes)),
             Arch::Resnet18 => Box::new(ResNet::resnet18(&root, norm, c, classes)),
             Arch::Resnet20 => Box::new(ResNet::cifar(&root, norm, c, classes, 3)),
             Arch::Resnet56 => Box::new(ResNet::cifar(&root, norm, c, classes, 9)),
@@ -277,7 +286,7 @@ impl Model {
     /// The name prefix of the final classifier layer (its weight has one row per class).
     pub fn classifier(&self) -> &'static str {
         match self.spec.arch {
-            Arch::SmallCnn | Arch::Resnet18 | Arch::Resnet20 | Arch::Resnet56 => "fc",
+            Arch::SmallCnn | Arch::Conv6 | Arch::Resnet18 | Arch::Resnet20 | Arch::Resnet56 => "fc",
             Arch::Vgg16Bn => "classifier.4",
         }
     }
@@ -385,7 +394,7 @@ impl Arch {
         match (layer, self, is_bias) {
             (LayerKind::BatchNorm, _, false) => Init::Constant(1.0),
             (LayerKind::BatchNorm, _, true) => Init::Constant(0.0),
-            (_, Arch::SmallCnn, _) => Init::PytorchUniform,
+            (_, Arch::SmallCnn | Arch::Conv6, _) => Init::PytorchUniform,
             (LayerKind::Conv, Arch::Resnet18, false) => he_fan_out,
             (LayerKind::Conv, Arch::Vgg16Bn, false) => he_fan_out,
             (LayerKind::Conv, Arch::Vgg16Bn, true) => Init::Constant(0.0),
@@ -605,6 +614,7 @@ pub(crate) mod tests {
             (Arch::Resnet56, [3, 32, 32]),
             (Arch::Vgg16Bn, [3, 32, 32]),
             (Arch::SmallCnn, [1, 8, 8]),
+            (Arch::Conv6, [3, 32, 32]),
         ] {
             let m = Model::new(spec(arch, input, 10), Device::Cpu, 11).unwrap();
             let vars = m.var_store().variables();
@@ -623,7 +633,7 @@ pub(crate) mod tests {
                 let want = match (arch, bn, conv, is_bias) {
                     (_, true, _, false) => Want::Value(1.0),
                     (_, true, _, true) => Want::Value(0.0),
-                    (Arch::SmallCnn, ..) => default,
+                    (Arch::SmallCnn | Arch::Conv6, ..) => default,
                     (Arch::Resnet18 | Arch::Vgg16Bn, _, true, false) => {
                         Want::Normal((2.0 / fan_out).sqrt())
                     }
@@ -720,7 +730,14 @@ pub(crate) mod tests {
     #[test]
     fn parameter_counts_names_and_classifier_per_arch() {
         // (arch, parameters for 10 classes, prunable conv tensors, a few names)
-        let cases: [(Arch, i64, usize, &[&str]); 4] = [
+        let cases: [(Arch, i64, usize, &[&str]); 5] = [
+            (
+                // 3x3 convs 3-32-32-64-64-128-128, six BatchNorms, fc 128 -> 10
+                Arch::Conv6,
+                864 + 9216 + 18_432 + 36_864 + 73_728 + 147_456 + 2 * 448 + 1290,
+                6,
+                &["conv1.weight", "bn6.bias", "conv6.weight", "fc.weight"],
+            ),
             (
                 Arch::Resnet18,
                 11_173_962,
