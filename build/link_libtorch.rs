@@ -6,7 +6,7 @@
 //! that rustc loads into itself, and loading CUDA there crashes rustc.)
 use std::path::PathBuf;
 
-fn main() {
+pub fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     // (Cargo reruns this script when the script itself changes: it is compiled from it.)
     let Some(root) = std::env::var_os("LIBTORCH") else {

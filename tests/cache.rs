@@ -542,11 +542,77 @@ fn seeds_and_a_sparsity_sweep_in_one_config() {
             }
         }
     }
-    // `unlearn report` regenerates the report, the table and the figures from results alone.
+    // Training curves: the dense and each sparse model, one line per seed, every epoch logged
+    // with its validation accuracy for dense training; training.csv has a line per epoch.
+    let curves = unlearn_core::plot::training_curves(&results);
+    let names: Vec<&str> = curves.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "dense training",
+            "OMP 50% pruning",
+            "OMP 80% pruning",
+            "random pruning"
+        ]
+    );
+    let dense = &curves[0];
+    assert_eq!(dense.seeds.iter().map(|s| s.0).collect::<Vec<_>>(), [3, 4]);
+    for (_, points) in &dense.seeds {
+        assert_eq!(points.len(), 3);
+        assert!(points
+            .iter()
+            .all(|p| p.1.is_finite() && p.2.is_some() && p.3.is_some()));
+    }
+    let training = std::fs::read_to_string(out.join("training.csv")).unwrap();
+    let logged: usize = results
+        .stages
+        .iter()
+        .flat_map(|s| &s.training)
+        .map(|r| r.epochs.len())
+        .sum();
+    assert_eq!(training.lines().count(), 1 + logged);
+    // 2 seeds x (dense 3 epochs + 3 sparse models retrained for the schedule's 3 epochs, its lr
+    // advanced by the rewind epoch) + FT's 1 epoch on each of the 8 models
+    assert_eq!(logged, 2 * (3 + 3 * 3) + 8);
+    assert!(out.join("plots/training-curves.svg").is_file());
+
+    // A third seed: its stages are to run, each estimated from the other seeds' cost.
+    let three = dir.path().join("three.toml");
+    std::fs::write(
+        &three,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replacen("seeds = [3, 4]", "seeds = [3, 4, 5]", 1),
+    )
+    .unwrap();
+    let o = unlearn(&[
+        "run",
+        three.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan = stdout(&o);
+    let line = plan
+        .lines()
+        .find(|l| l.contains("dense model, seed 5"))
+        .unwrap_or_else(|| panic!("{plan}"));
+    assert!(
+        line.contains("to run, about") && line.contains("(as other seeds)"),
+        "{line}"
+    );
+    assert!(
+        plan.contains("36 stages: 24 cached, 12 to run; about"),
+        "{plan}"
+    );
+
+    // `unlearn report` regenerates the report, the tables and the figures from results alone.
     let report_before = std::fs::read_to_string(out.join("report.md")).unwrap();
     std::fs::remove_dir_all(out.join("plots")).unwrap();
     std::fs::remove_file(out.join("report.md")).unwrap();
     std::fs::remove_file(out.join("results.csv")).unwrap();
+    std::fs::remove_file(out.join("training.csv")).unwrap();
     let o = unlearn(&["report", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
@@ -558,6 +624,11 @@ fn seeds_and_a_sparsity_sweep_in_one_config() {
         csv
     );
     assert!(out.join("plots/unlearning-vs-sparsity-1.png").is_file());
+    assert!(out.join("plots/training-curves.png").is_file());
+    assert_eq!(
+        std::fs::read_to_string(out.join("training.csv")).unwrap(),
+        training
+    );
     let o = unlearn(&["report", dir.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("results.json"), "{}", stderr(&o));
@@ -601,4 +672,170 @@ fn study_mistakes_are_all_reported_with_their_paths() {
         !out.exists(),
         "nothing is written before the config is valid"
     );
+}
+
+/// Every file under `dir` with its modification time: what a run has written so far.
+fn written(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            match e.metadata() {
+                Ok(m) if m.is_dir() => todo.push(p),
+                Ok(m) => out.push((p, m.modified().unwrap())),
+                Err(_) => {}
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `kill -9` at eight points of a small study, then a run to the end: the results equal an
+/// uninterrupted run's exactly. The kills land after 1, 3, 5, ... further writes of the killed
+/// run (epoch checkpoints of the dense training, of OMP's retraining and of the unlearners'
+/// loops, cache entries) plus 0 to 40 ms, so most fall in the middle of an epoch.
+#[test]
+fn kill_9_anywhere_then_rerun_gives_the_uninterrupted_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("study.toml");
+    let text = r#"seeds = [0, 1]
+[data]
+dataset = "synthetic"
+synthetic = { samples = 400, classes = 4, noise = 6.0 }
+split = { test_fraction = 0.2, val_fraction = 0.1 }
+[train]
+epochs = 8
+lr = 0.05
+batch_size = 16
+milestones = [6]
+[prune]
+method = "OMP"
+sparsity = 0.8
+rewind_epoch = 1
+[[forget]]
+kind = "random"
+fraction = 0.1
+[[unlearn]]
+method = "retrain"
+epochs = 4
+lr = 0.05
+batch_size = 16
+[[unlearn]]
+method = "FT"
+epochs = 3
+lr = 0.01
+batch_size = 16
+[[unlearn]]
+method = "l1-sparse"
+epochs = 3
+lr = 0.01
+alpha = 1e-3
+batch_size = 16
+[eval]
+mia_features = ["confidence"]
+"#;
+    std::fs::write(&cfg, text).unwrap();
+    let (want, _) = run(&cfg, &dir.path().join("straight"), &[]);
+
+    let out = dir.path().join("killed");
+    let args = [
+        "--device",
+        "cpu",
+        "--quiet",
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let mut kills = 0;
+    let mut resumed_runs = 0;
+    loop {
+        let log = dir.path().join(format!("attempt-{kills}.log"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_unlearn"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let attempt = kills;
+        let failed = |status: std::process::ExitStatus| {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            format!("attempt {attempt} exited with {status}: {text}")
+        };
+        if kills == 8 {
+            let status = child.wait().unwrap();
+            assert!(status.success(), "{}", failed(status));
+            break;
+        }
+        let before = written(&out);
+        let writes_to_wait = 2 * kills + 1;
+        let mut seen = before.clone();
+        let mut changes = 0;
+        let finished = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            let now = written(&out);
+            if now != seen {
+                seen = now;
+                changes += 1;
+                if changes >= writes_to_wait {
+                    std::thread::sleep(std::time::Duration::from_millis(kills as u64 * 5));
+                    child.kill().unwrap();
+                    child.wait().unwrap();
+                    kills += 1;
+                    break None;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        };
+        if let Some(status) = finished {
+            // It ran to the end before the kill came.
+            assert!(status.success(), "{}", failed(status));
+            break;
+        }
+        // A kill with a training state on disk: the next run resumes from it.
+        if written(&out)
+            .iter()
+            .any(|(p, _)| p.to_string_lossy().contains("/partial/"))
+        {
+            resumed_runs += 1;
+        }
+    }
+    assert!(kills >= 5, "only {kills} kills before the study finished");
+    assert!(
+        resumed_runs >= 3,
+        "only {resumed_runs} kills left a training state"
+    );
+    let (got, _) = run(&cfg, &out, &[]);
+    assert!(computed(&got).is_empty(), "{:?}", stages(&got));
+    assert_eq!(metrics(&got), metrics(&want));
+    // The training logs survive the kills: one line per epoch, as uninterrupted.
+    let epochs = |r: &Value| -> Vec<(String, u64)> {
+        let mut v = Vec::new();
+        for s in r["stages"].as_array().unwrap() {
+            for run in s["training"].as_array().into_iter().flatten() {
+                for e in run["epochs"].as_array().unwrap() {
+                    v.push((
+                        format!("{} {}", s["label"], run["run"]),
+                        e["epoch"].as_u64().unwrap(),
+                    ));
+                }
+            }
+        }
+        v
+    };
+    assert_eq!(epochs(&got), epochs(&want));
+    assert!(!epochs(&want).is_empty());
+    let csv = std::fs::read_to_string(out.join("training.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + epochs(&want).len());
+    // No training state is left behind once every stage is stored.
+    assert!(!written(&out)
+        .iter()
+        .any(|(p, _)| p.to_string_lossy().contains("/partial/")));
 }

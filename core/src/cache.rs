@@ -161,6 +161,17 @@ impl Cache {
         self.dir.join(kind.name()).join(&key.0)
     }
 
+    /// Where the training loops of a stage being computed keep their mid-training state (see
+    /// `train::StageScope`), so a killed run resumes there; removed once the entry is stored.
+    pub fn partial(&self, kind: StageKind, key: &StageKey) -> PathBuf {
+        self.dir.join("partial").join(format!("{kind}-{key}"))
+    }
+
+    /// Removes a stage's mid-training state (its entry is stored).
+    pub fn drop_partial(&self, kind: StageKind, key: &StageKey) {
+        let _ = std::fs::remove_dir_all(self.partial(kind, key));
+    }
+
     /// Whether a complete entry is there (its `meta.json` is written last).
     pub fn contains(&self, kind: StageKind, key: &StageKey) -> bool {
         self.entry(kind, key).join("meta.json").is_file()

@@ -339,6 +339,35 @@ fn write_file(
     })
 }
 
+/// Named tensors (f32, bool or i64) and string metadata as one safetensors file, written
+/// atomically: the training loop's mid-training state.
+pub(crate) fn write_tensors(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    header: HashMap<String, String>,
+) -> Result<(), CheckpointError> {
+    let bytes = tensors
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), Bytes::of(t)?)))
+        .collect::<Result<BTreeMap<_, _>, CheckpointError>>()?;
+    write_file(path, &bytes, header)
+}
+
+/// What [`write_tensors`] wrote: the tensors on `device`, and the metadata.
+pub(crate) fn read_tensors(
+    path: &Path,
+    device: Device,
+) -> Result<(BTreeMap<String, Tensor>, HashMap<String, String>), CheckpointError> {
+    let bytes = read(path)?;
+    let st = parse(path, &bytes)?;
+    let mut tensors = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let t = FileTensor::of(&name, &view)?.tensor.f_to_device(device)?;
+        tensors.insert(name, t);
+    }
+    Ok((tensors, header(&bytes).unwrap_or_default()))
+}
+
 /// BatchNorm layers of a model: the prefixes of its `running_mean` buffers.
 fn batch_norms(vars: &HashMap<String, Tensor>) -> BTreeSet<String> {
     vars.keys()

@@ -15,6 +15,8 @@ pub mod mask;
 pub mod method;
 pub mod model;
 pub mod objective;
+pub mod ops;
+pub mod optim;
 pub mod pipeline;
 pub mod plot;
 pub mod plugin;

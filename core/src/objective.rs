@@ -84,7 +84,9 @@ impl Objective for CeL1 {
     }
 
     fn loss(&mut self, model: &Model, batch: &Batch) -> Result<Tensor, tch::TchError> {
-        let ce = cross_entropy(&model.forward_t(&batch.x, true), &batch.y)?;
+        let logits = model.forward_t(&batch.x, true);
+        batch.record_logits(&logits);
+        let ce = cross_entropy(&logits, &batch.y)?;
         let ce = if self.ascent { ce.f_neg()? } else { ce };
         if self.a_t == 0.0 {
             Ok(ce)
@@ -134,12 +136,12 @@ mod tests {
     #[test]
     fn l1_gradient_is_a_times_sign_and_ascent_negates_ce() {
         let model = Model::new(tiny_spec(3), Device::Cpu, 0).unwrap();
-        let batch = Batch {
-            x: Tensor::rand([4, 1, 8, 8], (Kind::Float, Device::Cpu)),
-            y: Tensor::from_slice(&[0i64, 1, 2, 1]),
-            epoch: 0,
-            epochs: 1,
-        };
+        let batch = Batch::new(
+            Tensor::rand([4, 1, 8, 8], (Kind::Float, Device::Cpu)),
+            Tensor::from_slice(&[0i64, 1, 2, 1]),
+            0,
+            1,
+        );
         let grads = |obj: &mut CeL1| {
             model.zero_grad();
             obj.start_epoch(0, 1);

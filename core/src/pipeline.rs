@@ -5,6 +5,7 @@
 //! [`Cache`] (default `<out>/cache/`) under a key computed from exactly what it depends on, so a
 //! re-run resumes where it stopped and a changed config recomputes only the stages it touches.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -24,7 +25,7 @@ use crate::io::{ensure_writable_dir, write_atomic};
 use crate::mask::Mask;
 use crate::method::{MethodError, PruneCtx, RewindPoint, TaskData, UnlearnCtx};
 use crate::model::{Model, ModelError, ModelSpec, Snapshot};
-use crate::train::{CrossEntropy, Run, Trainer};
+use crate::train::{CrossEntropy, Run, RunLog, Trainer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -166,6 +167,12 @@ pub struct StageReport {
     pub cached: bool,
     /// Seconds it took when computed (as recorded in the cache for cached stages).
     pub seconds: f64,
+    /// The seed whose run it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// The epoch log of every training loop the stage ran, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub training: Vec<RunLog>,
 }
 
 impl StageReport {
@@ -176,7 +183,13 @@ impl StageReport {
             key: key.0.clone(),
             cached,
             seconds,
+            seed: None,
+            training: Vec::new(),
         }
+    }
+
+    fn with_training(self, training: Vec<RunLog>) -> Self {
+        StageReport { training, ..self }
     }
 }
 
@@ -301,6 +314,8 @@ struct ModelMeta {
     train_seconds: f64,
     /// Which weights `rewind.safetensors` holds (the pruners' rewind point), if any.
     rewind: Option<RewindPoint>,
+    #[serde(default)]
+    training: Vec<RunLog>,
 }
 
 /// Runs a validated plan and writes `results.json` and `report.md` to the output directory.
@@ -356,14 +371,18 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
     Ok(results)
 }
 
-/// `results.csv`, `report.md` and the figures under `plots/`, from a run's results alone (what
-/// `unlearn report <out>` regenerates).
+/// `results.csv`, `training.csv`, `report.md` and the figures under `plots/`, from a run's
+/// results alone (what `unlearn report <out>` regenerates).
 pub fn write_reports(results: &RunResults, out: &Path) -> Result<(), PipelineError> {
     let write = |name: &str, bytes: &[u8]| {
         let path = out.join(name);
         write_atomic(&path, bytes).map_err(|source| PipelineError::Output { path, source })
     };
     write("results.csv", crate::report::csv(results).as_bytes())?;
+    write(
+        "training.csv",
+        crate::report::training_csv(results).as_bytes(),
+    )?;
     write("report.md", crate::report::markdown(results).as_bytes())?;
     crate::plot::write_all(results, &out.join("plots"))?;
     Ok(())
@@ -397,8 +416,10 @@ fn run_seed(
         dataset: Some(plan.dataset.name.clone()),
         train_config: Some(serde_json::to_value(&cfg.train).expect("schedules serialise")),
     };
+    let first_stage = all.stages.len();
     let stage = StageRunner {
         cache,
+        trainer: &opts.trainer,
         notify: opts.notify,
         device: opts.device,
         progress,
@@ -425,7 +446,7 @@ fn run_seed(
         &dense_label,
         &spec,
         rewind_point,
-        || match &plan.checkpoint {
+        |trainer| match &plan.checkpoint {
             Some(path) => {
                 (opts.notify)(&format!("starting from {}", path.display()));
                 let (model, mask) = load_original(path, &spec, opts.device)?;
@@ -449,9 +470,9 @@ fn run_seed(
                 let all: Vec<usize> = (0..data.train.len()).collect();
                 let stream = crate::train::Stream::new(&data.train, &all);
                 let run = Run::new(dense_label.clone(), &cfg.train, &stream, None, seed)
-                    .keeping(rewind_point, &data.val);
-                let mut report = opts
-                    .trainer
+                    .keeping(rewind_point, &data.val)
+                    .validating(&data.val);
+                let mut report = trainer
                     .run(&mut dense, run, &mut CrossEntropy)
                     .map_err(|e| PipelineError::Method {
                         label: dense_label.clone(),
@@ -492,7 +513,7 @@ fn run_seed(
             &label,
             &spec,
             None,
-            || {
+            |trainer| {
                 (opts.notify)(&format!("pruning with {}", p.label));
                 let mut sparse = original.try_clone()?;
                 synchronize(opts.device);
@@ -502,7 +523,7 @@ fn run_seed(
                     rewind: rewind.as_ref(),
                     data,
                     schedule: &cfg.train,
-                    trainer: &opts.trainer,
+                    trainer,
                     seed,
                     label: label.clone(),
                 };
@@ -579,7 +600,7 @@ fn run_seed(
                 gap: None,
             };
             let label = seeded(format!("original on {} ({model_label})", forget.name));
-            let (metrics, _, report) = stage.row(&group_keys[0], &label, || {
+            let (metrics, _, report) = stage.row(&group_keys[0], &label, |_| {
                 let metrics = evaluate(&v.outputs, forget, &cfg.eval).map_err(|source| {
                     PipelineError::Eval {
                         label: label.clone(),
@@ -592,13 +613,13 @@ fn run_seed(
             all.rows.push(row("original", "original", metrics, None));
             for (u, key) in plan.unlearners.iter().zip(&group_keys[1..]) {
                 let label = seeded(format!("{} on {} ({model_label})", u.label, forget.name));
-                let (metrics, rte, report) = stage.row(key, &label, || {
+                let (metrics, rte, report) = stage.row(key, &label, |trainer| {
                     (opts.notify)(&format!("unlearning: {label}"));
                     let (model, rte) = unlearn_one(
                         v,
                         data,
                         forget,
-                        &opts.trainer,
+                        trainer,
                         seed,
                         &label,
                         u.instance.as_ref(),
@@ -626,11 +647,14 @@ fn run_seed(
         }
     }
     all.models.extend(variants.into_iter().map(|v| v.summary));
+    for s in &mut all.stages[first_stage..] {
+        s.seed = Some(seed);
+    }
     Ok(())
 }
 
 /// The stages of a plan and whether the cache already holds each (for `run --dry-run`).
-pub fn dry_run(plan: &Plan, cache_dir: &Path) -> Result<Vec<StageReport>, PipelineError> {
+pub fn dry_run(plan: &Plan, cache_dir: &Path) -> Result<Vec<PlannedStage>, PipelineError> {
     let cache = Cache::open(cache_dir)?;
     let data_id = data_identity(plan);
     let seconds = |kind, key: &StageKey| -> f64 {
@@ -656,15 +680,22 @@ pub fn dry_run(plan: &Plan, cache_dir: &Path) -> Result<Vec<StageReport>, Pipeli
             String::new()
         };
         let mut report = |kind: StageKind, key: &StageKey, label: String| {
-            let label = format!("{label}{suffix}");
             let cached = cache.contains(kind, key);
-            out.push(StageReport::new(
-                kind,
-                key,
-                &label,
-                cached,
-                seconds(kind, key),
-            ))
+            let saved_loops = std::fs::read_dir(cache.partial(kind, key))
+                .map(|d| d.flatten().count())
+                .unwrap_or(0);
+            out.push(PlannedStage {
+                stage: StageReport::new(
+                    kind,
+                    key,
+                    &format!("{label}{suffix}"),
+                    cached,
+                    seconds(kind, key),
+                ),
+                base_label: label,
+                estimate: None,
+                saved_loops,
+            })
         };
         report(StageKind::Dense, &keys.dense, "dense model".into());
         let mut names = vec!["dense".to_string()];
@@ -690,7 +721,32 @@ pub fn dry_run(plan: &Plan, cache_dir: &Path) -> Result<Vec<StageReport>, Pipeli
             }
         }
     }
+    // A stage to run costs about what the same stage of another seed cost.
+    let mut known: HashMap<(String, String), Vec<f64>> = HashMap::new();
+    for p in out.iter().filter(|p| p.stage.cached) {
+        let id = (p.stage.kind.clone(), p.base_label.clone());
+        known.entry(id).or_default().push(p.stage.seconds);
+    }
+    for p in out.iter_mut().filter(|p| !p.stage.cached) {
+        let id = (p.stage.kind.clone(), p.base_label.clone());
+        p.estimate = known
+            .get(&id)
+            .map(|v| v.iter().sum::<f64>() / v.len() as f64);
+    }
     Ok(out)
+}
+
+/// A stage of `run --dry-run`'s plan.
+#[derive(Debug, Clone)]
+pub struct PlannedStage {
+    /// Cached (with the seconds it took) or not.
+    pub stage: StageReport,
+    /// Its label without the seed.
+    pub base_label: String,
+    /// For a stage to run: seconds, from the same stage of other seeds in the cache.
+    pub estimate: Option<f64>,
+    /// Training loops of an interrupted computation of it whose state is saved (it resumes).
+    pub saved_loops: usize,
 }
 
 /// A row as the cache keeps it: what it measured, not what the config calls it.
@@ -699,6 +755,8 @@ struct CachedRow {
     metrics: Metrics,
     rte: Option<f64>,
     seconds: f64,
+    #[serde(default)]
+    training: Vec<RunLog>,
 }
 
 /// A model stage's result: model, mask, rewind snapshot, training seconds.
@@ -707,6 +765,8 @@ type ModelParts = (Model, Option<Mask>, Option<Snapshot>, f64);
 /// Looks stages up in the cache, computes the missing ones under their lock, and reports each.
 struct StageRunner<'a> {
     cache: &'a Cache,
+    /// Each computed stage runs its loops on a copy scoped to it (checkpoints and logs).
+    trainer: &'a Trainer,
     notify: &'a dyn Fn(&str),
     device: Device,
     progress: &'a Progress,
@@ -784,7 +844,7 @@ impl StageRunner<'_> {
         key: &StageKey,
         spec: &ModelSpec,
         rewind: Option<RewindPoint>,
-    ) -> Result<Option<ModelParts>, PipelineError> {
+    ) -> Result<Option<(ModelParts, Vec<RunLog>)>, PipelineError> {
         let meta: ModelMeta = match self.cache.meta(kind, key) {
             Ok(Some(m)) => m,
             Ok(None) => return Ok(None),
@@ -815,7 +875,7 @@ impl StageRunner<'_> {
             Ok((model, mask, rewind, meta.train_seconds))
         })();
         match loaded {
-            Ok(parts) => Ok(Some(parts)),
+            Ok(parts) => Ok(Some((parts, meta.training))),
             Err(why) => {
                 self.corrupt(kind, key, &why)?;
                 Ok(None)
@@ -832,27 +892,34 @@ impl StageRunner<'_> {
         label: &str,
         spec: &ModelSpec,
         rewind_point: Option<RewindPoint>,
-        compute: impl FnOnce() -> Result<ModelParts, PipelineError>,
+        compute: impl FnOnce(&Trainer) -> Result<ModelParts, PipelineError>,
         provenance: &Provenance,
     ) -> Result<(Model, Option<Mask>, Option<Snapshot>, f64, StageReport), PipelineError> {
-        let report = |cached, seconds| StageReport::new(kind, key, label, cached, seconds);
-        if let Some((m, mask, r, s)) = self.load_model(kind, key, spec, rewind_point)? {
+        let report = |cached, seconds, training| {
+            StageReport::new(kind, key, label, cached, seconds).with_training(training)
+        };
+        if let Some(((m, mask, r, s), log)) = self.load_model(kind, key, spec, rewind_point)? {
             self.progress.cached();
-            return Ok((m, mask, r, s, report(true, s)));
+            return Ok((m, mask, r, s, report(true, s, log)));
         }
         let _lock = self.cache.lock(kind, key)?;
         // Another process may have computed it while this one waited.
-        if let Some((m, mask, r, s)) = self.load_model(kind, key, spec, rewind_point)? {
+        if let Some(((m, mask, r, s), log)) = self.load_model(kind, key, spec, rewind_point)? {
             self.progress.cached();
-            return Ok((m, mask, r, s, report(true, s)));
+            return Ok((m, mask, r, s, report(true, s, log)));
         }
         (self.notify)(&self.progress.starting(label));
         let t0 = Instant::now();
-        let (model, mask, rewind, seconds) = compute()?;
+        let (trainer, scope) = self.trainer.for_stage(self.cache.partial(kind, key));
+        let (model, mask, rewind, seconds) = compute(&trainer)?;
+        // Epochs restored from an interrupted run count as they did when they ran.
+        let seconds = seconds + scope.restored_seconds();
         self.progress.finished(t0.elapsed().as_secs_f64());
+        let training = scope.logs();
         let meta = ModelMeta {
             train_seconds: seconds,
             rewind: rewind.as_ref().and(rewind_point),
+            training: training.clone(),
         };
         self.cache.put::<PipelineError>(kind, key, &meta, |dir| {
             crate::checkpoint::save(
@@ -866,7 +933,14 @@ impl StageRunner<'_> {
             }
             Ok(())
         })?;
-        Ok((model, mask, rewind, seconds, report(false, seconds)))
+        self.cache.drop_partial(kind, key);
+        Ok((
+            model,
+            mask,
+            rewind,
+            seconds,
+            report(false, seconds, training),
+        ))
     }
 
     /// The row stage `key`: its metrics and RTE from the cache, or computed and stored.
@@ -874,7 +948,7 @@ impl StageRunner<'_> {
         &self,
         key: &StageKey,
         label: &str,
-        compute: impl FnOnce() -> Result<(Metrics, Option<f64>), PipelineError>,
+        compute: impl FnOnce(&Trainer) -> Result<(Metrics, Option<f64>), PipelineError>,
     ) -> Result<(Metrics, Option<f64>, StageReport), PipelineError> {
         let kind = StageKind::Row;
         let cached = || -> Result<Option<CachedRow>, PipelineError> {
@@ -886,28 +960,36 @@ impl StageRunner<'_> {
                 }
             }
         };
-        let report = |cached, seconds| StageReport::new(kind, key, label, cached, seconds);
+        let report = |r: CachedRow, cached| {
+            let stage = StageReport::new(kind, key, label, cached, r.seconds);
+            (r.metrics, r.rte, stage.with_training(r.training))
+        };
         if let Some(r) = cached()? {
             self.progress.cached();
-            return Ok((r.metrics, r.rte, report(true, r.seconds)));
+            return Ok(report(r, true));
         }
         let _lock = self.cache.lock(kind, key)?;
         if let Some(r) = cached()? {
             self.progress.cached();
-            return Ok((r.metrics, r.rte, report(true, r.seconds)));
+            return Ok(report(r, true));
         }
         (self.notify)(&self.progress.starting(label));
         let t0 = Instant::now();
-        let (metrics, rte) = compute()?;
+        let (trainer, scope) = self.trainer.for_stage(self.cache.partial(kind, key));
+        let (metrics, rte) = compute(&trainer)?;
+        // Epochs restored from an interrupted run count as they did when they ran.
+        let restored = scope.restored_seconds();
         let row = CachedRow {
             metrics,
-            rte,
-            seconds: t0.elapsed().as_secs_f64(),
+            rte: rte.map(|r| r + restored),
+            seconds: t0.elapsed().as_secs_f64() + restored,
+            training: scope.logs(),
         };
         self.progress.finished(row.seconds);
         self.cache
             .put::<PipelineError>(kind, key, &row, |_| Ok(()))?;
-        Ok((row.metrics, row.rte, report(false, row.seconds)))
+        self.cache.drop_partial(kind, key);
+        Ok(report(row, false))
     }
 }
 
@@ -944,7 +1026,15 @@ pub fn claim_output_dir(out: &Path) -> Result<(), PipelineError> {
     };
     let marker = out.join(OUTPUT_MARKER);
     if out.exists() && !marker.exists() {
-        let mut entries = std::fs::read_dir(out).map_err(output)?;
+        // What a run killed while claiming the folder leaves behind does not make it foreign.
+        let own_temporary = |name: &str| {
+            name.starts_with(".write-probe-")
+                || (name.starts_with(&format!(".{OUTPUT_MARKER}.")) && name.ends_with(".tmp"))
+        };
+        let mut entries = std::fs::read_dir(out)
+            .map_err(output)?
+            .filter_map(|e| e.ok())
+            .filter(|e| !own_temporary(&e.file_name().to_string_lossy()));
         let legacy = out.join("state").join("fingerprint").is_file();
         if entries.next().is_some() && !legacy {
             return Err(PipelineError::ForeignOutput {

@@ -1,7 +1,8 @@
 //! Figures of a run, PNG and SVG: the paper's "unlearning vs sparsity" figure, one per forget
 //! scenario: UA, MIA-Efficacy, RA, TA and the Avg. Gap to retrain against sparsity, one line per
 //! method (and pruner, when there are several), mean over seeds with a ± std band when there are
-//! several seeds. The legend has a panel of its own, so it never covers data.
+//! several seeds. The legend has a panel of its own, so it never covers data. And the training
+//! curves of the dense and sparse models: loss and train/validation accuracy per epoch.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -160,28 +161,80 @@ pub fn write_all(results: &RunResults, dir: &Path) -> Result<Vec<PathBuf>, PlotE
             if seeds > 1 { ", mean ± std" } else { "" }
         );
         let stem = format!("unlearning-vs-sparsity-{}", i + 1);
-        let png = dir.join(format!("{stem}.png"));
-        write_atomic_with(&png, |tmp: &Path| -> std::io::Result<()> {
-            // The encoder picks the format by extension: draw to `<tmp>.png`, then move it to
-            // the temporary name that is renamed into place.
-            let drawn = tmp.with_extension("png");
-            let root = BitMapBackend::new(&drawn, SIZE).into_drawing_area();
-            draw(&root, &title, &panels).map_err(std::io::Error::other)?;
-            root.present().map_err(std::io::Error::other)?;
-            drop(root);
-            std::fs::rename(&drawn, tmp)
-        })
-        .map_err(|e| err(&png, e.to_string()))?;
-        let svg = dir.join(format!("{stem}.svg"));
-        write_atomic_with(&svg, |tmp: &Path| -> std::io::Result<()> {
-            let root = SVGBackend::new(tmp, SIZE).into_drawing_area();
-            draw(&root, &title, &panels).map_err(std::io::Error::other)?;
-            root.present().map_err(std::io::Error::other)
-        })
-        .map_err(|e| err(&svg, e.to_string()))?;
-        written.extend([png, svg]);
+        written.extend(write_figure(dir, &stem, SIZE, &Sparsity { title, panels })?);
+    }
+    let curves = training_curves(results);
+    if !curves.is_empty() {
+        let size = (1500, 110 + 380 * curves.len() as u32);
+        let title = format!("Training curves ({}, one line per seed)", results.dataset);
+        written.extend(write_figure(
+            dir,
+            "training-curves",
+            size,
+            &Curves { title, curves },
+        )?);
     }
     Ok(written)
+}
+
+/// A figure that can be drawn on any backend.
+trait Figure {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String>;
+}
+
+struct Sparsity {
+    title: String,
+    panels: Vec<Panel>,
+}
+
+impl Figure for Sparsity {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        draw(root, &self.title, &self.panels).map_err(|e| e.to_string())
+    }
+}
+
+struct Curves {
+    title: String,
+    curves: Vec<ModelCurves>,
+}
+
+impl Figure for Curves {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        draw_curves(root, &self.title, &self.curves).map_err(|e| e.to_string())
+    }
+}
+
+/// Draws one figure as `<dir>/<stem>.png` and `.svg`, each written atomically.
+fn write_figure(
+    dir: &Path,
+    stem: &str,
+    size: (u32, u32),
+    figure: &impl Figure,
+) -> Result<Vec<PathBuf>, PlotError> {
+    let err = |path: &Path, message: String| PlotError {
+        path: path.to_path_buf(),
+        message,
+    };
+    let png = dir.join(format!("{stem}.png"));
+    write_atomic_with(&png, |tmp: &Path| -> std::io::Result<()> {
+        // The encoder picks the format by extension: draw to `<tmp>.png`, then move it to the
+        // temporary name that is renamed into place.
+        let drawn = tmp.with_extension("png");
+        let root = BitMapBackend::new(&drawn, size).into_drawing_area();
+        figure.draw(&root).map_err(std::io::Error::other)?;
+        root.present().map_err(std::io::Error::other)?;
+        drop(root);
+        std::fs::rename(&drawn, tmp)
+    })
+    .map_err(|e| err(&png, e.to_string()))?;
+    let svg = dir.join(format!("{stem}.svg"));
+    write_atomic_with(&svg, |tmp: &Path| -> std::io::Result<()> {
+        let root = SVGBackend::new(tmp, size).into_drawing_area();
+        figure.draw(&root).map_err(std::io::Error::other)?;
+        root.present().map_err(std::io::Error::other)
+    })
+    .map_err(|e| err(&svg, e.to_string()))?;
+    Ok(vec![png, svg])
 }
 
 const SIZE: (u32, u32) = (1500, 900);
@@ -255,6 +308,146 @@ fn draw<DB: DrawingBackend>(
         let y = 65 + 26 * names.len() as i32 + 10;
         cell.draw(&Text::new(note, (20, y), ("sans-serif", 14)))?;
     }
+    Ok(())
+}
+
+/// The training of one model (the dense model, or one pruner's sparse model): per seed, its
+/// epochs in the order they ran (a stage with several loops, e.g. IMP's rounds, end to end).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelCurves {
+    pub name: String,
+    /// `(seed, epochs)`: per epoch `(x, loss, train accuracy, val accuracy)`.
+    pub seeds: Vec<(u64, Vec<(f64, f64, Option<f64>, Option<f64>)>)>,
+}
+
+/// The curves of every model stage that trained (cached stages included: their logs are kept).
+pub fn training_curves(results: &RunResults) -> Vec<ModelCurves> {
+    let mut out: Vec<ModelCurves> = Vec::new();
+    for st in &results.stages {
+        if !(st.kind == "dense" || st.kind == "sparse") || st.training.is_empty() {
+            continue;
+        }
+        let seed = st.seed.unwrap_or(0);
+        let suffix = format!(", seed {seed}");
+        let name = st
+            .label
+            .strip_suffix(&suffix)
+            .unwrap_or(&st.label)
+            .to_string();
+        let points = st
+            .training
+            .iter()
+            .flat_map(|run| &run.epochs)
+            .enumerate()
+            .map(|(i, e)| ((i + 1) as f64, e.loss, e.train_accuracy, e.val_accuracy))
+            .collect();
+        match out.iter_mut().find(|c| c.name == name) {
+            Some(c) => c.seeds.push((seed, points)),
+            None => out.push(ModelCurves {
+                name,
+                seeds: vec![(seed, points)],
+            }),
+        }
+    }
+    out
+}
+
+/// One row per model: loss (left) and accuracy (right) against epochs, a colour per seed;
+/// training accuracy solid, validation accuracy dashed.
+fn draw_curves<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    curves: &[ModelCurves],
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    root.fill(&WHITE)?;
+    let root = root.titled(title, ("sans-serif", 26))?;
+    let (body, legend) = root.split_horizontally(root.dim_in_pixel().0 as i32 - 260);
+    let rows = body.split_evenly((curves.len(), 2));
+    let mut seeds: Vec<u64> = curves
+        .iter()
+        .flat_map(|c| c.seeds.iter().map(|s| s.0))
+        .collect();
+    seeds.sort();
+    seeds.dedup();
+    let color = |seed: u64| {
+        let i = seeds.iter().position(|s| *s == seed).unwrap_or(0);
+        Palette99::pick(i).to_rgba()
+    };
+    for (i, c) in curves.iter().enumerate() {
+        let x_max = c.seeds.iter().map(|s| s.1.len()).max().unwrap_or(1).max(1) as f64;
+        let loss_max = c
+            .seeds
+            .iter()
+            .flat_map(|s| s.1.iter().map(|p| p.1))
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max)
+            .max(1e-3);
+        let mut loss = ChartBuilder::on(&rows[2 * i])
+            .caption(format!("{}: training loss", c.name), ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..x_max * 1.02, 0.0..loss_max * 1.05)?;
+        loss.configure_mesh()
+            .x_desc("epoch")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_desc("mean loss")
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 15))
+            .draw()?;
+        let mut acc = ChartBuilder::on(&rows[2 * i + 1])
+            .caption(format!("{}: accuracy", c.name), ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..x_max * 1.02, 0.0..102.0)?;
+        acc.configure_mesh()
+            .x_desc("epoch")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_desc("accuracy (%)")
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 15))
+            .draw()?;
+        for (seed, points) in &c.seeds {
+            let col = color(*seed);
+            let line = points.iter().map(|p| (p.0, p.1));
+            loss.draw_series(LineSeries::new(line, col.stroke_width(2)))?;
+            let train: Vec<(f64, f64)> = points.iter().filter_map(|p| Some((p.0, p.2?))).collect();
+            acc.draw_series(LineSeries::new(train, col.stroke_width(2)))?;
+            let val: Vec<(f64, f64)> = points.iter().filter_map(|p| Some((p.0, p.3?))).collect();
+            acc.draw_series(DashedLineSeries::new(val, 6, 4, col.stroke_width(2)))?;
+        }
+    }
+    legend.draw(&Text::new("Seeds", (10, 30), ("sans-serif", 20)))?;
+    for (i, seed) in seeds.iter().enumerate() {
+        let y = 65 + 26 * i as i32;
+        let c = color(*seed);
+        legend.draw(&PathElement::new(vec![(10, y), (50, y)], c.stroke_width(3)))?;
+        legend.draw(&Text::new(
+            format!("seed {seed}"),
+            (60, y - 8),
+            ("sans-serif", 17),
+        ))?;
+    }
+    let y = 65 + 26 * seeds.len() as i32 + 20;
+    let black = BLACK.to_rgba();
+    legend.draw(&PathElement::new(
+        vec![(10, y), (50, y)],
+        black.stroke_width(2),
+    ))?;
+    legend.draw(&Text::new(
+        "train (batches)",
+        (60, y - 8),
+        ("sans-serif", 15),
+    ))?;
+    let y = y + 26;
+    legend.draw(&plotters::element::DashedPathElement::new(
+        vec![(10, y), (50, y)],
+        6,
+        4,
+        black.stroke_width(2),
+    ))?;
+    legend.draw(&Text::new("validation", (60, y - 8), ("sans-serif", 15)))?;
     Ok(())
 }
 

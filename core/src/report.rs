@@ -251,6 +251,38 @@ pub fn csv(results: &RunResults) -> String {
     out
 }
 
+/// `training.csv`: one line per epoch of every training loop of every stage (cached stages
+/// included): which seed, stage and loop, then lr, mean loss, train and validation accuracy (%,
+/// empty when not measured) and seconds.
+pub fn training_csv(results: &RunResults) -> String {
+    let field = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+    let mut out = String::from(
+        "seed,stage_kind,stage,run,epoch,lr,loss,train_accuracy,val_accuracy,seconds\n",
+    );
+    for st in &results.stages {
+        for run in &st.training {
+            for e in &run.epochs {
+                let _ = writeln!(
+                    out,
+                    "{},{},{},{},{},{},{},{},{},{}",
+                    st.seed.map(|s| s.to_string()).unwrap_or_default(),
+                    st.kind,
+                    field(&st.label),
+                    field(&run.run),
+                    e.epoch,
+                    e.lr,
+                    e.loss,
+                    opt(e.train_accuracy),
+                    opt(e.val_accuracy),
+                    e.seconds
+                );
+            }
+        }
+    }
+    out
+}
+
 /// The full report: models, the headline table, MIA per feature, forget sets.
 pub fn markdown(results: &RunResults) -> String {
     let mut out = String::new();

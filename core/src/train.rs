@@ -3,18 +3,19 @@
 //! the SGD optimizer and lr schedule, mask enforcement, the rewind snapshot, divergence checks,
 //! timing, progress and cancellation.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::{index_tensor, Augment, Dataset};
 use crate::device::synchronize;
 use crate::mask::Mask;
 use crate::model::{Model, Snapshot};
+use crate::optim::Sgd;
 use crate::rng::permutation;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,12 @@ pub enum TrainError {
     Schedule { label: String, message: String },
     #[error("{label}: cancelled")]
     Cancelled { label: String },
+    #[error("{label}: cannot save the training state to {}: {message}", path.display())]
+    Checkpoint {
+        label: String,
+        path: std::path::PathBuf,
+        message: String,
+    },
     /// Reported by the other side of the plugin boundary (its message, verbatim).
     #[error("{0}")]
     Remote(String),
@@ -170,6 +177,26 @@ pub struct Batch {
     pub y: Tensor,
     pub epoch: usize,
     pub epochs: usize,
+    /// The logits an objective computed for `y`, when it reports them (for the epoch log's
+    /// training accuracy); see [`Batch::record_logits`].
+    pub logits: std::cell::RefCell<Option<Tensor>>,
+}
+
+impl Batch {
+    pub fn new(x: Tensor, y: Tensor, epoch: usize, epochs: usize) -> Batch {
+        Batch {
+            x,
+            y,
+            epoch,
+            epochs,
+            logits: Default::default(),
+        }
+    }
+
+    /// Lets the loop log the running training accuracy from these logits (one row per label).
+    pub fn record_logits(&self, logits: &Tensor) {
+        *self.logits.borrow_mut() = Some(logits.detach());
+    }
 }
 
 /// What an iterative method minimises. `loss` returns a scalar; core does backward and the step.
@@ -186,7 +213,9 @@ pub struct CrossEntropy;
 
 impl Objective for CrossEntropy {
     fn loss(&mut self, model: &Model, batch: &Batch) -> Result<Tensor, tch::TchError> {
-        cross_entropy(&model.forward_t(&batch.x, true), &batch.y)
+        let logits = model.forward_t(&batch.x, true);
+        batch.record_logits(&logits);
+        cross_entropy(&logits, &batch.y)
     }
 }
 
@@ -215,6 +244,8 @@ pub struct Run<'a> {
     /// the best epoch (the first of equals): the reference code's best-validation checkpoint.
     /// Only core's own loop does this (plugin ABI v1 does not carry it).
     pub keep_best: Option<&'a Dataset>,
+    /// Log the accuracy on this set after every epoch (`keep_best`'s set when that is given).
+    pub validate: Option<&'a Dataset>,
     /// Seeds the batch order.
     pub seed: u64,
 }
@@ -236,14 +267,24 @@ impl<'a> Run<'a> {
             mask,
             rewind_epoch: None,
             keep_best: None,
+            validate: None,
             seed,
+        }
+    }
+
+    /// This run, logging the accuracy on `val` after every epoch.
+    pub fn validating(self, val: &'a Dataset) -> Run<'a> {
+        Run {
+            validate: Some(val),
+            ..self
         }
     }
 }
 
 #[derive(Debug)]
 pub struct TrainReport {
-    /// Wall-clock seconds of the loop, device synchronised.
+    /// Wall-clock seconds of this call, device synchronised (a resumed run: since it resumed;
+    /// its [`StageScope`] knows what the epochs before took).
     pub seconds: f64,
     pub rewind: Option<Snapshot>,
     /// The best epoch on [`Run::keep_best`]'s set, when asked.
@@ -251,6 +292,34 @@ pub struct TrainReport {
     /// Mean loss of the last epoch.
     pub last_loss: f64,
     pub steps: usize,
+    /// One entry per epoch.
+    pub log: Vec<EpochLog>,
+}
+
+/// One epoch of a training run, as logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochLog {
+    /// 1 for the first epoch.
+    pub epoch: usize,
+    pub lr: f64,
+    /// Mean loss over the epoch's batches.
+    pub loss: f64,
+    /// Accuracy (percent) on the epoch's training batches as they were trained on (train mode,
+    /// weights changing), when the objective reports its logits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_accuracy: Option<f64>,
+    /// Accuracy (percent) on the run's validation set after the epoch, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_accuracy: Option<f64>,
+    /// Wall-clock seconds of the epoch.
+    pub seconds: f64,
+}
+
+/// The epoch log of one loop run, named by its run label.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunLog {
+    pub run: String,
+    pub epochs: Vec<EpochLog>,
 }
 
 /// Dense weights a pruner asks dense training to keep for it (`PruneCtx::rewind`).
@@ -335,6 +404,44 @@ pub struct Trainer {
     pub progress: bool,
     pub cancel: Arc<AtomicBool>,
     backend: Option<Arc<dyn LoopBackend>>,
+    stage: Option<Arc<StageScope>>,
+}
+
+/// What the loops of one pipeline stage share: a folder for their mid-training checkpoints and
+/// the epoch logs of the runs so far.
+///
+/// The k-th run of the stage (counted from 0 in call order) saves its whole state to
+/// `run-k.safetensors` at the end of every epoch, atomically: weights and buffers, the momentum
+/// buffers, the epoch reached, the rewind and best-epoch weights kept so far, and its log. Batch
+/// order and augmentation are drawn per epoch from the run's seed, and the lr from the
+/// schedule, so a run that finds its own state (checked by a fingerprint of the run) continues
+/// from it and ends with the same bits as an uninterrupted run; a killed stage loses at most one
+/// epoch. A method's objective must draw any state it keeps from `Objective::start_epoch` (as
+/// core's do) for this to hold.
+#[derive(Debug)]
+pub struct StageScope {
+    dir: std::path::PathBuf,
+    next: std::sync::atomic::AtomicUsize,
+    logs: std::sync::Mutex<Vec<RunLog>>,
+    /// Seconds of the epochs resumed runs took before they were interrupted.
+    restored: std::sync::Mutex<f64>,
+}
+
+impl StageScope {
+    /// The logs of the runs finished so far, in call order.
+    pub fn logs(&self) -> Vec<RunLog> {
+        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Seconds the epochs restored from checkpoints took when they ran (add them to a time
+    /// measured around the stage to get what the stage cost in all).
+    pub fn restored_seconds(&self) -> f64 {
+        self.restored.lock().map(|s| *s).unwrap_or(0.0)
+    }
 }
 
 impl Trainer {
@@ -344,6 +451,7 @@ impl Trainer {
             progress,
             cancel: Arc::new(AtomicBool::new(false)),
             backend: None,
+            stage: None,
         }
     }
 
@@ -353,6 +461,22 @@ impl Trainer {
             backend: Some(backend),
             ..Trainer::new(device, progress)
         }
+    }
+
+    /// This trainer for one stage: its loops checkpoint every epoch under `dir` (and resume from
+    /// what they find there) and log their epochs to the returned scope.
+    pub fn for_stage(&self, dir: std::path::PathBuf) -> (Trainer, Arc<StageScope>) {
+        let scope = Arc::new(StageScope {
+            dir,
+            next: Default::default(),
+            logs: Default::default(),
+            restored: Default::default(),
+        });
+        let trainer = Trainer {
+            stage: Some(scope.clone()),
+            ..self.clone()
+        };
+        (trainer, scope)
     }
 
     pub fn run(
@@ -382,31 +506,66 @@ impl Trainer {
         synchronize(self.device);
         let start = Instant::now();
         let s = run.schedule;
-        let mut opt = nn::Sgd {
-            momentum: s.momentum,
-            dampening: 0.0,
-            wd: s.weight_decay,
-            nesterov: false,
-        }
-        .build(model.var_store(), s.lr)
-        .map_err(torch)?;
+        let mut opt = Sgd::new(model, s.lr, s.momentum, s.weight_decay);
         if let Some(m) = run.mask {
             m.apply(model);
         }
-        let mut rewind = (run.rewind_epoch == Some(0)).then(|| model.snapshot());
-        let mut best = None;
+        let mut state = TrainState {
+            epochs_done: 0,
+            steps: 0,
+            last_loss: f64::NAN,
+            log: Vec::new(),
+            rewind: (run.rewind_epoch == Some(0)).then(|| model.snapshot()),
+            best: None,
+        };
+        let saved = self.stage.as_ref().map(|scope| {
+            let k = scope.next.fetch_add(1, Ordering::SeqCst);
+            let path = scope.dir.join(format!("run-{k}.safetensors"));
+            (path, fingerprint(&run, model))
+        });
+        if let Some((path, fp)) = &saved {
+            match TrainState::load(path, fp, model, &mut opt) {
+                Ok(Some(resumed)) => {
+                    if self.progress && resumed.epochs_done < s.epochs {
+                        eprintln!(
+                            "[unlearn] {label}: resuming after epoch {} of {}",
+                            resumed.epochs_done, s.epochs
+                        );
+                    }
+                    state = resumed;
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    if self.progress {
+                        eprintln!(
+                            "[unlearn] {label}: the saved training state {} is unusable ({why}): starting over",
+                            path.display()
+                        );
+                    }
+                }
+            }
+        }
+        let earlier_seconds: f64 = state.log.iter().map(|e| e.seconds).sum();
+        if let Some(scope) = &self.stage {
+            if let Ok(mut r) = scope.restored.lock() {
+                *r += earlier_seconds;
+            }
+        }
+        let val = run.keep_best.or(run.validate);
         let steps_per_epoch = n.div_ceil(s.batch_size);
         let bar = progress_bar(self.progress, (s.epochs * steps_per_epoch) as u64, &label);
-        let mut last_loss = f64::NAN;
-        let mut steps = 0;
-        for epoch in 0..s.epochs {
-            opt.set_lr(s.lr_at(epoch, run.schedule_offset));
+        bar.inc((state.epochs_done * steps_per_epoch) as u64);
+        for epoch in state.epochs_done..s.epochs {
+            let epoch_start = Instant::now();
+            opt.lr = s.lr_at(epoch, run.schedule_offset);
             objective.start_epoch(epoch, s.epochs);
             let order = index_tensor(
                 &permutation(n, run.seed.wrapping_add(epoch as u64), "batches"),
                 self.device,
             );
             let mut loss_sum = Tensor::zeros([], (Kind::Double, self.device));
+            let mut correct = Tensor::zeros([], (Kind::Int64, self.device));
+            let mut scored = 0i64;
             let mut augment_rng = crate::rng::rng(run.seed.wrapping_add(epoch as u64), "augment");
             for chunk in 0..steps_per_epoch {
                 if self.cancel.load(Ordering::Relaxed) {
@@ -419,30 +578,39 @@ impl Trainer {
                     .stream
                     .data
                     .batch_images(&run.stream.rows.index_select(0, &pick));
-                let batch = Batch {
-                    x: run.stream.augment.apply(&x, &mut augment_rng),
-                    y: run.stream.labels.index_select(0, &pick),
+                let batch = Batch::new(
+                    run.stream.augment.apply(&x, &mut augment_rng),
+                    run.stream.labels.index_select(0, &pick),
                     epoch,
-                    epochs: s.epochs,
-                };
+                    s.epochs,
+                );
                 let loss = objective.loss(model, &batch).map_err(torch)?;
-                opt.zero_grad();
+                opt.zero_grad().map_err(torch)?;
                 loss.f_backward().map_err(torch)?;
                 if let Some(m) = run.mask {
                     m.apply_to_grads(model);
                 }
                 objective.before_step(model);
-                opt.step();
+                opt.step().map_err(torch)?;
                 if let Some(m) = run.mask {
                     m.apply(model);
                 }
                 loss_sum += loss.detach().to_kind(Kind::Double);
-                steps += 1;
+                if let Some(logits) = batch.logits.borrow().as_ref() {
+                    if logits.size().first() == Some(&len) {
+                        correct += logits
+                            .argmax(-1, false)
+                            .eq_tensor(&batch.y)
+                            .sum(Kind::Int64);
+                        scored += len;
+                    }
+                }
+                state.steps += 1;
                 bar.inc(1);
             }
             // One host sync per epoch: the divergence check.
-            last_loss = loss_sum.double_value(&[]) / steps_per_epoch as f64;
-            if !last_loss.is_finite() || !model.all_finite() {
+            state.last_loss = loss_sum.double_value(&[]) / steps_per_epoch as f64;
+            if !state.last_loss.is_finite() || !model.all_finite() {
                 bar.abandon();
                 return Err(TrainError::NonFinite {
                     label,
@@ -450,30 +618,217 @@ impl Trainer {
                     epochs: s.epochs,
                 });
             }
-            bar.set_message(format!("loss {last_loss:.4}"));
+            bar.set_message(format!("loss {:.4}", state.last_loss));
             if run.rewind_epoch == Some(epoch + 1) {
-                rewind = Some(model.snapshot());
+                state.rewind = Some(model.snapshot());
             }
-            if let Some(val) = run.keep_best {
-                let acc = accuracy(model, val);
-                if best.as_ref().is_none_or(|b: &BestEpoch| acc > b.accuracy) {
-                    best = Some(BestEpoch {
+            let val_accuracy = val.map(|v| accuracy(model, v));
+            if let (Some(acc), Some(_)) = (val_accuracy, run.keep_best) {
+                if state.best.as_ref().is_none_or(|b| acc > b.accuracy) {
+                    state.best = Some(BestEpoch {
                         epoch: epoch + 1,
                         accuracy: acc,
                         snapshot: model.snapshot(),
                     });
                 }
             }
+            synchronize(self.device);
+            state.log.push(EpochLog {
+                epoch: epoch + 1,
+                lr: opt.lr,
+                loss: state.last_loss,
+                train_accuracy: (scored > 0)
+                    .then(|| 100.0 * correct.int64_value(&[]) as f64 / scored as f64),
+                val_accuracy,
+                seconds: epoch_start.elapsed().as_secs_f64(),
+            });
+            state.epochs_done = epoch + 1;
+            if let Some((path, fp)) = &saved {
+                state
+                    .save(path, fp, model, &opt)
+                    .map_err(|e| TrainError::Checkpoint {
+                        label: label.clone(),
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
+            }
         }
         synchronize(self.device);
         bar.finish_and_clear();
+        if let Some(scope) = &self.stage {
+            if let Ok(mut logs) = scope.logs.lock() {
+                logs.push(RunLog {
+                    run: label.clone(),
+                    epochs: state.log.clone(),
+                });
+            }
+        }
         Ok(TrainReport {
             seconds: start.elapsed().as_secs_f64(),
+            rewind: state.rewind,
+            best: state.best,
+            last_loss: state.last_loss,
+            steps: state.steps,
+            log: state.log,
+        })
+    }
+}
+
+/// What identifies a run for resuming it: everything that decides its result, short of the
+/// weights it starts from (which its state replaces).
+fn fingerprint(run: &Run<'_>, model: &Model) -> String {
+    let sum = |t: &Tensor| t.sum(Kind::Int64).int64_value(&[]);
+    let shapes: BTreeMap<String, Vec<i64>> = model
+        .var_store()
+        .variables()
+        .into_iter()
+        .map(|(k, t)| (k, t.size()))
+        .collect();
+    serde_json::json!({
+        "label": run.label,
+        "schedule": run.schedule,
+        "schedule_offset": run.schedule_offset,
+        "seed": run.seed,
+        "rows": [run.stream.len(), sum(&run.stream.rows), sum(&run.stream.labels)],
+        "augment": run.stream.augment,
+        "mask": run.mask.map(|m| [m.zeros(), m.total()]),
+        "rewind_epoch": run.rewind_epoch,
+        "keep_best": run.keep_best.map(|d| d.len()),
+        "validate": run.validate.map(|d| d.len()),
+        "variables": shapes,
+    })
+    .to_string()
+}
+
+/// A run's state at the end of an epoch (see [`StageScope`]).
+struct TrainState {
+    epochs_done: usize,
+    steps: usize,
+    last_loss: f64,
+    log: Vec<EpochLog>,
+    rewind: Option<Snapshot>,
+    best: Option<BestEpoch>,
+}
+
+/// The header of a saved [`TrainState`] (its tensors are named `model/..`, `momentum/..`,
+/// `rewind/..`, `best/..`).
+#[derive(Serialize, Deserialize)]
+struct StateHeader {
+    fingerprint: String,
+    epochs_done: usize,
+    steps: usize,
+    last_loss: Option<f64>,
+    log: Vec<EpochLog>,
+    rewind: bool,
+    best: Option<(usize, f64)>,
+}
+
+const STATE_KEY: &str = "unlearn-train-state";
+
+impl TrainState {
+    fn save(
+        &self,
+        path: &std::path::Path,
+        fingerprint: &str,
+        model: &Model,
+        opt: &Sgd,
+    ) -> Result<(), String> {
+        let mut tensors = BTreeMap::new();
+        let mut put = |prefix: &str, map: BTreeMap<String, Tensor>| {
+            for (k, t) in map {
+                tensors.insert(format!("{prefix}/{k}"), t);
+            }
+        };
+        put("model", model.snapshot().0);
+        put("momentum", opt.state());
+        if let Some(r) = &self.rewind {
+            put(
+                "rewind",
+                r.0.iter()
+                    .map(|(k, t)| (k.clone(), t.shallow_clone()))
+                    .collect(),
+            );
+        }
+        if let Some(b) = &self.best {
+            let snap = &b.snapshot.0;
+            put(
+                "best",
+                snap.iter()
+                    .map(|(k, t)| (k.clone(), t.shallow_clone()))
+                    .collect(),
+            );
+        }
+        let header = StateHeader {
+            fingerprint: fingerprint.to_string(),
+            epochs_done: self.epochs_done,
+            steps: self.steps,
+            last_loss: self.last_loss.is_finite().then_some(self.last_loss),
+            log: self.log.clone(),
+            rewind: self.rewind.is_some(),
+            best: self.best.as_ref().map(|b| (b.epoch, b.accuracy)),
+        };
+        let json = serde_json::to_string(&header).map_err(|e| e.to_string())?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        }
+        crate::checkpoint::write_tensors(path, &tensors, HashMap::from([(STATE_KEY.into(), json)]))
+            .map_err(|e| e.to_string())
+    }
+
+    /// The state saved at `path` for the run `fingerprint` names, loaded into `model` and `opt`;
+    /// None when there is none or it belongs to another run, an error when it cannot be used
+    /// (either way the run starts over and overwrites it).
+    fn load(
+        path: &std::path::Path,
+        fingerprint: &str,
+        model: &mut Model,
+        opt: &mut Sgd,
+    ) -> Result<Option<TrainState>, String> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let (tensors, header) =
+            crate::checkpoint::read_tensors(path, model.device()).map_err(|e| e.to_string())?;
+        let h: StateHeader = header
+            .get(STATE_KEY)
+            .and_then(|j| serde_json::from_str(j).ok())
+            .ok_or("no training-state header")?;
+        if h.fingerprint != fingerprint {
+            return Ok(None);
+        }
+        let mut parts: BTreeMap<String, BTreeMap<String, Tensor>> = BTreeMap::new();
+        for (k, t) in tensors {
+            let (prefix, name) = k.split_once('/').ok_or(format!("tensor `{k}`"))?;
+            parts
+                .entry(prefix.to_string())
+                .or_default()
+                .insert(name.to_string(), t);
+        }
+        let mut take = |p: &str| parts.remove(p).unwrap_or_default();
+        let weights = Snapshot(take("model"));
+        let momentum = take("momentum");
+        let rewind = h.rewind.then(|| Snapshot(take("rewind")));
+        let best = h.best.map(|(epoch, accuracy)| BestEpoch {
+            epoch,
+            accuracy,
+            snapshot: Snapshot(take("best")),
+        });
+        // Check everything before changing anything.
+        let mut probe = model.try_clone().map_err(|e| e.to_string())?;
+        probe.load_snapshot(&weights).map_err(|e| e.to_string())?;
+        for s in rewind.iter().chain(best.as_ref().map(|b| &b.snapshot)) {
+            probe.load_snapshot(s).map_err(|e| e.to_string())?;
+        }
+        opt.load_state(momentum)?;
+        model.load_snapshot(&weights).map_err(|e| e.to_string())?;
+        Ok(Some(TrainState {
+            epochs_done: h.epochs_done,
+            steps: h.steps,
+            last_loss: h.last_loss.unwrap_or(f64::NAN),
+            log: h.log,
             rewind,
             best,
-            last_loss,
-            steps,
-        })
+        }))
     }
 }
 
@@ -572,6 +927,7 @@ mod tests {
                         mask: None,
                         rewind_epoch: Some(1),
                         keep_best: None,
+                        validate: None,
                         seed: 0,
                     },
                     &mut CrossEntropy,
@@ -619,6 +975,7 @@ mod tests {
                     mask: Some(&mask),
                     rewind_epoch: None,
                     keep_best: None,
+                    validate: None,
                     seed: 0,
                 },
                 &mut CrossEntropy,
@@ -632,6 +989,155 @@ mod tests {
             .sum(Kind::Int64)
             .int64_value(&[]);
         assert!(moved > 0);
+    }
+
+    /// Cross-entropy that raises the trainer's cancel flag in the middle of one epoch: a run
+    /// killed there.
+    struct StopsAt {
+        epoch: usize,
+        batches: usize,
+        cancel: Arc<AtomicBool>,
+    }
+
+    impl Objective for StopsAt {
+        fn loss(&mut self, model: &Model, batch: &Batch) -> Result<Tensor, tch::TchError> {
+            if batch.epoch == self.epoch {
+                if self.batches == 0 {
+                    self.cancel.store(true, Ordering::SeqCst);
+                }
+                self.batches = self.batches.saturating_sub(1);
+            }
+            CrossEntropy.loss(model, batch)
+        }
+    }
+
+    /// A run stopped mid-epoch and started again on the same stage folder ends with the bits
+    /// of an uninterrupted run: weights, BatchNorm buffers, the rewind and best-epoch weights,
+    /// the step count and the epoch log (but for its timings).
+    #[test]
+    fn an_interrupted_run_resumes_to_the_same_bits() {
+        let (d, m0) = setup();
+        let rows: Vec<usize> = (0..d.len()).collect();
+        let stream = Stream::new(&d, &rows).with_labels(d.labels.shallow_clone());
+        let s = Schedule {
+            epochs: 5,
+            lr: 0.05,
+            batch_size: 16,
+            milestones: vec![3],
+            ..Default::default()
+        };
+        let run = || {
+            Run::new("t".into(), &s, &stream, None, 4)
+                .keeping(Some(RewindPoint::BestValidation), &d)
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let base = Trainer::new(Device::Cpu, false);
+
+        let mut straight = m0.try_clone().unwrap();
+        let (t, _) = base.for_stage(tmp.path().join("straight"));
+        let want = t.run(&mut straight, run(), &mut CrossEntropy).unwrap();
+
+        let mut resumed = m0.try_clone().unwrap();
+        let dir = tmp.path().join("killed");
+        let (t, _) = Trainer::new(Device::Cpu, false).for_stage(dir.clone());
+        let mut stop = StopsAt {
+            epoch: 2,
+            batches: 3,
+            cancel: t.cancel.clone(),
+        };
+        let e = t.run(&mut resumed, run(), &mut stop).unwrap_err();
+        assert!(matches!(e, TrainError::Cancelled { .. }), "{e}");
+        // Garbage in the weights it would start from: the state replaces them.
+        {
+            let _g = tch::no_grad_guard();
+            let _ = resumed.parameters()["conv1.weight"]
+                .shallow_clone()
+                .fill_(7.0);
+        }
+        let (t, scope) = base.for_stage(dir);
+        let got = t.run(&mut resumed, run(), &mut CrossEntropy).unwrap();
+        // Two epochs came from the checkpoint; their time is counted, not lost.
+        assert!(scope.restored_seconds() > 0.0);
+        for (k, v) in straight.var_store().variables() {
+            assert!(v.equal(&resumed.var_store().variables()[&k]), "{k}");
+        }
+        let (wb, gb) = (want.best.unwrap(), got.best.unwrap());
+        assert_eq!((wb.epoch, wb.accuracy), (gb.epoch, gb.accuracy));
+        for (k, v) in &wb.snapshot.0 {
+            assert!(v.equal(&gb.snapshot.0[k]), "best {k}");
+        }
+        assert_eq!(want.steps, got.steps);
+        assert_eq!(want.last_loss.to_bits(), got.last_loss.to_bits());
+        let strip = |log: &[EpochLog]| -> Vec<EpochLog> {
+            log.iter()
+                .map(|e| EpochLog {
+                    seconds: 0.0,
+                    ..e.clone()
+                })
+                .collect()
+        };
+        assert_eq!(strip(&want.log), strip(&got.log));
+        assert_eq!(got.log.len(), 5);
+        assert!(got
+            .log
+            .iter()
+            .all(|e| e.train_accuracy.is_some() && e.val_accuracy.is_some()));
+        assert_eq!(scope.logs().len(), 1);
+
+        // A state saved by another run (another seed) is not taken for this one's.
+        let mut other = m0.try_clone().unwrap();
+        let (t, _) = base.for_stage(tmp.path().join("straight"));
+        let r = Run::new("t".into(), &s, &stream, None, 5);
+        let fresh = t.run(&mut other, r, &mut CrossEntropy).unwrap();
+        assert_eq!(fresh.steps, want.steps);
+        assert!(!other.parameters()["conv1.weight"].equal(&straight.parameters()["conv1.weight"]));
+    }
+
+    /// The epoch log: lr per the schedule, a finite mean loss, and the training accuracy that
+    /// the batches' logits give (checked against the count kept here).
+    #[test]
+    fn the_epoch_log_follows_the_schedule() {
+        let (d, mut m) = setup();
+        let rows: Vec<usize> = (0..d.len()).collect();
+        let stream = Stream::new(&d, &rows);
+        let s = Schedule {
+            epochs: 4,
+            lr: 0.1,
+            batch_size: 32,
+            milestones: vec![2],
+            gamma: 0.5,
+            ..Default::default()
+        };
+        struct Counting(i64, i64);
+        impl Objective for Counting {
+            fn loss(&mut self, model: &Model, batch: &Batch) -> Result<Tensor, tch::TchError> {
+                let logits = model.forward_t(&batch.x, true);
+                batch.record_logits(&logits);
+                if batch.epoch == 3 {
+                    let right = logits.argmax(-1, false).eq_tensor(&batch.y);
+                    self.0 += right.sum(Kind::Int64).int64_value(&[]);
+                    self.1 += batch.y.size()[0];
+                }
+                cross_entropy(&logits, &batch.y)
+            }
+        }
+        let mut obj = Counting(0, 0);
+        let r = Trainer::new(Device::Cpu, false)
+            .run(&mut m, Run::new("t".into(), &s, &stream, None, 0), &mut obj)
+            .unwrap();
+        let lrs: Vec<f64> = r.log.iter().map(|e| e.lr).collect();
+        assert_eq!(lrs, [0.1, 0.1, 0.05, 0.05]);
+        assert_eq!(
+            r.log.iter().map(|e| e.epoch).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        assert!(r
+            .log
+            .iter()
+            .all(|e| e.loss.is_finite() && e.val_accuracy.is_none()));
+        assert_eq!(r.log[3].loss.to_bits(), r.last_loss.to_bits());
+        let want = 100.0 * obj.0 as f64 / obj.1 as f64;
+        assert!((r.log[3].train_accuracy.unwrap() - want).abs() < 1e-9);
     }
 
     struct Exploding;
@@ -668,6 +1174,7 @@ mod tests {
                     mask: None,
                     rewind_epoch: None,
                     keep_best: None,
+                    validate: None,
                     seed: 0,
                 },
                 &mut Exploding,

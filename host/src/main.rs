@@ -486,22 +486,45 @@ fn load_plan(registry: &Registry, path: &Path, arch: Option<Arch>) -> Result<Pla
     })
 }
 
-/// `run --dry-run`: one line per stage, cached (with the seconds it took) or to run.
+/// `run --dry-run`: one line per stage, cached (with the seconds it took) or to run (with an
+/// estimate from the same stage of another seed, and whether an interrupted run of it resumes).
 fn print_plan(plan: &Plan, cache: &Path) -> Result<()> {
     let stages = pipeline::dry_run(plan, cache).map_err(bad)?;
-    let cached = stages.iter().filter(|s| s.cached).count();
-    for s in &stages {
+    let cached = stages.iter().filter(|p| p.stage.cached).count();
+    let (mut estimated, mut unknown) = (0.0, 0);
+    for p in &stages {
+        let s = &p.stage;
         let state = if s.cached {
             format!("cached ({:.1} s when computed)", s.seconds)
         } else {
-            "to run".to_string()
+            let mut t = "to run".to_string();
+            match p.estimate {
+                Some(e) => {
+                    estimated += e;
+                    t += &format!(", about {e:.0} s (as other seeds)");
+                }
+                None => unknown += 1,
+            }
+            if p.saved_loops > 0 {
+                t += &format!(", resumes ({} training state(s) saved)", p.saved_loops);
+            }
+            t
         };
         println!("{:<6} {}  {:<40} {state}", s.kind, &s.key[..12], s.label);
     }
+    let to_run = stages.len() - cached;
+    let cost = if to_run == 0 {
+        String::new()
+    } else if unknown == 0 {
+        format!("; about {estimated:.0} s to compute")
+    } else if estimated > 0.0 {
+        format!("; about {estimated:.0} s for those with an estimate, {unknown} without")
+    } else {
+        "; no estimate yet (the cache holds no run of these stages)".into()
+    };
     println!(
-        "{} stages: {cached} cached, {} to run (cache {})",
+        "{} stages: {cached} cached, {to_run} to run{cost} (cache {})",
         stages.len(),
-        stages.len() - cached,
         cache.display()
     );
     Ok(())

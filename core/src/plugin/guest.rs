@@ -428,6 +428,8 @@ impl LoopBackend for HostLoop {
             best: None,
             last_loss: report.last_loss.unwrap_or(f64::NAN),
             steps: report.steps,
+            // ABI v1 does not carry the epoch log; the host's loop logs the run itself.
+            log: Vec::new(),
         })
     }
 }
@@ -461,12 +463,12 @@ unsafe extern "C" fn objective_loss(
 ) -> Status {
     guard(err, || {
         let s = objective_state(state);
-        let batch = Batch {
-            x: borrow_tensor(x, "batch inputs")?,
-            y: borrow_tensor(y, "batch labels")?,
-            epoch: epoch as usize,
-            epochs: epochs as usize,
-        };
+        let batch = Batch::new(
+            borrow_tensor(x, "batch inputs")?,
+            borrow_tensor(y, "batch labels")?,
+            epoch as usize,
+            epochs as usize,
+        );
         let loss = s
             .objective
             .loss(&*s.model, &batch)

@@ -618,6 +618,7 @@ unsafe extern "C" fn run_loop(
             mask: mask.as_ref(),
             rewind_epoch: meta.rewind_epoch,
             keep_best: None,
+            validate: None,
             seed: meta.seed,
         };
         let mut objective = ForeignObjective {
