@@ -799,12 +799,27 @@ mia_features = ["confidence"]
             assert!(status.success(), "{}", failed(status));
             break;
         }
-        // A kill with a training state on disk: the next run resumes from it.
+        // A kill with a training state on disk: the next run resumes from it, as the plan says.
         if written(&out)
             .iter()
             .any(|(p, _)| p.to_string_lossy().contains("/partial/"))
         {
             resumed_runs += 1;
+            if resumed_runs == 1 {
+                let o = unlearn(&[
+                    "run",
+                    cfg.to_str().unwrap(),
+                    "--out",
+                    out.to_str().unwrap(),
+                    "--dry-run",
+                ]);
+                assert!(o.status.success(), "{}", stderr(&o));
+                assert!(
+                    stdout(&o).contains("training state(s) saved)"),
+                    "{}",
+                    stdout(&o)
+                );
+            }
         }
     }
     assert!(kills >= 5, "only {kills} kills before the study finished");

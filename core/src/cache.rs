@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::io::write_atomic;
 
 /// What a cache entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StageKind {
     /// A trained (or imported) dense model, with the weights a pruner rewinds to.
     Dense,

@@ -344,7 +344,7 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
         "{} stages: {} from the cache, {} computed",
         progress.total,
         progress.cached.get(),
-        progress.computed.get()
+        progress.total - progress.cached.get()
     ));
     let results = RunResults {
         unlearn_version: env!("CARGO_PKG_VERSION").into(),
@@ -773,57 +773,93 @@ struct StageRunner<'a> {
 }
 
 /// Where the whole run stands: stages done of all, how many came from the cache, and the pace
-/// of those computed so far (for an estimate of the time left).
+/// of those computed so far per kind of stage (dense, sparse, row), for an estimate of the time
+/// left: the stages of each kind still to come at that kind's pace (the overall pace for a kind
+/// not computed yet).
 struct Progress {
     total: usize,
     done: std::cell::Cell<usize>,
     cached: std::cell::Cell<usize>,
-    computed: std::cell::Cell<usize>,
-    seconds: std::cell::Cell<f64>,
+    /// Per kind: stages still to come, stages computed, their seconds.
+    kinds: std::cell::RefCell<HashMap<StageKind, (usize, usize, f64)>>,
 }
 
 impl Progress {
     fn new(plan: &Plan) -> Progress {
+        let seeds = plan.seeds.len();
         let models = 1 + plan.pruners.len();
-        let per_seed = models + plan.forget.len() * models * (1 + plan.unlearners.len());
+        let rows = plan.forget.len() * models * (1 + plan.unlearners.len());
+        let kinds = HashMap::from([
+            (StageKind::Dense, (seeds, 0, 0.0)),
+            (StageKind::Sparse, (seeds * plan.pruners.len(), 0, 0.0)),
+            (StageKind::Row, (seeds * rows, 0, 0.0)),
+        ]);
         Progress {
-            total: per_seed * plan.seeds.len(),
+            total: seeds * (models + rows),
             done: Default::default(),
             cached: Default::default(),
-            computed: Default::default(),
-            seconds: Default::default(),
+            kinds: std::cell::RefCell::new(kinds),
         }
     }
 
-    fn cached(&self) {
+    fn cached(&self, kind: StageKind) {
         self.done.set(self.done.get() + 1);
         self.cached.set(self.cached.get() + 1);
+        if let Some(k) = self.kinds.borrow_mut().get_mut(&kind) {
+            k.0 = k.0.saturating_sub(1);
+        }
+    }
+
+    /// Seconds left at the pace so far, once anything was computed.
+    fn eta(&self) -> Option<f64> {
+        let kinds = self.kinds.borrow();
+        let (n, secs) = kinds
+            .values()
+            .fold((0, 0.0), |(n, s), k| (n + k.1, s + k.2));
+        (n > 0).then(|| {
+            let overall = secs / n as f64;
+            kinds
+                .values()
+                .map(|&(left, done, s)| {
+                    let pace = if done > 0 { s / done as f64 } else { overall };
+                    left as f64 * pace
+                })
+                .sum()
+        })
     }
 
     /// The line announcing a stage about to be computed.
     fn starting(&self, label: &str) -> String {
-        let (done, computed) = (self.done.get(), self.computed.get());
-        let eta = if computed > 0 {
-            let pace = self.seconds.get() / computed as f64;
-            format!(
-                "; about {:.0} s left at the pace so far",
-                pace * (self.total - done) as f64
-            )
-        } else {
-            String::new()
+        let eta = match self.eta() {
+            Some(s) => format!("; about {} left at the pace so far", duration(s)),
+            None => String::new(),
         };
         format!(
             "stage {}/{}: {label} ({} cached{eta})",
-            done + 1,
+            self.done.get() + 1,
             self.total,
             self.cached.get()
         )
     }
 
-    fn finished(&self, seconds: f64) {
+    fn finished(&self, kind: StageKind, seconds: f64) {
         self.done.set(self.done.get() + 1);
-        self.computed.set(self.computed.get() + 1);
-        self.seconds.set(self.seconds.get() + seconds);
+        if let Some(k) = self.kinds.borrow_mut().get_mut(&kind) {
+            k.0 = k.0.saturating_sub(1);
+            k.1 += 1;
+            k.2 += seconds;
+        }
+    }
+}
+
+/// `42 s`, `12 min`, `3.4 h`.
+fn duration(seconds: f64) -> String {
+    if seconds < 90.0 {
+        format!("{seconds:.0} s")
+    } else if seconds < 5400.0 {
+        format!("{:.0} min", seconds / 60.0)
+    } else {
+        format!("{:.1} h", seconds / 3600.0)
     }
 }
 
@@ -899,13 +935,13 @@ impl StageRunner<'_> {
             StageReport::new(kind, key, label, cached, seconds).with_training(training)
         };
         if let Some(((m, mask, r, s), log)) = self.load_model(kind, key, spec, rewind_point)? {
-            self.progress.cached();
+            self.progress.cached(kind);
             return Ok((m, mask, r, s, report(true, s, log)));
         }
         let _lock = self.cache.lock(kind, key)?;
         // Another process may have computed it while this one waited.
         if let Some(((m, mask, r, s), log)) = self.load_model(kind, key, spec, rewind_point)? {
-            self.progress.cached();
+            self.progress.cached(kind);
             return Ok((m, mask, r, s, report(true, s, log)));
         }
         (self.notify)(&self.progress.starting(label));
@@ -914,7 +950,7 @@ impl StageRunner<'_> {
         let (model, mask, rewind, seconds) = compute(&trainer)?;
         // Epochs restored from an interrupted run count as they did when they ran.
         let seconds = seconds + scope.restored_seconds();
-        self.progress.finished(t0.elapsed().as_secs_f64());
+        self.progress.finished(kind, t0.elapsed().as_secs_f64());
         let training = scope.logs();
         let meta = ModelMeta {
             train_seconds: seconds,
@@ -965,12 +1001,12 @@ impl StageRunner<'_> {
             (r.metrics, r.rte, stage.with_training(r.training))
         };
         if let Some(r) = cached()? {
-            self.progress.cached();
+            self.progress.cached(kind);
             return Ok(report(r, true));
         }
         let _lock = self.cache.lock(kind, key)?;
         if let Some(r) = cached()? {
-            self.progress.cached();
+            self.progress.cached(kind);
             return Ok(report(r, true));
         }
         (self.notify)(&self.progress.starting(label));
@@ -985,7 +1021,7 @@ impl StageRunner<'_> {
             seconds: t0.elapsed().as_secs_f64() + restored,
             training: scope.logs(),
         };
-        self.progress.finished(row.seconds);
+        self.progress.finished(kind, row.seconds);
         self.cache
             .put::<PipelineError>(kind, key, &row, |_| Ok(()))?;
         self.cache.drop_partial(kind, key);
@@ -1197,3 +1233,49 @@ fn scenario_summary(f: &ForgetSet) -> ScenarioSummary {
 /// Changes whenever the same config computes other numbers than before (initialisation,
 /// evaluation), so that a state written by an older build is not resumed into a newer one.
 pub const COMPUTATION_REVISION: &str = "2: reference-code initialisation and evaluation";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(kinds: [(StageKind, (usize, usize, f64)); 3]) -> Progress {
+        Progress {
+            total: 20,
+            done: Default::default(),
+            cached: Default::default(),
+            kinds: std::cell::RefCell::new(HashMap::from(kinds)),
+        }
+    }
+
+    /// The time left: each kind's remaining stages at that kind's pace, the overall pace for a
+    /// kind with none computed yet; nothing before the first computed stage.
+    #[test]
+    fn time_left_uses_each_kinds_pace() {
+        let none = progress([
+            (StageKind::Dense, (3, 0, 0.0)),
+            (StageKind::Sparse, (6, 0, 0.0)),
+            (StageKind::Row, (40, 0, 0.0)),
+        ]);
+        assert_eq!(none.eta(), None);
+        assert!(!none.starting("x").contains("left"));
+        // One dense stage took 100 s, two rows 10 s: overall pace 120 / 3 = 40 s.
+        let p = progress([
+            (StageKind::Dense, (2, 1, 100.0)),
+            (StageKind::Sparse, (6, 0, 0.0)),
+            (StageKind::Row, (38, 2, 20.0)),
+        ]);
+        let want = 2.0 * 100.0 + 6.0 * 40.0 + 38.0 * 10.0;
+        assert!((p.eta().unwrap() - want).abs() < 1e-9);
+        assert!(p
+            .starting("FT")
+            .ends_with("(0 cached; about 14 min left at the pace so far)"));
+        p.finished(StageKind::Sparse, 70.0);
+        p.cached(StageKind::Row);
+        let want = 2.0 * 100.0 + 5.0 * 70.0 + 37.0 * 10.0;
+        assert!((p.eta().unwrap() - want).abs() < 1e-9);
+        assert!(p.starting("GA").starts_with("stage 3/20: GA (1 cached;"));
+        assert_eq!(duration(42.4), "42 s");
+        assert_eq!(duration(600.0), "10 min");
+        assert_eq!(duration(3.0 * 3600.0), "3.0 h");
+    }
+}
