@@ -152,11 +152,17 @@ fn adding_an_unlearner_runs_only_its_rows() {
         assert!(m2.contains(row), "{} changed", row.0);
     }
 
-    // Unchanged: nothing is computed.
+    // Unchanged: nothing is computed, not even the models' accuracies (kept in their entries).
     let (r3, o) = run(&second, &out, &cache_arg);
     assert!(computed(&r3).is_empty(), "{:?}", stages(&r3));
     assert!(!stderr(&o).contains("unlearning:"));
     assert_eq!(metrics(&r3), m2);
+    assert_eq!(r3["models"], r1["models"]);
+    for kind in ["dense", "sparse"] {
+        for entry in std::fs::read_dir(cache.join(kind)).unwrap() {
+            assert!(entry.unwrap().path().join("accuracy.json").is_file());
+        }
+    }
     // Another output folder on the same cache: nothing either, same table.
     let (r4, _) = run(&second, &dir.path().join("other"), &cache_arg);
     assert!(computed(&r4).is_empty());

@@ -153,7 +153,26 @@ struct Variant {
     model: Model,
     mask: Option<Mask>,
     summary: ModelSummary,
-    outputs: SplitOutputs,
+    /// Its outputs on every split, computed when first needed (a run whose rows all come from
+    /// the cache needs none).
+    outputs: std::cell::OnceCell<SplitOutputs>,
+}
+
+impl Variant {
+    fn outputs(&self, data: &TaskData, batch: usize) -> &SplitOutputs {
+        self.outputs.get_or_init(|| {
+            SplitOutputs::compute(&self.model, &data.train, &data.val, &data.test, batch)
+        })
+    }
+}
+
+/// A model's accuracies on train, val and test, kept in its cache entry (`accuracy.json`) so
+/// that a re-run does not evaluate it again.
+#[derive(Debug, Serialize, Deserialize)]
+struct Accuracies {
+    train: f64,
+    val: f64,
+    test: f64,
 }
 
 /// One stage of a run as it happened: computed here, or taken from the cache.
@@ -499,8 +518,9 @@ fn run_seed(
     };
     let file = model_file(plan, seed, name, None);
     export_model(cache, StageKind::Dense, &keys.dense, out, &file)?;
+    let entry = cache.entry(StageKind::Dense, &keys.dense);
     let mut variants = vec![variant(
-        name, None, seed, file, dense, dense_mask, seconds, data, eval_batch,
+        name, None, seed, file, dense, dense_mask, seconds, data, eval_batch, &entry,
     )];
 
     // Sparse models.
@@ -565,6 +585,7 @@ fn run_seed(
             seconds,
             data,
             eval_batch,
+            &cache.entry(StageKind::Sparse, key),
         ));
     }
     for v in &variants {
@@ -601,12 +622,12 @@ fn run_seed(
             };
             let label = seeded(format!("original on {} ({model_label})", forget.name));
             let (metrics, _, report) = stage.row(&group_keys[0], &label, |_| {
-                let metrics = evaluate(&v.outputs, forget, &cfg.eval).map_err(|source| {
-                    PipelineError::Eval {
+                let outputs = v.outputs(data, eval_batch);
+                let metrics =
+                    evaluate(outputs, forget, &cfg.eval).map_err(|source| PipelineError::Eval {
                         label: label.clone(),
                         source,
-                    }
-                })?;
+                    })?;
                 Ok((metrics, None))
             })?;
             all.stages.push(report);
@@ -1176,8 +1197,28 @@ fn variant(
     train_seconds: f64,
     data: &TaskData,
     batch: usize,
+    entry: &Path,
 ) -> Variant {
-    let outputs = SplitOutputs::compute(&model, &data.train, &data.val, &data.test, batch);
+    let outputs = std::cell::OnceCell::new();
+    let acc_file = entry.join("accuracy.json");
+    let known = std::fs::read(&acc_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Accuracies>(&b).ok());
+    let acc = known.unwrap_or_else(|| {
+        let o = SplitOutputs::compute(&model, &data.train, &data.val, &data.test, batch);
+        let acc = Accuracies {
+            train: o.train.accuracy(),
+            val: o.val.accuracy(),
+            test: o.test.accuracy(),
+        };
+        let _ = outputs.set(o);
+        // Best effort: without it, the next run evaluates the model again.
+        let _ = write_atomic(
+            &acc_file,
+            &serde_json::to_vec(&acc).expect("numbers serialise"),
+        );
+        acc
+    });
     let prunable: i64 = model.prunable().values().map(|t| t.numel() as i64).sum();
     let pruned = mask.as_ref().map(|m| m.zeros()).unwrap_or(0);
     let summary = ModelSummary {
@@ -1190,9 +1231,9 @@ fn variant(
         prunable_weights: prunable,
         parameters: model.num_parameters(),
         train_seconds,
-        train_accuracy: outputs.train.accuracy(),
-        val_accuracy: outputs.val.accuracy(),
-        test_accuracy: outputs.test.accuracy(),
+        train_accuracy: acc.train,
+        val_accuracy: acc.val,
+        test_accuracy: acc.test,
     };
     Variant {
         name,
