@@ -63,6 +63,21 @@ fn run(cfg: &Path, out: &Path, extra: &[&str]) -> (Value, Output) {
     (r, o)
 }
 
+/// What `run --dry-run` prints (it must succeed).
+fn dry_run(cfg: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--dry-run",
+    ];
+    args.extend(extra);
+    let o = unlearn(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+}
+
 /// `(kind, label, cached)` of every stage of a run.
 fn stages(r: &Value) -> Vec<(String, String, bool)> {
     r["stages"]
@@ -122,21 +137,8 @@ fn adding_an_unlearner_runs_only_its_rows() {
         OMP,
         &format!("{}{ga}", ft(0.01, "FT")),
     );
-    let o = unlearn(&[
-        "run",
-        second.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--cache",
-        cache.to_str().unwrap(),
-        "--dry-run",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        stdout(&o).contains("8 stages: 6 cached, 2 to run"),
-        "{}",
-        stdout(&o)
-    );
+    let plan = dry_run(&second, &out, &cache_arg);
+    assert!(plan.contains("8 stages: 6 cached, 2 to run"), "{plan}");
     let (r2, o) = run(&second, &out, &cache_arg);
     assert_eq!(
         computed(&r2),
@@ -591,15 +593,7 @@ fn seeds_and_a_sparsity_sweep_in_one_config() {
             .replacen("seeds = [3, 4]", "seeds = [3, 4, 5]", 1),
     )
     .unwrap();
-    let o = unlearn(&[
-        "run",
-        three.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--dry-run",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let plan = stdout(&o);
+    let plan = dry_run(&three, &out, &[]);
     let line = plan
         .lines()
         .find(|l| l.contains("dense model, seed 5"))
@@ -812,19 +806,8 @@ mia_features = ["confidence"]
         {
             resumed_runs += 1;
             if resumed_runs == 1 {
-                let o = unlearn(&[
-                    "run",
-                    cfg.to_str().unwrap(),
-                    "--out",
-                    out.to_str().unwrap(),
-                    "--dry-run",
-                ]);
-                assert!(o.status.success(), "{}", stderr(&o));
-                assert!(
-                    stdout(&o).contains("training state(s) saved)"),
-                    "{}",
-                    stdout(&o)
-                );
+                let plan = dry_run(&cfg, &out, &[]);
+                assert!(plan.contains("training state(s) saved)"), "{plan}");
             }
         }
     }

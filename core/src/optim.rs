@@ -112,26 +112,14 @@ impl Sgd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{synthetic, SyntheticConfig};
-    use crate::model::{Arch, ModelSpec};
+    use crate::testing::TinyTask;
     use tch::nn::OptimizerConfig;
     use tch::{Device, Kind};
 
+    /// The tiny task's training split and a fresh small CNN for it.
     fn model(seed: u64) -> (crate::data::Dataset, Model) {
-        let d = synthetic(&SyntheticConfig {
-            samples: 64,
-            classes: 4,
-            ..Default::default()
-        })
-        .unwrap();
-        let spec = ModelSpec {
-            arch: Arch::SmallCnn,
-            input: [1, 8, 8],
-            classes: 4,
-            mean: d.mean.clone(),
-            std: d.std.clone(),
-        };
-        (d, Model::new(spec, Device::Cpu, seed).unwrap())
+        let t = TinyTask::new();
+        (t.data.train, Model::new(t.spec, Device::Cpu, seed).unwrap())
     }
 
     fn loss(m: &Model, d: &crate::data::Dataset, step: i64) -> Tensor {
