@@ -352,6 +352,38 @@ pub fn training_curves(results: &RunResults) -> Vec<ModelCurves> {
     out
 }
 
+/// A panel of a value against epochs 0..`x_max`, its mesh drawn.
+fn epoch_chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: String,
+    x_max: f64,
+    y_max: f64,
+    y_desc: &str,
+) -> Result<
+    ChartContext<
+        'a,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    DrawingAreaErrorKind<DB::ErrorType>,
+> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..x_max * 1.02, 0.0..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 15))
+        .draw()?;
+    Ok(chart)
+}
+
 /// One row per model: loss (left) and accuracy (right) against epochs, a colour per seed;
 /// training accuracy solid, validation accuracy dashed.
 fn draw_curves<DB: DrawingBackend>(
@@ -382,32 +414,21 @@ fn draw_curves<DB: DrawingBackend>(
             .filter(|v| v.is_finite())
             .fold(0.0, f64::max)
             .max(1e-3);
-        let mut loss = ChartBuilder::on(&rows[2 * i])
-            .caption(format!("{}: training loss", c.name), ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..x_max * 1.02, 0.0..loss_max * 1.05)?;
-        loss.configure_mesh()
-            .x_desc("epoch")
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_desc("mean loss")
-            .label_style(("sans-serif", 14))
-            .axis_desc_style(("sans-serif", 15))
-            .draw()?;
-        let mut acc = ChartBuilder::on(&rows[2 * i + 1])
-            .caption(format!("{}: accuracy", c.name), ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..x_max * 1.02, 0.0..102.0)?;
-        acc.configure_mesh()
-            .x_desc("epoch")
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_desc("accuracy (%)")
-            .label_style(("sans-serif", 14))
-            .axis_desc_style(("sans-serif", 15))
-            .draw()?;
+        let title = |what: &str| format!("{}: {what}", c.name);
+        let mut loss = epoch_chart(
+            &rows[2 * i],
+            title("training loss"),
+            x_max,
+            loss_max * 1.05,
+            "mean loss",
+        )?;
+        let mut acc = epoch_chart(
+            &rows[2 * i + 1],
+            title("accuracy"),
+            x_max,
+            102.0,
+            "accuracy (%)",
+        )?;
         for (seed, points) in &c.seeds {
             let col = color(*seed);
             let line = points.iter().map(|p| (p.0, p.1));
