@@ -12,7 +12,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 ./scripts/setup.sh
-cargo build --quiet --release -p unlearn-core --example bench_train
+cargo build --quiet --release -p unlearn-api --example bench_train
 target=${CARGO_TARGET_DIR:-target}
 for round in 1 2; do
   "$target/release/examples/bench_train" "$@"

@@ -523,9 +523,9 @@ fn seeds_and_a_sparsity_sweep_in_one_config() {
     );
     // The figure: TA of FT against sparsity on the OMP line, mean and std of the seeds; the
     // dense model is every pruner's 0% point.
-    let results: unlearn_core::pipeline::RunResults =
+    let results: unlearn_pipeline::pipeline::RunResults =
         serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
-    let panels = unlearn_core::plot::panels(&results, "class-1");
+    let panels = unlearn_pipeline::plot::panels(&results, "class-1");
     let ta = panels.iter().find(|p| p.title == "TA (%)").unwrap();
     let omp = ta.series.iter().find(|s| s.name == "FT · OMP").unwrap();
     let xs: Vec<f64> = omp.points.iter().map(|p| p.0).collect();
@@ -552,7 +552,7 @@ fn seeds_and_a_sparsity_sweep_in_one_config() {
     }
     // Training curves: the dense and each sparse model, one line per seed, every epoch logged
     // with its validation accuracy for dense training; training.csv has a line per epoch.
-    let curves = unlearn_core::plot::training_curves(&results);
+    let curves = unlearn_pipeline::plot::training_curves(&results);
     let names: Vec<&str> = curves.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(
         names,

@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use unlearn_core::checkpoint;
-use unlearn_core::config::{load_split, PipelineConfig};
-use unlearn_core::tch::{Device, Kind};
+use unlearn_pipeline::checkpoint;
+use unlearn_pipeline::config::{load_split, PipelineConfig};
+use unlearn_pipeline::tch::{Device, Kind};
 
 mod common;
 
@@ -261,7 +261,7 @@ fn info_reports_the_device() {
     assert!(o.status.success());
     let out = stdout(&o);
     assert!(out.contains("libtorch 2.11.0"), "{out}");
-    let cuda = unlearn_core::device::cuda_device_count() > 0;
+    let cuda = unlearn_pipeline::device::cuda_device_count() > 0;
     assert!(
         out.contains(if cuda {
             "device: cuda:0"
@@ -348,7 +348,7 @@ fn run_results_are_consistent_and_a_rerun_resumes() {
     let labels = data.labels_vec();
     let correct = |i: usize| -> bool {
         let x = data.images.get(i as i64).unsqueeze(0).to_kind(Kind::Float) / 16.0;
-        let y = unlearn_core::tch::no_grad(|| model.forward_t(&x, false));
+        let y = unlearn_pipeline::tch::no_grad(|| model.forward_t(&x, false));
         y.argmax(1, false).int64_value(&[0]) == labels[i]
     };
     let acc =

@@ -1,14 +1,14 @@
-//! The conformance suite ([`unlearn_core::conformance`]) over every built-in method (found through
+//! The conformance suite ([`unlearn_pipeline::conformance`]) over every built-in method (found through
 //! the registry, so new ones are picked up without editing this file), and proof that the suite
 //! can fail: deliberately broken methods are reported.
 
-use unlearn_core::conformance::{assert_conforms, check};
-use unlearn_core::method::{
+use unlearn_pipeline::conformance::{assert_conforms, check};
+use unlearn_pipeline::method::{
     Attack, AttackCtx, AttackMethod, BuiltinMethod, Kind, MethodError, Poisoning, UnlearnCtx,
     UnlearnMethod, Unlearner,
 };
-use unlearn_core::registry::{Method, Registry};
-use unlearn_core::tch::{Kind as DType, Tensor};
+use unlearn_pipeline::registry::{Method, Registry};
+use unlearn_pipeline::tch::{Kind as DType, Tensor};
 
 // Link the built-in plugins (their registrations vanish otherwise).
 use unlearn_attack_badnets as _;
@@ -80,7 +80,7 @@ impl UnlearnMethod for WritesPruned {
 
 impl Unlearner for WritesPruned {
     fn unlearn(&self, ctx: &mut UnlearnCtx<'_>) -> Result<(), MethodError> {
-        let _g = unlearn_core::tch::no_grad_guard();
+        let _g = unlearn_pipeline::tch::no_grad_guard();
         for (_, mut w) in ctx.model.prunable() {
             let _ = w.fill_(1.0);
         }

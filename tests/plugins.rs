@@ -10,16 +10,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use unlearn_core::config;
-use unlearn_core::mask::Mask;
-use unlearn_core::method::{AttackCtx, PruneCtx};
-use unlearn_core::model::Model;
-use unlearn_core::pipeline::{self, RunOptions};
-use unlearn_core::plugin;
-use unlearn_core::registry::{Registry, Source};
-use unlearn_core::tch::Device;
-use unlearn_core::testing::TinyTask;
-use unlearn_core::train::{CrossEntropy, Run, Stream, Trainer};
+use unlearn_pipeline::config;
+use unlearn_pipeline::mask::Mask;
+use unlearn_pipeline::method::{AttackCtx, PruneCtx};
+use unlearn_pipeline::model::Model;
+use unlearn_pipeline::pipeline::{self, RunOptions};
+use unlearn_pipeline::plugin;
+use unlearn_pipeline::registry::{Registry, Source};
+use unlearn_pipeline::tch::Device;
+use unlearn_pipeline::testing::TinyTask;
+use unlearn_pipeline::train::{CrossEntropy, Run, Stream, Trainer};
 
 // The example linked as a built-in (the comparison), with the built-ins the tests use.
 use unlearn_attack_badnets as _;
@@ -259,7 +259,7 @@ fn dylib_methods_pass_the_conformance_suite() {
     assert_eq!(registry.len(), 2);
     for m in registry.list(None) {
         assert!(matches!(m.source, Source::Library(_)), "{}", m.name);
-        let problems = unlearn_core::conformance::check(m);
+        let problems = unlearn_pipeline::conformance::check(m);
         assert!(problems.is_empty(), "{}: {problems:#?}", m.name);
     }
 
@@ -432,7 +432,7 @@ fn pruners_and_attacks_through_the_abi_match_their_built_in_selves() {
     assert!(loaded.is_empty());
     // The conformance suite, on a pruner and an attack across the boundary.
     for name in ["OMP-dylib", "BadNets-dylib"] {
-        let problems = unlearn_core::conformance::check(registry.get(name).unwrap());
+        let problems = unlearn_pipeline::conformance::check(registry.get(name).unwrap());
         assert!(problems.is_empty(), "{name}: {problems:#?}");
     }
     let t = TinyTask::new();
@@ -440,7 +440,7 @@ fn pruners_and_attacks_through_the_abi_match_their_built_in_selves() {
 
     // OMP: dense training keeping the rewind snapshot it asks for, then prune (rewind to the
     // snapshot, retrain in core's loop under the mask).
-    let prune = |name: &str| -> (Mask, Model, f64, Option<unlearn_core::method::RewindPoint>) {
+    let prune = |name: &str| -> (Mask, Model, f64, Option<unlearn_pipeline::method::RewindPoint>) {
         let p = registry
             .get(name)
             .unwrap()
@@ -476,7 +476,7 @@ fn pruners_and_attacks_through_the_abi_match_their_built_in_selves() {
     assert_eq!((s_a, r_a), (s_b, r_b));
     assert_eq!(
         (s_a, r_a),
-        (0.7, Some(unlearn_core::method::RewindPoint::Epoch(3)))
+        (0.7, Some(unlearn_pipeline::method::RewindPoint::Epoch(3)))
     );
     assert_eq!(mask_a.zeros(), mask_b.zeros());
     for (name, m) in mask_a.tensors() {

@@ -1,4 +1,4 @@
-"""The same training loop as unlearn's (core/examples/bench_train.rs) in PyTorch eager: random
+"""The same training loop as unlearn's (core/api/examples/bench_train.rs) in PyTorch eager: random
 CIFAR-sized u8 data on the device, per-batch index_select, /255, random crop (4-pixel zero padding)
 and horizontal flip on the device, forward, cross-entropy, backward, SGD (momentum 0.9, wd 5e-4,
 lr 0.1). The first epoch is a warm-up and is not timed. Prints one JSON line."""

@@ -5,14 +5,14 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use unlearn_core::config::{self, ConfigError, Plan};
-use unlearn_core::device::{self, DeviceChoice};
-use unlearn_core::method::Kind;
-use unlearn_core::model::Arch;
-use unlearn_core::pipeline::{self, RunOptions};
-use unlearn_core::plugin;
-use unlearn_core::registry::Registry;
-use unlearn_core::train::Trainer;
+use unlearn_pipeline::config::{self, ConfigError, Plan};
+use unlearn_pipeline::device::{self, DeviceChoice};
+use unlearn_pipeline::method::Kind;
+use unlearn_pipeline::model::Arch;
+use unlearn_pipeline::pipeline::{self, RunOptions};
+use unlearn_pipeline::plugin;
+use unlearn_pipeline::registry::Registry;
+use unlearn_pipeline::train::Trainer;
 
 mod scaffold;
 
@@ -130,8 +130,8 @@ enum PluginCommand {
         /// Create the crate in this folder (as <dir>/<name>).
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// Path of the unlearn-core crate the plugin builds against (default: the sources
-        /// this binary was built from).
+        /// Path of the unlearn-api crate the plugin builds against (an unlearn checkout or its
+        /// core/api folder; default: the sources this binary was built from).
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
@@ -323,7 +323,7 @@ fn real_main() -> Result<()> {
                 ))
             })?;
             pipeline::write_reports(&results, &out)?;
-            println!("{}", unlearn_core::report::results_table(&results));
+            println!("{}", unlearn_pipeline::report::results_table(&results));
             notify(&format!(
                 "wrote {}, {} and {}",
                 out.join("report.md").display(),
@@ -371,7 +371,7 @@ fn check_plugin(path: &Path) -> Result<()> {
             continue;
         }
         let method = registry.get(&name).expect("just added");
-        let problems = unlearn_core::conformance::check(method);
+        let problems = unlearn_pipeline::conformance::check(method);
         println!(
             "  {:<9}  {:<16}  {}",
             kind.name(),
@@ -399,7 +399,7 @@ fn check_plugin(path: &Path) -> Result<()> {
 }
 
 fn data(command: DataCommand, quiet: bool) -> Result<()> {
-    use unlearn_core::data::fetch::{self, FetchError, FetchOptions};
+    use unlearn_pipeline::data::fetch::{self, FetchError, FetchOptions};
     match command {
         DataCommand::List => {
             for e in fetch::catalog() {
@@ -569,7 +569,7 @@ fn execute(
         | pipeline::PipelineError::Input { .. } => bad(e),
         e => anyhow::Error::from(e),
     })?;
-    println!("{}", unlearn_core::report::results_table(&results));
+    println!("{}", unlearn_pipeline::report::results_table(&results));
     notify(&format!(
         "wrote {} and {} ({:.1} s)",
         out.join("results.json").display(),

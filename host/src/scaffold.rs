@@ -10,15 +10,15 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use unlearn_core::method::Kind;
-use unlearn_core::registry::Registry;
+use unlearn_pipeline::method::Kind;
+use unlearn_pipeline::registry::Registry;
 
 pub struct NewPlugin {
     pub name: String,
     pub kind: Kind,
     /// The parent folder; the crate is created as `<dir>/<name>`.
     pub dir: PathBuf,
-    /// The unlearn-core crate to build against (default: this binary's sources).
+    /// The unlearn-api crate to build against (default: this binary's sources).
     pub sdk: Option<PathBuf>,
 }
 
@@ -32,8 +32,8 @@ const GITIGNORE: &str = include_str!("../templates/gitignore.tmpl");
 /// The build script every libtorch-using crate of the workspace shares.
 const LINK_LIBTORCH: &str = include_str!("../../build/link_libtorch.rs");
 
-/// The unlearn-core sources this binary was built from.
-const DEFAULT_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core");
+/// The unlearn-api sources this binary was built from.
+const DEFAULT_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/api");
 
 /// The longest accepted name.
 const MAX_NAME: usize = 64;
@@ -100,7 +100,7 @@ const KEYWORDS: &[&str] = &[
 /// Crate names that would clash with a dependency, the standard library, or the folders cargo
 /// keeps in `target/`.
 const TAKEN_CRATES: &[&str] = &[
-    "unlearn_core",
+    "unlearn_api",
     "serde",
     "schemars",
     "std",
@@ -230,21 +230,21 @@ fn template_identifiers() -> impl Iterator<Item = &'static str> {
         .filter(|w| w.starts_with(|c: char| c.is_ascii_uppercase()))
 }
 
-/// Finds the unlearn-core crate: `--sdk` (the crate, or a checkout with it in `core/`), or the
+/// Finds the unlearn-api crate: `--sdk` (the crate, or a checkout with it in `core/api/`), or the
 /// sources this binary was built from. Returns it canonicalised.
 fn resolve_sdk(given: Option<&Path>) -> Result<PathBuf> {
     let Some(given) = given else {
         let fallback = || {
             anyhow::anyhow!(
-                "the unlearn-core sources this binary was built from ({}) are not there any more: \
-                 pass --sdk PATH, the core/ folder of an unlearn checkout of the same version",
+                "the unlearn-api sources this binary was built from ({}) are not there any more: \
+                 pass --sdk PATH, an unlearn checkout of the same version (or its core/api folder)",
                 Path::new(DEFAULT_SDK).display()
             )
         };
         let sdk = Path::new(DEFAULT_SDK)
             .canonicalize()
             .map_err(|_| fallback())?;
-        return if is_core(&sdk) {
+        return if is_api(&sdk) {
             Ok(sdk)
         } else {
             Err(fallback())
@@ -253,25 +253,25 @@ fn resolve_sdk(given: Option<&Path>) -> Result<PathBuf> {
     let sdk = given
         .canonicalize()
         .with_context(|| format!("--sdk {}: no such folder", given.display()))?;
-    if is_core(&sdk) {
+    if is_api(&sdk) {
         Ok(sdk)
-    } else if is_core(&sdk.join("core")) {
-        Ok(sdk.join("core"))
+    } else if is_api(&sdk.join("core/api")) {
+        Ok(sdk.join("core/api"))
     } else {
         bail!(
-            "--sdk {}: not the unlearn-core crate (no Cargo.toml naming the package \
-             `unlearn-core` there or in its core/ folder)",
+            "--sdk {}: not the unlearn-api crate (no Cargo.toml naming the package \
+             `unlearn-api` there or in its core/api/ folder)",
             given.display()
         )
     }
 }
 
-/// Whether `dir` holds the unlearn-core package.
-fn is_core(dir: &Path) -> bool {
+/// Whether `dir` holds the unlearn-api package.
+fn is_api(dir: &Path) -> bool {
     fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|manifest| {
         manifest.lines().any(|l| {
             let l: String = l.chars().filter(|c| !c.is_whitespace()).collect();
-            l == "name=\"unlearn-core\""
+            l == "name=\"unlearn-api\""
         })
     })
 }
@@ -463,8 +463,8 @@ mod tests {
             ("Self", "keyword"),
             ("async", "keyword"),
             ("serde", "taken"),
-            ("unlearn-core", "taken"),
-            ("unlearn_core", "taken"),
+            ("unlearn-api", "taken"),
+            ("unlearn_api", "taken"),
             ("test", "taken"),
             ("std", "taken"),
             ("build", "taken"),
@@ -538,7 +538,7 @@ mod tests {
             let sdk = Path::new(DEFAULT_SDK).canonicalize().unwrap();
             assert!(
                 manifest.contains(&format!(
-                    "unlearn-core = {{ path = {} }}",
+                    "unlearn-api = {{ path = {} }}",
                     toml_string(sdk.to_str().unwrap())
                 )),
                 "{manifest}"
@@ -552,7 +552,7 @@ mod tests {
             }
             assert!(
                 lib.contains(&format!(
-                    "unlearn_core::export_plugin! {{ {keyword}: MyThing }}"
+                    "unlearn_pipeline::export_plugin! {{ {keyword}: MyThing }}"
                 )),
                 "{keyword}: export line"
             );
@@ -561,7 +561,7 @@ mod tests {
             assert!(lib.contains("const NAME: &'static str = \"my-thing\";"));
             assert!(test.contains("use my_thing as _;"));
             assert!(test.contains("const METHOD: &str = \"my-thing\";"));
-            assert!(test.contains("unlearn_core::conformance::assert_conforms("));
+            assert!(test.contains("unlearn_pipeline::conformance::assert_conforms("));
             let variant = format!(
                 "Kind::{}",
                 &traits[1]["impl ".len()..].split(' ').next().unwrap()
@@ -598,7 +598,7 @@ mod tests {
             read(&dir, "src/lib.rs")
         };
         let u = lib(Kind::Unlearner);
-        assert!(u.contains("unlearn_core::sgd_config!("));
+        assert!(u.contains("unlearn_pipeline::sgd_config!("));
         assert!(u.contains("CfgCheckConfig { epochs: 1, lr: 0.01, milestones: vec![] }"));
         assert!(u.contains("ctx.train(&self.config.schedule(), &stream"));
         let p = lib(Kind::Pruner);
@@ -653,7 +653,7 @@ mod tests {
     }
 
     #[test]
-    fn scaffold_sdk_must_be_unlearn_core() {
+    fn scaffold_sdk_must_be_unlearn_api() {
         let tmp = tempfile::tempdir().unwrap();
         let with_sdk = |sdk: &Path| NewPlugin {
             sdk: Some(sdk.to_path_buf()),
@@ -664,10 +664,10 @@ mod tests {
             .to_string();
         assert!(e.contains("--sdk") && e.contains("no such folder"), "{e}");
         let e = new_plugin(&with_sdk(tmp.path())).unwrap_err().to_string();
-        assert!(e.contains("not the unlearn-core crate"), "{e}");
+        assert!(e.contains("not the unlearn-api crate"), "{e}");
         assert!(!tmp.path().join("sdk-check").exists());
-        // The checkout's root is accepted for its core/ folder.
-        let root = Path::new(DEFAULT_SDK).join("..");
+        // The checkout's root is accepted for its core/api/ folder.
+        let root = Path::new(DEFAULT_SDK).join("../..");
         let made = new_plugin(&with_sdk(&root)).unwrap();
         let core = Path::new(DEFAULT_SDK).canonicalize().unwrap();
         assert!(read(&made, "Cargo.toml").contains(&toml_string(core.to_str().unwrap())));

@@ -1,4 +1,4 @@
-"""The PyTorch side of unlearn's interop tests (core/tests/interop.rs).
+"""The PyTorch side of unlearn's interop tests (core/api/tests/interop.rs).
 
   count --classes K                      parameter counts per architecture, as JSON on stdout
   export --arch A[,B..] --out DIR [...]  per arch: DIR/A.weights.safetensors (state dict, with

@@ -11,14 +11,14 @@
 
 use std::path::PathBuf;
 
-use unlearn_core::data::{stratified_split, synthetic, SplitConfig, SyntheticConfig};
-use unlearn_core::device::{device_name, DeviceChoice};
-use unlearn_core::forget::{ForgetKind, ForgetSpec};
-use unlearn_core::method::{TaskData, UnlearnCtx};
-use unlearn_core::model::{Arch, Model, ModelSpec};
-use unlearn_core::plugin;
-use unlearn_core::registry::{Method, Registry};
-use unlearn_core::train::Trainer;
+use unlearn_api::data::{stratified_split, synthetic, SplitConfig, SyntheticConfig};
+use unlearn_api::device::{device_name, DeviceChoice};
+use unlearn_api::forget::{ForgetKind, ForgetSpec};
+use unlearn_api::method::{TaskData, UnlearnCtx};
+use unlearn_api::model::{Arch, Model, ModelSpec};
+use unlearn_api::plugin;
+use unlearn_api::registry::{Method, Registry};
+use unlearn_api::train::Trainer;
 
 // This crate's methods as built-ins.
 use unlearn_rl_salun as _;
@@ -55,7 +55,7 @@ fn main() {
         .resolve()
         .expect("a usable device");
     if threads > 0 {
-        unlearn_core::tch::set_num_threads(threads);
+        unlearn_api::tch::set_num_threads(threads);
     }
 
     let d = synthetic(&SyntheticConfig {
@@ -120,10 +120,10 @@ fn main() {
             seed: 0,
             label: format!("{method} bench"),
         };
-        unlearn_core::device::synchronize(device);
+        unlearn_api::device::synchronize(device);
         let t = std::time::Instant::now();
         u.unlearn(&mut ctx).expect("unlearning runs");
-        unlearn_core::device::synchronize(device);
+        unlearn_api::device::synchronize(device);
         (t.elapsed().as_secs_f64(), model)
     };
 

@@ -14,10 +14,10 @@
 //! code is linked as a built-in (rlib) or loaded by the host as a dynamic plugin (cdylib) through
 //! the one [`export_plugin!`] line at the end of this file.
 //!
-//! [`sgd_config!`]: unlearn_core::sgd_config
-//! [`export_plugin!`]: unlearn_core::export_plugin
-//! [`UnlearnMethod`]: unlearn_core::method::UnlearnMethod
-//! [`Unlearner`]: unlearn_core::method::Unlearner
+//! [`sgd_config!`]: unlearn_api::sgd_config
+//! [`export_plugin!`]: unlearn_api::export_plugin
+//! [`UnlearnMethod`]: unlearn_api::method::UnlearnMethod
+//! [`Unlearner`]: unlearn_api::method::Unlearner
 
 mod rl;
 mod salun;
@@ -25,4 +25,4 @@ mod salun;
 pub use rl::{random_label_stream, random_other_labels, Rl, RlConfig, LABEL_PURPOSE};
 pub use salun::{saliency_mask, SalUn, SalUnConfig, SaliencyMask, SalientCe};
 
-unlearn_core::export_plugin! { unlearner: Rl, unlearner: SalUn }
+unlearn_api::export_plugin! { unlearner: Rl, unlearner: SalUn }

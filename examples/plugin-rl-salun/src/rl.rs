@@ -1,10 +1,10 @@
 //! `RL`: random labelling.
 
-use unlearn_core::method::{MethodError, UnlearnCtx, UnlearnMethod, Unlearner};
-use unlearn_core::rng::permutation;
-use unlearn_core::sgd_config;
-use unlearn_core::tch::Tensor;
-use unlearn_core::train::{CrossEntropy, Stream};
+use unlearn_api::method::{MethodError, UnlearnCtx, UnlearnMethod, Unlearner};
+use unlearn_api::rng::permutation;
+use unlearn_api::sgd_config;
+use unlearn_api::tch::Tensor;
+use unlearn_api::train::{CrossEntropy, Stream};
 
 sgd_config!(
     /// Random labelling (RL): fine-tune the original model with cross-entropy on the forget set,
@@ -15,7 +15,7 @@ sgd_config!(
 );
 
 /// The purpose string (prefix) under which [`random_other_labels`] draws from
-/// [`unlearn_core::rng`]; the label of the forget set's `i`-th sample uses `"{LABEL_PURPOSE} {i}"`.
+/// [`unlearn_api::rng`]; the label of the forget set's `i`-th sample uses `"{LABEL_PURPOSE} {i}"`.
 pub const LABEL_PURPOSE: &str = "RL label";
 
 /// For every true label `y` in `0..classes`, a label drawn uniformly from the `classes - 1`

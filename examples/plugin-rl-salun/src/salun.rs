@@ -2,13 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use unlearn_core::grad::{summed_grad, Net};
-use unlearn_core::mask::Mask;
-use unlearn_core::method::{MethodError, UnlearnCtx, UnlearnMethod, Unlearner};
-use unlearn_core::model::Model;
-use unlearn_core::sgd_config;
-use unlearn_core::tch::{Kind, Tensor};
-use unlearn_core::train::{cross_entropy, Batch, Objective, Stream};
+use unlearn_api::grad::{summed_grad, Net};
+use unlearn_api::mask::Mask;
+use unlearn_api::method::{MethodError, UnlearnCtx, UnlearnMethod, Unlearner};
+use unlearn_api::model::Model;
+use unlearn_api::sgd_config;
+use unlearn_api::tch::{Kind, Tensor};
+use unlearn_api::train::{cross_entropy, Batch, Objective, Stream};
 
 use crate::rl::random_label_stream;
 
@@ -76,7 +76,7 @@ impl SaliencyMask {
     /// `grad *= m` for every parameter of `model` this mask covers (undefined gradients are
     /// left alone).
     pub fn apply_to_grads(&self, model: &Model) {
-        let _g = unlearn_core::tch::no_grad_guard();
+        let _g = unlearn_api::tch::no_grad_guard();
         for (name, w) in model.parameters() {
             if let Some(m) = self.masks.get(&name) {
                 let mut g = w.grad();
@@ -109,7 +109,7 @@ pub fn saliency_mask(
     }
     let net = Net::eval(model).with_mask(mask);
     let saliency = summed_grad(&net, stream, batch_size)?.f_abs()?;
-    let _g = unlearn_core::tch::no_grad_guard();
+    let _g = unlearn_api::tch::no_grad_guard();
     if saliency.f_isfinite()?.f_all()?.int64_value(&[]) == 0 {
         return Err(MethodError::Failed(
             "the forget-set gradient is not finite: no saliency map".into(),
@@ -161,7 +161,7 @@ impl Objective for SalientCe<'_> {
         &mut self,
         model: &Model,
         batch: &Batch,
-    ) -> Result<Tensor, unlearn_core::tch::TchError> {
+    ) -> Result<Tensor, unlearn_api::tch::TchError> {
         cross_entropy(&model.forward_t(&batch.x, true), &batch.y)
     }
 

@@ -3,11 +3,11 @@
 mod common;
 
 use common::{accuracy, all_finite, same_weights};
-use unlearn_core::method::{UnlearnCtx, UnlearnMethod};
-use unlearn_core::model::Model;
-use unlearn_core::tch::Device;
-use unlearn_core::testing::TinyTask;
-use unlearn_core::train::Trainer;
+use unlearn_api::method::{UnlearnCtx, UnlearnMethod};
+use unlearn_api::model::Model;
+use unlearn_api::tch::Device;
+use unlearn_api::testing::TinyTask;
+use unlearn_api::train::Trainer;
 use unlearn_rl_salun::{random_label_stream, random_other_labels, Rl, RlConfig};
 
 /// Settings scaled to the tiny task (84 training images): batches of 16, a larger lr.

@@ -4,12 +4,12 @@
 mod common;
 
 use common::{accuracy, all_finite, flat_params, same_weights};
-use unlearn_core::mask::Mask;
-use unlearn_core::method::{parse_config, BuiltinMethod, Kind, UnlearnMethod};
-use unlearn_core::model::Model;
-use unlearn_core::tch::{Kind as TKind, Tensor};
-use unlearn_core::testing::TinyTask;
-use unlearn_core::train::Stream;
+use unlearn_api::mask::Mask;
+use unlearn_api::method::{parse_config, BuiltinMethod, Kind, UnlearnMethod};
+use unlearn_api::model::Model;
+use unlearn_api::tch::{Kind as TKind, Tensor};
+use unlearn_api::testing::TinyTask;
+use unlearn_api::train::Stream;
 use unlearn_rl_salun::{saliency_mask, Rl, RlConfig, SalUn, SalUnConfig, SaliencyMask};
 
 /// `|sum over the forget set of d CE_i / dw|` for every trainable weight, flat in name order,
@@ -320,7 +320,7 @@ fn configs_parse_check_and_register() {
     let ok = parse_config::<SalUnConfig>(&serde_json::json!({ "share": 0.2, "lr": 0.1 })).unwrap();
     assert_eq!((ok.share, ok.lr, ok.momentum), (0.2, 0.1, 0.9));
     assert!(parse_config::<RlConfig>(&serde_json::json!({ "share": 0.2 })).is_err());
-    let ours: Vec<(&str, Kind)> = unlearn_core::inventory::iter::<BuiltinMethod>
+    let ours: Vec<(&str, Kind)> = unlearn_api::inventory::iter::<BuiltinMethod>
         .into_iter()
         .filter(|b| b.krate == "unlearn-rl-salun")
         .map(|b| (b.name, b.kind))
@@ -328,7 +328,7 @@ fn configs_parse_check_and_register() {
     assert_eq!(ours.len(), 2);
     assert!(ours.contains(&(Rl::NAME, Kind::Unlearner)));
     assert!(ours.contains(&(SalUn::NAME, Kind::Unlearner)));
-    let schema = unlearn_core::method::schema_of::<SalUnConfig>();
+    let schema = unlearn_api::method::schema_of::<SalUnConfig>();
     let share = &schema["properties"]["share"];
     assert_eq!(
         (share["minimum"].as_f64(), share["maximum"].as_f64()),

@@ -6,9 +6,9 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use unlearn_core::method::{Attack, AttackCtx, AttackMethod, MethodConfig, MethodError, Poisoning};
-use unlearn_core::register_attack;
-use unlearn_core::tch::{Kind, Tensor};
+use unlearn_api::method::{Attack, AttackCtx, AttackMethod, MethodConfig, MethodError, Poisoning};
+use unlearn_api::register_attack;
+use unlearn_api::tch::{Kind, Tensor};
 
 /// BadNets: stamp a black square on `n` training images and relabel them to `target`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -107,11 +107,11 @@ impl Attack for BadNets {
         }
         let [_, h, w] = train.image_shape();
         self.check_fits(h, w)?;
-        let mut rows = unlearn_core::rng::permutation(train.len(), ctx.seed, "badnets");
+        let mut rows = unlearn_api::rng::permutation(train.len(), ctx.seed, "badnets");
         rows.truncate(c.n);
         rows.sort_unstable();
         let device = train.images.device();
-        let idx = unlearn_core::data::index_tensor(&rows, device);
+        let idx = unlearn_api::data::index_tensor(&rows, device);
         let images = self.trigger(&train.images.f_index_select(0, &idx)?)?;
         let labels = Tensor::f_full([rows.len() as i64], c.target as i64, (Kind::Int64, device))?;
         Ok(Poisoning {
@@ -130,7 +130,7 @@ impl Attack for BadNets {
         };
         self.check_fits(h, w)?;
         let s = self.config.size as i64;
-        let _g = unlearn_core::tch::no_grad_guard();
+        let _g = unlearn_api::tch::no_grad_guard();
         let out = images.copy();
         let mut square = out.f_narrow(2, h - 2 - s, s)?.f_narrow(3, w - 2 - s, s)?;
         let _ = square.f_fill_(0)?;
@@ -147,10 +147,10 @@ register_attack!(BadNets);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use unlearn_core::data::{synthetic, SyntheticConfig};
-    use unlearn_core::method::TaskData;
-    use unlearn_core::registry::Registry;
-    use unlearn_core::tch::Device;
+    use unlearn_api::data::{synthetic, SyntheticConfig};
+    use unlearn_api::method::TaskData;
+    use unlearn_api::registry::Registry;
+    use unlearn_api::tch::Device;
 
     fn attack(n: usize, size: usize, target: usize) -> BadNets {
         BadNets::new(BadNetsConfig { n, size, target })
@@ -158,7 +158,7 @@ mod tests {
 
     /// Random u8 images `[n, c, h, w]` with every pixel in 1..=255 (so a zeroed pixel shows).
     fn images(n: i64, c: i64, h: i64, w: i64, seed: i64) -> Tensor {
-        unlearn_core::tch::manual_seed(seed);
+        unlearn_api::tch::manual_seed(seed);
         Tensor::randint_low(1, 256, [n, c, h, w], (Kind::Uint8, Device::Cpu))
     }
 
@@ -318,7 +318,7 @@ mod tests {
     fn config_defaults_rules_and_registration() {
         let r = Registry::builtin().unwrap();
         let m = r
-            .get_kind("BadNets", unlearn_core::method::Kind::Attack)
+            .get_kind("BadNets", unlearn_api::method::Kind::Attack)
             .unwrap();
         let d = &m.default_config;
         assert_eq!(d.as_object().unwrap().len(), 3, "{d}");
@@ -348,6 +348,6 @@ mod tests {
         assert_eq!(paths, ["/n", "/size"]);
         let issues = m.build_attack(&config(&[("trigger", 3)])).err().unwrap();
         assert!(issues[0].message.contains("trigger"), "{issues:?}");
-        unlearn_core::conformance::assert_conforms(m);
+        unlearn_api::conformance::assert_conforms(m);
     }
 }

@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use unlearn_core::mask::{magnitude_scores, Mask};
-use unlearn_core::method::{MethodConfig, MethodError, PruneCtx, PruneMethod, Pruner, RewindPoint};
-use unlearn_core::model::{Model, Snapshot};
-use unlearn_core::register_pruner;
-use unlearn_core::rng::permutation;
-use unlearn_core::tch::Tensor;
+use unlearn_api::mask::{magnitude_scores, Mask};
+use unlearn_api::method::{MethodConfig, MethodError, PruneCtx, PruneMethod, Pruner, RewindPoint};
+use unlearn_api::model::{Model, Snapshot};
+use unlearn_api::register_pruner;
+use unlearn_api::rng::permutation;
+use unlearn_api::tch::Tensor;
 
 /// The step shared by OMP, IMP and random: load `target` (every variable, BatchNorm statistics
 /// included), zero what `mask` prunes, and retrain on all of train under `mask` with the
@@ -64,7 +64,7 @@ pub fn one_shot(
 /// Random scores for the model's prunable weights: a seeded random permutation of the ranks
 /// `0..total` over all of them at once (in parameter-name order), so that global pruning by these
 /// scores prunes a uniformly random set of exactly the asked size. The draw is made on the host
-/// (`unlearn_core::rng`), so a seed gives the same mask on every device.
+/// (`unlearn_api::rng`), so a seed gives the same mask on every device.
 pub fn random_scores(model: &Model, seed: u64) -> BTreeMap<String, Tensor> {
     let params = model.prunable();
     let total: usize = params.values().map(|t| t.numel()).sum();
@@ -367,7 +367,7 @@ register_pruner!(Imp);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use unlearn_core::method::parse_config;
+    use unlearn_api::method::parse_config;
 
     #[test]
     fn imp_config_rules() {

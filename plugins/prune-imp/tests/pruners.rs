@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use unlearn_core::data::{synthetic, SyntheticConfig};
-use unlearn_core::mask::{magnitude_scores, Mask};
-use unlearn_core::method::{PruneCtx, PruneMethod, Pruner, RewindPoint, TaskData};
-use unlearn_core::model::{Arch, Model, ModelSpec, Snapshot};
-use unlearn_core::tch::{Device, Kind, Tensor};
-use unlearn_core::train::{BestEpoch, CrossEntropy, Run, Schedule, Stream, Trainer};
+use unlearn_api::data::{synthetic, SyntheticConfig};
+use unlearn_api::mask::{magnitude_scores, Mask};
+use unlearn_api::method::{PruneCtx, PruneMethod, Pruner, RewindPoint, TaskData};
+use unlearn_api::model::{Arch, Model, ModelSpec, Snapshot};
+use unlearn_api::tch::{Device, Kind, Tensor};
+use unlearn_api::train::{BestEpoch, CrossEntropy, Run, Schedule, Stream, Trainer};
 use unlearn_prune_imp::{
     random_scores, Imp, ImpConfig, Omp, OmpConfig, RandomConfig, RandomPrune, RewindTarget,
 };
@@ -20,7 +20,7 @@ const SEED: u64 = 5;
 /// The tensors here are tiny: one libtorch thread is faster, and it keeps the tests fast on a
 /// busy machine, where intra-op threads wait on each other at every op.
 fn one_thread() {
-    unlearn_core::tch::set_num_threads(1);
+    unlearn_api::tch::set_num_threads(1);
 }
 
 struct Fixture {
@@ -98,11 +98,11 @@ fn best_validation(f: &Fixture, epochs: usize) -> BestEpoch {
 }
 
 /// Accuracy (percent) on `data` of the model holding `weights`, counted by hand.
-fn accuracy_of(f: &Fixture, weights: &Snapshot, data: &unlearn_core::data::Dataset) -> f64 {
+fn accuracy_of(f: &Fixture, weights: &Snapshot, data: &unlearn_api::data::Dataset) -> f64 {
     let mut m = Model::new(f.spec.clone(), Device::Cpu, 0).unwrap();
     m.load_snapshot(weights).unwrap();
     let all: Vec<usize> = (0..data.len()).collect();
-    let x = data.batch_images(&unlearn_core::data::index_tensor(&all, Device::Cpu));
+    let x = data.batch_images(&unlearn_api::data::index_tensor(&all, Device::Cpu));
     let pred = Vec::<i64>::try_from(m.forward_t(&x, false).argmax(1, false)).unwrap();
     let labels = data.labels_vec();
     let right = pred.iter().zip(&labels).filter(|(p, y)| p == y).count();

@@ -26,11 +26,11 @@ use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use unlearn_core::mask::Mask;
-use unlearn_core::method::{MethodConfig, MethodError, PruneCtx, PruneMethod, Pruner};
-use unlearn_core::model::Model;
-use unlearn_core::register_pruner;
-use unlearn_core::tch::{self, Device, Kind, Tensor};
+use unlearn_api::mask::Mask;
+use unlearn_api::method::{MethodConfig, MethodError, PruneCtx, PruneMethod, Pruner};
+use unlearn_api::model::Model;
+use unlearn_api::register_pruner;
+use unlearn_api::tch::{self, Device, Kind, Tensor};
 
 /// A network as SynFlow sees it.
 pub struct Network<'a> {

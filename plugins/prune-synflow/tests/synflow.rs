@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use unlearn_core::data::{synthetic, SyntheticConfig};
-use unlearn_core::mask::{magnitude_scores, Mask};
-use unlearn_core::method::{PruneCtx, PruneMethod, Pruner, TaskData};
-use unlearn_core::model::{Arch, Model, ModelSpec};
-use unlearn_core::tch::{nn, Device, Kind, Tensor};
-use unlearn_core::train::{CrossEntropy, Run, Schedule, Stream, Trainer};
+use unlearn_api::data::{synthetic, SyntheticConfig};
+use unlearn_api::mask::{magnitude_scores, Mask};
+use unlearn_api::method::{PruneCtx, PruneMethod, Pruner, TaskData};
+use unlearn_api::model::{Arch, Model, ModelSpec};
+use unlearn_api::tch::{nn, Device, Kind, Tensor};
+use unlearn_api::train::{CrossEntropy, Run, Schedule, Stream, Trainer};
 use unlearn_prune_synflow::{
     round_sparsity, synflow_mask, synflow_mask_for_model, synflow_scores, Network, SynFlow,
     SynFlowConfig,
@@ -18,7 +18,7 @@ use unlearn_prune_synflow::{
 /// The tensors here are tiny: one libtorch thread is faster, and it keeps the tests fast on a
 /// busy machine, where intra-op threads wait on each other at every op.
 fn one_thread() {
-    unlearn_core::tch::set_num_threads(1);
+    unlearn_api::tch::set_num_threads(1);
 }
 
 fn randn(vs: &nn::Path, name: &str, shape: &[i64], scale: f64) -> Tensor {
@@ -30,7 +30,7 @@ fn randn(vs: &nn::Path, name: &str, shape: &[i64], scale: f64) -> Tensor {
             stdev: 1.0,
         },
     );
-    unlearn_core::tch::no_grad(|| {
+    unlearn_api::tch::no_grad(|| {
         let mut t = t.shallow_clone();
         let _ = t.f_mul_(&Tensor::from(scale)).unwrap();
     });
@@ -38,7 +38,7 @@ fn randn(vs: &nn::Path, name: &str, shape: &[i64], scale: f64) -> Tensor {
 }
 
 fn set(t: &Tensor, values: &[f32]) {
-    unlearn_core::tch::no_grad(|| {
+    unlearn_api::tch::no_grad(|| {
         let mut t = t.shallow_clone();
         t.copy_(&Tensor::from_slice(values).view_as(&t));
     });
@@ -247,7 +247,7 @@ fn synflow_avoids_the_layer_collapse_of_magnitude_pruning() {
         assert!(*k >= 1, "SynFlow removed all of {name}: {synflow:?}");
     }
     // and what it keeps is connected: the network still has a non-zero output path.
-    let out = unlearn_core::tch::no_grad(|| {
+    let out = unlearn_api::tch::no_grad(|| {
         for (n, t) in &net.variables {
             let mut t = t.shallow_clone();
             t.copy_(&(t.abs() * m.get(n).unwrap()));
@@ -266,7 +266,7 @@ fn f64_flow_where_f32_overflows() {
         .map(|i| randn(&vs.root(), &format!("w{i:02}"), &[64, 64], 1.0))
         .collect();
     let f = |x: &Tensor| ws.iter().fold(x.shallow_clone(), |h, w| h.matmul(&w.tr()));
-    let in_f32 = unlearn_core::tch::no_grad(|| {
+    let in_f32 = unlearn_api::tch::no_grad(|| {
         ws.iter()
             .fold(Tensor::ones([1, 64], (Kind::Float, Device::Cpu)), |h, w| {
                 h.matmul(&w.abs().tr())

@@ -10,17 +10,17 @@
 
 use std::time::Instant;
 
-use unlearn_core::data::{
+use unlearn_data::{
     digits, stratified_split, synthetic, Dataset, SplitConfig, SyntheticConfig,
 };
-use unlearn_core::device::{synchronize, DeviceChoice};
-use unlearn_core::eval::Outputs;
-use unlearn_core::forget::{ForgetKind, ForgetSet, ForgetSpec};
-use unlearn_core::mask::{magnitude_scores, Mask};
-use unlearn_core::method::{TaskData, UnlearnCtx, UnlearnMethod};
-use unlearn_core::model::{Arch, Model, ModelSpec};
-use unlearn_core::tch::Device;
-use unlearn_core::train::{CrossEntropy, Run, Schedule, Stream, Trainer};
+use unlearn_api::device::{synchronize, DeviceChoice};
+use unlearn_eval::Outputs;
+use unlearn_api::forget::{ForgetKind, ForgetSet, ForgetSpec};
+use unlearn_api::mask::{magnitude_scores, Mask};
+use unlearn_api::method::{TaskData, UnlearnCtx, UnlearnMethod};
+use unlearn_api::model::{Arch, Model, ModelSpec};
+use unlearn_api::tch::Device;
+use unlearn_api::train::{CrossEntropy, Run, Schedule, Stream, Trainer};
 use unlearn_fisher::{Ff, FfConfig, Iu, IuConfig};
 
 struct Args {
@@ -231,11 +231,11 @@ fn main() {
         }
     };
     if let Some(n) = args.threads {
-        unlearn_core::tch::set_num_threads(n);
+        unlearn_api::tch::set_num_threads(n);
     }
     println!(
         "libtorch intra-op threads: {}; model: the small CNN",
-        unlearn_core::tch::get_num_threads()
+        unlearn_api::tch::get_num_threads()
     );
     if args.digits {
         let t = task(

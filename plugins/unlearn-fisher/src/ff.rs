@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use unlearn_core::device::synchronize;
-use unlearn_core::method::{MethodConfig, MethodError, UnlearnCtx, UnlearnMethod, Unlearner};
-use unlearn_core::model::Model;
-use unlearn_core::tch::{Kind, TchError, Tensor};
+use unlearn_api::device::synchronize;
+use unlearn_api::method::{MethodConfig, MethodError, UnlearnCtx, UnlearnMethod, Unlearner};
+use unlearn_api::model::Model;
+use unlearn_api::tch::{Kind, TchError, Tensor};
 
-use unlearn_core::grad::{assign_masked_, class_fisher, normal_like, GradInputs, Net};
+use unlearn_api::grad::{assign_masked_, class_fisher, normal_like, GradInputs, Net};
 
 /// Fisher forgetting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -150,7 +150,7 @@ impl Ff {
         }
         let classes = model.spec().classes as i64;
         let classifier = model.classifier();
-        let _g = unlearn_core::tch::no_grad_guard();
+        let _g = unlearn_api::tch::no_grad_guard();
         let mut out = Vec::with_capacity(params.len());
         for ((name, p), f) in params.into_iter().zip(fisher) {
             let size = p.size();
@@ -193,7 +193,7 @@ impl Ff {
 pub fn sample(moments: &[Moments], seed: u64) -> Result<Vec<Tensor>, TchError> {
     let mus: Vec<Tensor> = moments.iter().map(|m| m.mu.shallow_clone()).collect();
     let noise = normal_like(&mus, seed, NOISE_PURPOSE)?;
-    let _g = unlearn_core::tch::no_grad_guard();
+    let _g = unlearn_api::tch::no_grad_guard();
     moments
         .iter()
         .zip(&noise)
@@ -201,5 +201,5 @@ pub fn sample(moments: &[Moments], seed: u64) -> Result<Vec<Tensor>, TchError> {
         .collect()
 }
 
-/// The `purpose` FF's noise is drawn with (see [`unlearn_core::rng::rng`]).
+/// The `purpose` FF's noise is drawn with (see [`unlearn_api::rng::rng`]).
 pub const NOISE_PURPOSE: &str = "FF noise";

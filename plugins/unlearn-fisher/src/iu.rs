@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use unlearn_core::device::synchronize;
-use unlearn_core::method::{MethodConfig, MethodError, UnlearnCtx, UnlearnMethod, Unlearner};
-use unlearn_core::model::Model;
-use unlearn_core::tch::{TchError, Tensor};
+use unlearn_api::device::synchronize;
+use unlearn_api::method::{MethodConfig, MethodError, UnlearnCtx, UnlearnMethod, Unlearner};
+use unlearn_api::model::Model;
+use unlearn_api::tch::{TchError, Tensor};
 
-use unlearn_core::grad::{add_flat_masked_, for_each_sample_grad, summed_grad, GradInputs, Net};
+use unlearn_api::grad::{add_flat_masked_, for_each_sample_grad, summed_grad, GradInputs, Net};
 
 /// Influence unlearning.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -177,7 +177,7 @@ impl WoodFisher {
     }
 
     pub fn push(&mut self, g: &Tensor) -> Result<(), TchError> {
-        let _guard = unlearn_core::tch::no_grad_guard();
+        let _guard = unlearn_api::tch::no_grad_guard();
         match &mut self.o {
             None => self.o = Some(g.f_detach_copy()?),
             Some(o) => {

@@ -1,6 +1,6 @@
 //! One-shot unlearners for unlearn (SPEC §5): Fisher forgetting (`FF`) and influence unlearning
 //! (`IU`). Neither runs the training loop: both use core's gradient tools
-//! ([`unlearn_core::grad`]) and change the weights once, re-applying the mask afterwards so that
+//! ([`unlearn_api::grad`]) and change the weights once, re-applying the mask afterwards so that
 //! pruned weights stay exactly 0.
 
 pub mod ff;
@@ -9,5 +9,5 @@ pub mod iu;
 pub use ff::{Ff, FfConfig, FfReport};
 pub use iu::{Iu, IuConfig, IuReport};
 
-unlearn_core::register_unlearner!(Ff);
-unlearn_core::register_unlearner!(Iu);
+unlearn_api::register_unlearner!(Ff);
+unlearn_api::register_unlearner!(Iu);

@@ -4,12 +4,12 @@
 mod common;
 
 use common::*;
-use unlearn_core::data::Augment;
-use unlearn_core::grad::normal_like;
-use unlearn_core::grad::GradInputs;
-use unlearn_core::method::{UnlearnMethod, Unlearner};
-use unlearn_core::model::Model;
-use unlearn_core::tch::{Kind, Tensor};
+use unlearn_api::data::Augment;
+use unlearn_api::grad::normal_like;
+use unlearn_api::grad::GradInputs;
+use unlearn_api::method::{UnlearnMethod, Unlearner};
+use unlearn_api::model::Model;
+use unlearn_api::tch::{Kind, Tensor};
 use unlearn_fisher::{Ff, FfConfig};
 
 const ALPHA: f64 = 1e-4;
@@ -333,10 +333,10 @@ fn ff_noise_is_standard_normal_around_mu() {
     let f = fixture();
     let alpha = 1e-3;
     let cfg = ff(alpha);
-    let net = unlearn_core::grad::Net::eval(&f.model);
+    let net = unlearn_api::grad::Net::eval(&f.model);
     let rows = f.forget.retain.clone();
-    let stream = unlearn_core::train::Stream::new(&f.data.train, &rows);
-    let fisher = unlearn_core::grad::class_fisher(&net, &stream, BATCH).unwrap();
+    let stream = unlearn_api::train::Stream::new(&f.data.train, &rows);
+    let fisher = unlearn_api::grad::class_fisher(&net, &stream, BATCH).unwrap();
     let moments = cfg
         .moments(&f.model, &fisher.per_param, Some(FORGET_CLASS))
         .unwrap();

@@ -5,10 +5,10 @@
 mod common;
 
 use common::*;
-use unlearn_core::data::Augment;
-use unlearn_core::grad::GradInputs;
-use unlearn_core::method::{UnlearnMethod, Unlearner};
-use unlearn_core::model::Model;
+use unlearn_api::data::Augment;
+use unlearn_api::grad::GradInputs;
+use unlearn_api::method::{UnlearnMethod, Unlearner};
+use unlearn_api::model::Model;
 use unlearn_fisher::{Iu, IuConfig};
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -27,7 +27,7 @@ fn reference_k_on(
 ) -> Vec<f64> {
     // pruned weights are constants: their gradients are 0
     let pruned = pruned(model, &f.mask);
-    let grad = |x: &unlearn_core::tch::Tensor, row: usize| {
+    let grad = |x: &unlearn_api::tch::Tensor, row: usize| {
         let mut g = sample_grad(model, x, f.label(row));
         mask_grads(&mut g, &pruned);
         flat(&g)

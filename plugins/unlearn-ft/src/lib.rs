@@ -5,10 +5,10 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use unlearn_core::method::{MethodConfig, MethodError, UnlearnCtx, UnlearnMethod, Unlearner};
-use unlearn_core::objective::{CeL1, L1Schedule};
-use unlearn_core::train::CrossEntropy;
-use unlearn_core::{register_unlearner, sgd_config};
+use unlearn_api::method::{MethodConfig, MethodError, UnlearnCtx, UnlearnMethod, Unlearner};
+use unlearn_api::objective::{CeL1, L1Schedule};
+use unlearn_api::train::CrossEntropy;
+use unlearn_api::{register_unlearner, sgd_config};
 
 sgd_config!(
     /// Retrain from a fresh initialisation (same mask when sparse) on the retain set.
@@ -179,8 +179,8 @@ register_unlearner!(Raw);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use unlearn_core::method::parse_config;
-    use unlearn_core::train::Objective;
+    use unlearn_api::method::parse_config;
+    use unlearn_api::train::Objective;
 
     /// The weights a_t of `FT_l1` over its epochs, as the objective sees them, against the
     /// reference's formula written out: a * (1 - t / (E - E0)) for t < E - E0, then 0.
@@ -218,7 +218,7 @@ mod tests {
 
     #[test]
     fn ft_l1_and_l1_sparse_share_one_schema() {
-        use unlearn_core::registry::Registry;
+        use unlearn_api::registry::Registry;
         let r = Registry::builtin().unwrap();
         let schema = |name: &str| r.get(name).unwrap().schema.clone();
         assert_eq!(schema("FT_l1"), schema("l1-sparse"));

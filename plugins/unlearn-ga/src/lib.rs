@@ -2,9 +2,9 @@
 //! constant L1 penalty. GA can diverge: core's loop stops with an error naming the method and the
 //! epoch when the loss or the weights become non-finite, and no result is recorded.
 
-use unlearn_core::method::{MethodError, UnlearnCtx, UnlearnMethod, Unlearner};
-use unlearn_core::objective::{CeL1, L1Schedule};
-use unlearn_core::{register_unlearner, sgd_config};
+use unlearn_api::method::{MethodError, UnlearnCtx, UnlearnMethod, Unlearner};
+use unlearn_api::objective::{CeL1, L1Schedule};
+use unlearn_api::{register_unlearner, sgd_config};
 
 sgd_config!(
     /// Gradient ascent: minimise -CE on the forget set.

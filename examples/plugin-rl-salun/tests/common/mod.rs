@@ -1,9 +1,9 @@
 //! Helpers shared by the tests: accuracies computed directly from the model's logits.
 #![allow(dead_code)]
 
-use unlearn_core::data::{index_tensor, Dataset};
-use unlearn_core::model::Model;
-use unlearn_core::tch::{self, Kind};
+use unlearn_api::data::{index_tensor, Dataset};
+use unlearn_api::model::Model;
+use unlearn_api::tch::{self, Kind};
 
 /// Share of `rows` of `data` whose argmax logit (eval mode) is the data set's own label.
 pub fn accuracy(model: &Model, data: &Dataset, rows: &[usize]) -> f64 {

@@ -1,18 +1,18 @@
 //! Fixtures for the FF and IU tests: a small trained and pruned model on a synthetic task, and
 //! reference computations that use the ordinary `.grad` path one sample at a time (independent
-//! of `unlearn_core::grad`, whose batched code the plugins use).
+//! of `unlearn_api::grad`, whose batched code the plugins use).
 
 #![allow(dead_code)]
 
 use std::path::Path;
 
-use unlearn_core::data::{index_tensor, stratified_split, synthetic, SplitConfig, SyntheticConfig};
-use unlearn_core::forget::{ForgetKind, ForgetSet, ForgetSpec};
-use unlearn_core::mask::{magnitude_scores, Mask};
-use unlearn_core::method::{TaskData, UnlearnCtx};
-use unlearn_core::model::{Arch, Model, ModelSpec};
-use unlearn_core::tch::{Device, Kind, Tensor};
-use unlearn_core::train::{CrossEntropy, Run, Schedule, Stream, Trainer};
+use unlearn_api::data::{index_tensor, stratified_split, synthetic, SplitConfig, SyntheticConfig};
+use unlearn_api::forget::{ForgetKind, ForgetSet, ForgetSpec};
+use unlearn_api::mask::{magnitude_scores, Mask};
+use unlearn_api::method::{TaskData, UnlearnCtx};
+use unlearn_api::model::{Arch, Model, ModelSpec};
+use unlearn_api::tch::{Device, Kind, Tensor};
+use unlearn_api::train::{CrossEntropy, Run, Schedule, Stream, Trainer};
 
 pub const CLASSES: usize = 4;
 pub const FORGET_CLASS: usize = 1;
@@ -121,7 +121,7 @@ impl Fixture {
         let Some(seed) = seed else {
             return rows.iter().map(|&r| self.image(r)).collect();
         };
-        let mut rng = unlearn_core::rng::rng(seed, unlearn_core::grad::AUGMENT_PURPOSE);
+        let mut rng = unlearn_api::rng::rng(seed, unlearn_api::grad::AUGMENT_PURPOSE);
         let train = &self.data.train;
         rows.chunks(batch)
             .flat_map(|chunk| {
@@ -173,7 +173,7 @@ pub fn sample_grad(model: &Model, x: &Tensor, target: usize) -> Vec<Vec<f64>> {
 
 /// Softmax probabilities of one sample (eval mode).
 pub fn probs(model: &Model, x: &Tensor) -> Vec<f64> {
-    let _g = unlearn_core::tch::no_grad_guard();
+    let _g = unlearn_api::tch::no_grad_guard();
     to_vec(&model.forward_t(x, false).softmax(-1, Kind::Double))
 }
 

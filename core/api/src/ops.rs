@@ -1,5 +1,5 @@
 //! Tensor operations libtorch has and tch does not expose, through core's C++ shim
-//! (`core/shim/unlearn_shim.cpp`): the scaled add (`a.add(b, alpha)`, one rounding on the
+//! (`core/api/shim/unlearn_shim.cpp`): the scaled add (`a.add(b, alpha)`, one rounding on the
 //! vectorised CPU path, unlike `a + b * alpha`) and dropping a gradient.
 
 use std::ffi::{c_char, CStr};

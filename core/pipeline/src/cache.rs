@@ -73,24 +73,7 @@ impl std::fmt::Display for StageKey {
     }
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// SHA-256 (hex) of a file's content.
-pub fn file_sha256(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut h = Sha256::new();
-    let mut f = File::open(path)?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(hex(&h.finalize()));
-        }
-        h.update(&buf[..n]);
-    }
-}
+pub use unlearn_api::io::{file_sha256, hex};
 
 /// JSON with every object's keys sorted, recursively.
 pub fn canonical_json(v: &Value) -> String {

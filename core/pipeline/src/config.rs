@@ -2,7 +2,6 @@
 //! Schema generated from these types (and each method's own schema) gives path-precise messages;
 //! then the rules a schema cannot express. Every problem is collected and reported at once.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -150,43 +149,7 @@ pub struct MethodSpec {
     pub params: Map<String, Value>,
 }
 
-/// One problem with a config: where (a JSON pointer), the offending value, and the rule.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ConfigIssue {
-    pub path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<Value>,
-    pub message: String,
-}
-
-impl ConfigIssue {
-    pub fn new(path: &str, value: Option<Value>, message: impl Into<String>) -> ConfigIssue {
-        ConfigIssue {
-            path: path.to_string(),
-            value,
-            message: message.into(),
-        }
-    }
-
-    fn prefixed(mut self, prefix: &str) -> ConfigIssue {
-        self.path = format!("{prefix}{}", self.path);
-        self
-    }
-}
-
-impl fmt::Display for ConfigIssue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let path = if self.path.is_empty() {
-            "/"
-        } else {
-            &self.path
-        };
-        match &self.value {
-            Some(v) => write!(f, "{path} = {v}: {}", self.message),
-            None => write!(f, "{path}: {}", self.message),
-        }
-    }
-}
+pub use unlearn_api::method::ConfigIssue;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

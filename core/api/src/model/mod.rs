@@ -192,7 +192,7 @@ impl Model {
     }
 
     /// The architecture with tch's initial values (for callers that overwrite every variable).
-    pub(crate) fn build(spec: ModelSpec, device: Device) -> Result<Model, ModelError> {
+    pub fn build(spec: ModelSpec, device: Device) -> Result<Model, ModelError> {
         check_input(&spec)?;
         let vs = nn::VarStore::new(device);
         let root = vs.root();

@@ -89,77 +89,7 @@ pub fn attack_success_rate(
     })
 }
 
-/// What is wrong with `p` as a poisoning of `train`, one message per problem (empty: usable).
-/// Rows must be strictly increasing and inside train; images `[rows, C, H, W]` with train's
-/// dtype and device; labels `[rows]`, i64, on train's device, each a class of train.
-pub fn poisoning_issues(train: &Dataset, p: &Poisoning) -> Vec<String> {
-    let mut issues = Vec::new();
-    let k = p.rows.len() as i64;
-    if let Some(w) = p.rows.windows(2).find(|w| w[0] >= w[1]) {
-        issues.push(format!(
-            "rows are not strictly increasing ({} then {})",
-            w[0], w[1]
-        ));
-    }
-    if let Some(&r) = p.rows.iter().find(|&&r| r >= train.len()) {
-        issues.push(format!(
-            "row {r} is outside the training set of {} samples",
-            train.len()
-        ));
-    }
-    let [c, h, w] = train.image_shape();
-    if p.images.size() != [k, c, h, w] {
-        issues.push(format!(
-            "images have shape {:?}, expected {:?} ({} rows of train's images)",
-            p.images.size(),
-            [k, c, h, w],
-            k
-        ));
-    }
-    if p.images.kind() != train.images.kind() {
-        issues.push(format!(
-            "images are {:?}, train's images are {:?}",
-            p.images.kind(),
-            train.images.kind()
-        ));
-    }
-    if p.images.device() != train.images.device() {
-        issues.push(format!(
-            "images are on {:?}, train's images on {:?}",
-            p.images.device(),
-            train.images.device()
-        ));
-    }
-    if p.labels.size() != [k] {
-        issues.push(format!(
-            "labels have shape {:?}, expected [{k}]",
-            p.labels.size()
-        ));
-    }
-    if p.labels.device() != train.labels.device() {
-        issues.push(format!(
-            "labels are on {:?}, train's labels on {:?}",
-            p.labels.device(),
-            train.labels.device()
-        ));
-    }
-    if p.labels.kind() != Kind::Int64 {
-        issues.push(format!("labels are {:?}, expected Int64", p.labels.kind()));
-    } else if p.labels.numel() > 0 {
-        let flat = p.labels.flatten(0, -1).to_device(tch::Device::Cpu);
-        let labels = Vec::<i64>::try_from(&flat).unwrap_or_default();
-        if let Some(&y) = labels
-            .iter()
-            .find(|&&y| y < 0 || y as usize >= train.classes)
-        {
-            issues.push(format!(
-                "label {y} is not a class of train (0..{})",
-                train.classes
-            ));
-        }
-    }
-    issues
-}
+pub use unlearn_api::method::poisoning_issues;
 
 /// A copy of `train` with the rows of `p` replaced by the poisoned images and labels (same
 /// metadata, same device; `train` itself is unchanged).

@@ -6,8 +6,8 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
+use std::fmt;
 
-use crate::config::ConfigIssue;
 use crate::data::Dataset;
 use crate::forget::ForgetSet;
 use crate::mask::{Mask, MaskError};
@@ -58,6 +58,45 @@ impl std::str::FromStr for Kind {
             .into_iter()
             .find(|k| k.name() == s)
             .ok_or_else(|| format!("unknown kind `{s}`: expected pruner, unlearner or attack"))
+    }
+}
+
+/// One problem with a config: where (a JSON pointer), the offending value, and the rule.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ConfigIssue {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    pub message: String,
+}
+
+impl ConfigIssue {
+    pub fn new(path: &str, value: Option<Value>, message: impl Into<String>) -> ConfigIssue {
+        ConfigIssue {
+            path: path.to_string(),
+            value,
+            message: message.into(),
+        }
+    }
+
+    /// The same issue with `prefix` put before its path (an issue of a nested config).
+    pub fn prefixed(mut self, prefix: &str) -> ConfigIssue {
+        self.path = format!("{prefix}{}", self.path);
+        self
+    }
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = if self.path.is_empty() {
+            "/"
+        } else {
+            &self.path
+        };
+        match &self.value {
+            Some(v) => write!(f, "{path} = {v}: {}", self.message),
+            None => write!(f, "{path}: {}", self.message),
+        }
     }
 }
 
@@ -214,6 +253,78 @@ pub struct Poisoning {
     pub images: Tensor,
     /// Their (new) labels, `[rows.len()]`, i64.
     pub labels: Tensor,
+}
+
+/// What is wrong with `p` as a poisoning of `train`, one message per problem (empty: usable).
+/// Rows must be strictly increasing and inside train; images `[rows, C, H, W]` with train's
+/// dtype and device; labels `[rows]`, i64, on train's device, each a class of train.
+pub fn poisoning_issues(train: &Dataset, p: &Poisoning) -> Vec<String> {
+    let mut issues = Vec::new();
+    let k = p.rows.len() as i64;
+    if let Some(w) = p.rows.windows(2).find(|w| w[0] >= w[1]) {
+        issues.push(format!(
+            "rows are not strictly increasing ({} then {})",
+            w[0], w[1]
+        ));
+    }
+    if let Some(&r) = p.rows.iter().find(|&&r| r >= train.len()) {
+        issues.push(format!(
+            "row {r} is outside the training set of {} samples",
+            train.len()
+        ));
+    }
+    let [c, h, w] = train.image_shape();
+    if p.images.size() != [k, c, h, w] {
+        issues.push(format!(
+            "images have shape {:?}, expected {:?} ({} rows of train's images)",
+            p.images.size(),
+            [k, c, h, w],
+            k
+        ));
+    }
+    if p.images.kind() != train.images.kind() {
+        issues.push(format!(
+            "images are {:?}, train's images are {:?}",
+            p.images.kind(),
+            train.images.kind()
+        ));
+    }
+    if p.images.device() != train.images.device() {
+        issues.push(format!(
+            "images are on {:?}, train's images on {:?}",
+            p.images.device(),
+            train.images.device()
+        ));
+    }
+    if p.labels.size() != [k] {
+        issues.push(format!(
+            "labels have shape {:?}, expected [{k}]",
+            p.labels.size()
+        ));
+    }
+    if p.labels.device() != train.labels.device() {
+        issues.push(format!(
+            "labels are on {:?}, train's labels on {:?}",
+            p.labels.device(),
+            train.labels.device()
+        ));
+    }
+    if p.labels.kind() != tch::Kind::Int64 {
+        issues.push(format!("labels are {:?}, expected Int64", p.labels.kind()));
+    } else if p.labels.numel() > 0 {
+        let flat = p.labels.flatten(0, -1).to_device(tch::Device::Cpu);
+        let labels = Vec::<i64>::try_from(&flat).unwrap_or_default();
+        if let Some(&y) = labels
+            .iter()
+            .find(|&&y| y < 0 || y as usize >= train.classes)
+        {
+            issues.push(format!(
+                "label {y} is not a class of train (0..{})",
+                train.classes
+            ));
+        }
+    }
+    issues
 }
 
 /// A training-set attack (e.g. a BadNets backdoor, SPEC §7): it poisons train, and at test time

@@ -1,7 +1,7 @@
-//! core's build script: the shared libtorch linking (`build/link_libtorch.rs`) and the small C++
+//! unlearn-api's build script: the shared libtorch linking (`build/link_libtorch.rs`) and the small C++
 //! shim of libtorch operations tch does not expose (`shim/unlearn_shim.cpp`).
 
-#[path = "../build/link_libtorch.rs"]
+#[path = "../../build/link_libtorch.rs"]
 mod link_libtorch;
 
 use std::path::PathBuf;

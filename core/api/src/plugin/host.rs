@@ -20,7 +20,7 @@ use super::wire::{
     read_json, read_list, read_model, read_str, status_result, CallContext, Collected, OwnedList,
     OwnedModel, OwnedTask, ReportMeta, RunMeta,
 };
-use crate::config::ConfigIssue;
+use crate::method::ConfigIssue;
 use crate::mask::Mask;
 use crate::method::{
     Attack, AttackCtx, Built, Kind, MethodError, Poisoning, PruneCtx, Pruner, RewindPoint,

@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use unlearn_core::checkpoint::{self, Provenance};
-use unlearn_core::mask::{magnitude_scores, Mask};
-use unlearn_core::model::{Arch, Model, ModelSpec};
-use unlearn_core::tch::{self, Device, Kind, Tensor};
+use unlearn_api::checkpoint::{self, Provenance};
+use unlearn_api::mask::{magnitude_scores, Mask};
+use unlearn_api::model::{Arch, Model, ModelSpec};
+use unlearn_api::tch::{self, Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
 const RESNET18_PARAMETERS: i64 = 11_173_962;

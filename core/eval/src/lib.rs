@@ -1,9 +1,12 @@
-//! Evaluation (SPEC §6). A model's outputs on each split are computed once ([`Outputs`]) and every
+//! `unlearn-eval`: the metrics of an unlearning run. A model's outputs on each split are computed once ([`Outputs`]) and every
 //! metric, accuracies and all MIA features, reads from them.
 
 pub mod backdoor;
 pub mod gap;
 pub mod mia;
+
+// Module paths shared with the rest of unlearn (`crate::model::Model`).
+use unlearn_api::{data, forget, method, model};
 
 use std::collections::BTreeMap;
 

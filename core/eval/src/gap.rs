@@ -42,7 +42,7 @@ pub fn gap(m: &Metrics, retrain: &Metrics) -> Gap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eval::{MiaFeature, MiaScore};
+    use crate::{MiaFeature, MiaScore};
     use std::collections::BTreeMap;
 
     fn metrics(ua: f64, mia: Option<f64>, ra: f64, ta: f64) -> Metrics {

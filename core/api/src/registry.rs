@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::config::ConfigIssue;
+use crate::method::ConfigIssue;
 use crate::method::{Attack, Built, BuiltinMethod, Factory, Kind, Pruner, Unlearner};
 use crate::plugin::host::LibraryMethod;
 
@@ -117,7 +117,7 @@ impl Method {
     pub fn build_identity(&self) -> String {
         match &self.source {
             Source::BuiltIn(krate) => format!("{krate} {}", env!("CARGO_PKG_VERSION")),
-            Source::Library(path) => match crate::cache::file_sha256(path) {
+            Source::Library(path) => match crate::io::file_sha256(path) {
                 Ok(sha) => format!("library sha256:{sha}"),
                 Err(e) => format!("library {} (unreadable: {e})", path.display()),
             },

@@ -4,8 +4,8 @@ use std::io::Read;
 
 use super::{DataError, Dataset};
 
-/// Shipped inside the binary; see `core/data/DIGITS-NOTICE.md`.
-const DIGITS_CSV_GZ: &[u8] = include_bytes!("../../data/digits.csv.gz");
+/// Shipped inside the binary; see `core/data/assets/DIGITS-NOTICE.md`.
+const DIGITS_CSV_GZ: &[u8] = include_bytes!("../assets/digits.csv.gz");
 
 /// Credit line required by the data set's licence; printed in reports.
 pub const DIGITS_CREDIT: &str = "Digits: UCI Optical Recognition of Handwritten Digits \

@@ -10,10 +10,10 @@
 
 use std::time::Instant;
 
-use unlearn_core::data::{Augment, Dataset};
-use unlearn_core::device::{device_name, synchronize, DeviceChoice};
-use unlearn_core::model::{Arch, Model, ModelSpec};
-use unlearn_core::train::{CrossEntropy, Run, Schedule, Stream, Trainer};
+use unlearn_api::data::{Augment, Dataset};
+use unlearn_api::device::{device_name, synchronize, DeviceChoice};
+use unlearn_api::model::{Arch, Model, ModelSpec};
+use unlearn_api::train::{CrossEntropy, Run, Schedule, Stream, Trainer};
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
     args.iter()
@@ -41,12 +41,12 @@ fn main() {
         .resolve()
         .expect("device");
     if threads > 0 {
-        unlearn_core::tch::set_num_threads(threads);
+        unlearn_api::tch::set_num_threads(threads);
     }
 
     // Random pixels and labels, the shape of CIFAR.
     let pixels: Vec<u8> = {
-        let mut r = unlearn_core::rng::rng(0, "bench pixels");
+        let mut r = unlearn_api::rng::rng(0, "bench pixels");
         use rand::RngExt;
         (0..samples * 3 * (size * size) as usize)
             .map(|_| r.random::<u8>())
@@ -100,7 +100,7 @@ fn main() {
         "{}",
         serde_json::json!({
             "impl": "unlearn", "arch": arch_name, "batch": batch, "device": device_name(device),
-            "threads": unlearn_core::tch::get_num_threads(), "images": images, "seconds": seconds,
+            "threads": unlearn_api::tch::get_num_threads(), "images": images, "seconds": seconds,
             "images_per_s": images / seconds, "parameters": model.num_parameters(),
         })
     );

@@ -1,0 +1,20 @@
+//! `unlearn-pipeline`: configs, runs and studies with their stage cache, reports and plots, on
+//! top of `unlearn-api` (models, masks, the loop, methods, the registry and the plugin ABI),
+//! `unlearn-data` (data sets) and `unlearn-eval` (metrics), which it re-exports under the module
+//! names the binary uses.
+
+pub mod cache;
+pub mod config;
+pub mod pipeline;
+pub mod plot;
+pub mod report;
+
+pub use unlearn_api::conformance;
+pub use unlearn_api::{
+    checkpoint, device, forget, grad, io, mask, method, model, objective, ops, optim, plugin,
+    registry, rng, testing, train,
+};
+pub use unlearn_api::{export_plugin, register_attack, register_pruner, register_unlearner, sgd_config};
+pub use unlearn_api::{inventory, tch};
+pub use unlearn_data as data;
+pub use unlearn_eval as eval;
