@@ -440,7 +440,12 @@ fn pruners_and_attacks_through_the_abi_match_their_built_in_selves() {
 
     // OMP: dense training keeping the rewind snapshot it asks for, then prune (rewind to the
     // snapshot, retrain in core's loop under the mask).
-    let prune = |name: &str| -> (Mask, Model, f64, Option<unlearn_pipeline::method::RewindPoint>) {
+    let prune = |name: &str| -> (
+        Mask,
+        Model,
+        f64,
+        Option<unlearn_pipeline::method::RewindPoint>,
+    ) {
         let p = registry
             .get(name)
             .unwrap()

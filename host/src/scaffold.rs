@@ -552,7 +552,7 @@ mod tests {
             }
             assert!(
                 lib.contains(&format!(
-                    "unlearn_pipeline::export_plugin! {{ {keyword}: MyThing }}"
+                    "unlearn_api::export_plugin! {{ {keyword}: MyThing }}"
                 )),
                 "{keyword}: export line"
             );
@@ -561,7 +561,7 @@ mod tests {
             assert!(lib.contains("const NAME: &'static str = \"my-thing\";"));
             assert!(test.contains("use my_thing as _;"));
             assert!(test.contains("const METHOD: &str = \"my-thing\";"));
-            assert!(test.contains("unlearn_pipeline::conformance::assert_conforms("));
+            assert!(test.contains("unlearn_api::conformance::assert_conforms("));
             let variant = format!(
                 "Kind::{}",
                 &traits[1]["impl ".len()..].split(' ').next().unwrap()
@@ -598,7 +598,7 @@ mod tests {
             read(&dir, "src/lib.rs")
         };
         let u = lib(Kind::Unlearner);
-        assert!(u.contains("unlearn_pipeline::sgd_config!("));
+        assert!(u.contains("unlearn_api::sgd_config!("));
         assert!(u.contains("CfgCheckConfig { epochs: 1, lr: 0.01, milestones: vec![] }"));
         assert!(u.contains("ctx.train(&self.config.schedule(), &stream"));
         let p = lib(Kind::Pruner);

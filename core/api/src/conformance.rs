@@ -24,8 +24,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use serde_json::{json, Value};
 use tch::{Device, Tensor};
 
-use crate::method::poisoning_issues;
 use crate::mask::Mask;
+use crate::method::poisoning_issues;
 use crate::method::{AttackCtx, Kind, PruneCtx};
 use crate::model::Model;
 use crate::registry::Method;

@@ -12,7 +12,9 @@ use crate::data::Dataset;
 use crate::forget::ForgetSet;
 use crate::mask::{Mask, MaskError};
 use crate::model::{Model, ModelError, Snapshot};
-use crate::train::{Objective, Run, Schedule, Stream, TrainError, TrainReport, Trainer};
+use crate::train::{
+    Objective, Phase, Run, Schedule, Stream, Tag, TrainError, TrainReport, Trainer,
+};
 use tch::Tensor;
 
 #[derive(
@@ -156,11 +158,20 @@ impl<'a> UnlearnCtx<'a> {
         }
     }
 
-    /// `D_f`, likewise.
+    /// `D_f`, likewise, every sample tagged forget.
     pub fn forget_stream(&self) -> Stream<'a> {
         Stream {
             augment_seed: self.seed,
-            ..Stream::new(&self.data.train, &self.forget.forget)
+            ..Stream::tagged(&self.data.train, &self.forget.forget, Tag::Forget)
+        }
+    }
+
+    /// `D_r` and `D_f` in one stream, each sample tagged: batches mix both
+    /// ([`crate::train::Batch::forget`] says which is which).
+    pub fn mixed_stream(&self) -> Stream<'a> {
+        Stream {
+            augment_seed: self.seed,
+            ..Stream::mixed(&self.data.train, &self.forget.retain, &self.forget.forget)
         }
     }
 
@@ -172,6 +183,20 @@ impl<'a> UnlearnCtx<'a> {
         objective: &mut dyn Objective,
     ) -> Result<TrainReport, TrainError> {
         let run = Run::new(self.label.clone(), schedule, stream, self.mask, self.seed);
+        self.trainer.run(self.model, run, objective)
+    }
+
+    /// Runs core's loop with several phases per epoch (e.g. SCRUB's max-steps on `D_f`, then
+    /// min-steps on `D_r`), one optimizer throughout; `objective` sees [`Batch::phase`].
+    ///
+    /// [`Batch::phase`]: crate::train::Batch::phase
+    pub fn train_phases(
+        &mut self,
+        schedule: &Schedule,
+        phases: Vec<Phase<'_>>,
+        objective: &mut dyn Objective,
+    ) -> Result<TrainReport, TrainError> {
+        let run = Run::phased(self.label.clone(), schedule, phases, self.mask, self.seed);
         self.trainer.run(self.model, run, objective)
     }
 

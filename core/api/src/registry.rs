@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+#[cfg(feature = "host")]
 use std::sync::Arc;
 
 use serde_json::Value;
 
 use crate::method::ConfigIssue;
 use crate::method::{Attack, Built, BuiltinMethod, Factory, Kind, Pruner, Unlearner};
+#[cfg(feature = "host")]
 use crate::plugin::host::LibraryMethod;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -75,6 +77,7 @@ pub struct Method {
 /// How a method is made from its config.
 enum Maker {
     Builtin(Factory),
+    #[cfg(feature = "host")]
     Library(Arc<LibraryMethod>),
 }
 
@@ -92,6 +95,7 @@ impl Method {
     }
 
     /// A method of a plugin library (checked by the loader).
+    #[cfg(feature = "host")]
     pub(crate) fn from_library(
         kind: Kind,
         name: String,
@@ -127,6 +131,7 @@ impl Method {
     pub fn build_unlearner(&self, config: &Value) -> Built<dyn Unlearner> {
         match &self.maker {
             Maker::Builtin(Factory::Unlearner(f)) => f(config),
+            #[cfg(feature = "host")]
             Maker::Library(l) if self.kind == Kind::Unlearner => l.build_unlearner(config),
             _ => Err(self.wrong_kind(Kind::Unlearner)),
         }
@@ -135,6 +140,7 @@ impl Method {
     pub fn build_pruner(&self, config: &Value) -> Built<dyn Pruner> {
         match &self.maker {
             Maker::Builtin(Factory::Pruner(f)) => f(config),
+            #[cfg(feature = "host")]
             Maker::Library(l) if self.kind == Kind::Pruner => l.build_pruner(config),
             _ => Err(self.wrong_kind(Kind::Pruner)),
         }
@@ -143,6 +149,7 @@ impl Method {
     pub fn build_attack(&self, config: &Value) -> Built<dyn Attack> {
         match &self.maker {
             Maker::Builtin(Factory::Attack(f)) => f(config),
+            #[cfg(feature = "host")]
             Maker::Library(l) if self.kind == Kind::Attack => l.build_attack(config),
             _ => Err(self.wrong_kind(Kind::Attack)),
         }

@@ -1,7 +1,8 @@
-//! The one training loop. Methods supply an [`Objective`] (what to minimise on a batch) and a
-//! [`Stream`] (which samples, with which labels); core owns batching from device-resident data,
-//! the SGD optimizer and lr schedule, mask enforcement, the rewind snapshot, divergence checks,
-//! timing, progress and cancellation.
+//! The one training loop. Methods supply an [`Objective`] (what to minimise on a batch) and one
+//! or more [`Phase`]s, each a [`Stream`] (which samples, with which labels, tagged retain or
+//! forget); core owns batching from device-resident data, one optimizer whose state persists
+//! across phases, the lr schedule, mask enforcement, the rewind snapshot, divergence checks,
+//! timing, progress, cancellation and mid-training checkpoints.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -129,12 +130,23 @@ impl Schedule {
     }
 }
 
-/// The samples a run trains on: rows of a device-resident data set and their labels (the data
-/// set's own labels, or replacements, e.g. random labels).
+/// Which part of the training set a sample belongs to, as the loop tags it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tag {
+    Retain,
+    Forget,
+}
+
+/// The samples a run trains on: rows of a device-resident data set, their labels (the data
+/// set's own labels, or replacements, e.g. random labels) and their tags.
 pub struct Stream<'a> {
     pub data: &'a Dataset,
+    /// Positions in `data` (i64).
     pub rows: Tensor,
     pub labels: Tensor,
+    /// Per row, whether it is a forget sample (bool); batches carry it as [`Batch::forget`].
+    pub forget: Tensor,
     /// Applied to every training batch; the data set's own policy by default.
     pub augment: Augment,
     /// Seeds the augmentation of the gradient tools in [`crate::grad`], which read a stream
@@ -143,13 +155,44 @@ pub struct Stream<'a> {
 }
 
 impl<'a> Stream<'a> {
+    /// `rows` of `data` with their own labels, every one tagged retain.
     pub fn new(data: &'a Dataset, rows: &[usize]) -> Stream<'a> {
-        let rows = index_tensor(rows, data.images.device());
+        Stream::tagged(data, rows, Tag::Retain)
+    }
+
+    /// `rows` of `data` with their own labels, every one tagged `tag`.
+    pub fn tagged(data: &'a Dataset, rows: &[usize], tag: Tag) -> Stream<'a> {
+        let device = data.images.device();
+        let forget = Tensor::full(
+            [rows.len() as i64],
+            (tag == Tag::Forget) as i64,
+            (Kind::Bool, device),
+        );
+        Stream::with_tags(data, index_tensor(rows, device), forget)
+    }
+
+    /// The retain rows then the forget rows of `data`, each tagged as such: one stream whose
+    /// batches mix both (Bad Teacher, for example, treats the two differently within a batch).
+    pub fn mixed(data: &'a Dataset, retain: &[usize], forget: &[usize]) -> Stream<'a> {
+        let device = data.images.device();
+        let rows: Vec<usize> = retain.iter().chain(forget).copied().collect();
+        let tags = Tensor::cat(
+            &[
+                Tensor::zeros([retain.len() as i64], (Kind::Bool, device)),
+                Tensor::ones([forget.len() as i64], (Kind::Bool, device)),
+            ],
+            0,
+        );
+        Stream::with_tags(data, index_tensor(&rows, device), tags)
+    }
+
+    fn with_tags(data: &'a Dataset, rows: Tensor, forget: Tensor) -> Stream<'a> {
         let labels = data.labels.index_select(0, &rows);
         Stream {
             data,
             rows,
             labels,
+            forget,
             augment: data.augment,
             augment_seed: 0,
         }
@@ -171,10 +214,19 @@ impl<'a> Stream<'a> {
     }
 }
 
-/// One mini-batch: inputs in [0, 1] and labels, on the model's device.
+/// One mini-batch: inputs in [0, 1] and labels, on the model's device, with where they came
+/// from.
 pub struct Batch {
     pub x: Tensor,
     pub y: Tensor,
+    /// Each sample's position in its stream's data set (i64; -1 when unknown).
+    pub rows: Tensor,
+    /// Each sample's tag: true for a forget sample (bool).
+    pub forget: Tensor,
+    /// The index of the run's phase this batch belongs to (0 in a one-phase run).
+    pub phase: usize,
+    /// Optimizer steps taken before this batch's, counted over the whole run.
+    pub step: usize,
     pub epoch: usize,
     pub epochs: usize,
     /// The logits an objective computed for `y`, when it reports them (for the epoch log's
@@ -183,13 +235,32 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// A batch that comes from no stream (tests, one-off losses): rows unknown (-1), every
+    /// sample tagged retain, phase 0, step 0.
     pub fn new(x: Tensor, y: Tensor, epoch: usize, epochs: usize) -> Batch {
+        let n = y.size().first().copied().unwrap_or(0);
+        let device = y.device();
         Batch {
+            rows: Tensor::full([n], -1, (Kind::Int64, device)),
+            forget: Tensor::zeros([n], (Kind::Bool, device)),
             x,
             y,
+            phase: 0,
+            step: 0,
             epoch,
             epochs,
             logits: Default::default(),
+        }
+    }
+
+    /// This batch with its samples' rows and tags.
+    pub fn with_origin(self, rows: Tensor, forget: Tensor, phase: usize, step: usize) -> Batch {
+        Batch {
+            rows,
+            forget,
+            phase,
+            step,
+            ..self
         }
     }
 
@@ -200,6 +271,8 @@ impl Batch {
 }
 
 /// What an iterative method minimises. `loss` returns a scalar; core does backward and the step.
+/// A multi-phase method tells its phases apart by [`Batch::phase`] (a max-step is the negated
+/// loss of its phase).
 pub trait Objective {
     /// Called before each epoch (e.g. for a decaying regulariser weight).
     fn start_epoch(&mut self, _epoch: usize, _epochs: usize) {}
@@ -229,6 +302,56 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor, tch::Tc
     )
 }
 
+/// One pass of each epoch: a stream and how much of it the epoch takes. The phases of a run
+/// share its one optimizer (its state persists from phase to phase) and its lr schedule.
+pub struct Phase<'a> {
+    /// Names the phase in the epoch log (e.g. `max`, `min`).
+    pub name: String,
+    pub stream: &'a Stream<'a>,
+    /// Samples per step in this phase (default: the schedule's batch size).
+    pub batch_size: Option<usize>,
+    /// Run this phase in the first `n` epochs only (default: every epoch).
+    pub until_epoch: Option<usize>,
+    /// At most this many steps per epoch (default: one pass over the stream).
+    pub max_steps: Option<usize>,
+}
+
+impl<'a> Phase<'a> {
+    /// One pass over `stream` per epoch with the schedule's batch size.
+    pub fn new(name: impl Into<String>, stream: &'a Stream<'a>) -> Phase<'a> {
+        Phase {
+            name: name.into(),
+            stream,
+            batch_size: None,
+            until_epoch: None,
+            max_steps: None,
+        }
+    }
+
+    fn batch_size(&self, s: &Schedule) -> usize {
+        self.batch_size.unwrap_or(s.batch_size)
+    }
+
+    fn active(&self, epoch: usize) -> bool {
+        self.until_epoch.is_none_or(|n| epoch < n)
+    }
+
+    /// Steps this phase takes in an epoch it is active in.
+    fn steps(&self, s: &Schedule) -> usize {
+        let full = self.stream.len().div_ceil(self.batch_size(s).max(1));
+        self.max_steps.map_or(full, |m| m.min(full))
+    }
+
+    /// Its steps in (0-based) `epoch`.
+    fn steps_in(&self, epoch: usize, s: &Schedule) -> usize {
+        if self.active(epoch) {
+            self.steps(s)
+        } else {
+            0
+        }
+    }
+}
+
 /// One call of the loop.
 pub struct Run<'a> {
     /// Names the run in progress output and errors (e.g. `FT on class-3, sparse`).
@@ -236,7 +359,8 @@ pub struct Run<'a> {
     pub schedule: &'a Schedule,
     /// Start the lr schedule this many epochs in (OMP's rewind).
     pub schedule_offset: usize,
-    pub stream: &'a Stream<'a>,
+    /// What each epoch runs, in order (one phase for most methods).
+    pub phases: Vec<Phase<'a>>,
     pub mask: Option<&'a Mask>,
     /// Keep a copy of the weights after this many epochs (0: before the first step).
     pub rewind_epoch: Option<usize>,
@@ -251,7 +375,7 @@ pub struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    /// A run from the start of the schedule, without a rewind snapshot.
+    /// A one-phase run over `stream` from the start of the schedule, without a rewind snapshot.
     pub fn new(
         label: String,
         schedule: &'a Schedule,
@@ -259,11 +383,28 @@ impl<'a> Run<'a> {
         mask: Option<&'a Mask>,
         seed: u64,
     ) -> Run<'a> {
+        Run::phased(
+            label,
+            schedule,
+            vec![Phase::new("train", stream)],
+            mask,
+            seed,
+        )
+    }
+
+    /// A run whose epochs run `phases` in order (see [`Phase`]).
+    pub fn phased(
+        label: String,
+        schedule: &'a Schedule,
+        phases: Vec<Phase<'a>>,
+        mask: Option<&'a Mask>,
+        seed: u64,
+    ) -> Run<'a> {
         Run {
             label,
             schedule,
             schedule_offset: 0,
-            stream,
+            phases,
             mask,
             rewind_epoch: None,
             keep_best: None,
@@ -313,6 +454,18 @@ pub struct EpochLog {
     pub val_accuracy: Option<f64>,
     /// Wall-clock seconds of the epoch.
     pub seconds: f64,
+    /// Each phase's steps and mean loss, in a run of several phases.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<PhaseLog>,
+}
+
+/// One phase of one epoch, as logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseLog {
+    pub name: String,
+    pub steps: usize,
+    /// Mean loss over the phase's batches (NaN when it took no step).
+    pub loss: f64,
 }
 
 /// The epoch log of one loop run, named by its run label.
@@ -499,8 +652,7 @@ impl Trainer {
                 label: label.clone(),
                 message,
             })?;
-        let n = run.stream.len();
-        if n == 0 {
+        if run.phases.is_empty() || run.phases.iter().any(|p| p.stream.is_empty()) {
             return Err(TrainError::EmptyStream { label });
         }
         synchronize(self.device);
@@ -552,64 +704,85 @@ impl Trainer {
             }
         }
         let val = run.keep_best.or(run.validate);
-        let steps_per_epoch = n.div_ceil(s.batch_size);
-        let bar = progress_bar(self.progress, (s.epochs * steps_per_epoch) as u64, &label);
-        bar.inc((state.epochs_done * steps_per_epoch) as u64);
+        let steps_in =
+            |epoch: usize| -> usize { run.phases.iter().map(|p| p.steps_in(epoch, s)).sum() };
+        let total: usize = (0..s.epochs).map(steps_in).sum();
+        let bar = progress_bar(self.progress, total as u64, &label);
+        bar.inc((0..state.epochs_done).map(steps_in).sum::<usize>() as u64);
         for epoch in state.epochs_done..s.epochs {
             let epoch_start = Instant::now();
             opt.lr = s.lr_at(epoch, run.schedule_offset);
             objective.start_epoch(epoch, s.epochs);
-            let order = index_tensor(
-                &permutation(n, run.seed.wrapping_add(epoch as u64), "batches"),
-                self.device,
-            );
+            let epoch_seed = run.seed.wrapping_add(epoch as u64);
             let mut loss_sum = Tensor::zeros([], (Kind::Double, self.device));
             let mut correct = Tensor::zeros([], (Kind::Int64, self.device));
             let mut scored = 0i64;
-            let mut augment_rng = crate::rng::rng(run.seed.wrapping_add(epoch as u64), "augment");
-            for chunk in 0..steps_per_epoch {
-                if self.cancel.load(Ordering::Relaxed) {
-                    return Err(TrainError::Cancelled { label });
-                }
-                let start = (chunk * s.batch_size) as i64;
-                let len = (s.batch_size as i64).min(n as i64 - start);
-                let pick = order.narrow(0, start, len);
-                let x = run
-                    .stream
-                    .data
-                    .batch_images(&run.stream.rows.index_select(0, &pick));
-                let batch = Batch::new(
-                    run.stream.augment.apply(&x, &mut augment_rng),
-                    run.stream.labels.index_select(0, &pick),
-                    epoch,
-                    s.epochs,
-                );
-                let loss = objective.loss(model, &batch).map_err(torch)?;
-                opt.zero_grad().map_err(torch)?;
-                loss.f_backward().map_err(torch)?;
-                if let Some(m) = run.mask {
-                    m.apply_to_grads(model);
-                }
-                objective.before_step(model);
-                opt.step().map_err(torch)?;
-                if let Some(m) = run.mask {
-                    m.apply(model);
-                }
-                loss_sum += loss.detach().to_kind(Kind::Double);
-                if let Some(logits) = batch.logits.borrow().as_ref() {
-                    if logits.size().first() == Some(&len) {
-                        correct += logits
-                            .argmax(-1, false)
-                            .eq_tensor(&batch.y)
-                            .sum(Kind::Int64);
-                        scored += len;
+            let mut augment_rng = crate::rng::rng(epoch_seed, "augment");
+            let mut phase_losses = Vec::with_capacity(run.phases.len());
+            for (k, phase) in run.phases.iter().enumerate() {
+                let steps = phase.steps_in(epoch, s);
+                let stream = phase.stream;
+                let n = stream.len();
+                let b = phase.batch_size(s);
+                // Phase 0 draws its order as a one-phase run always has.
+                let purpose = if k == 0 {
+                    "batches".to_string()
+                } else {
+                    format!("batches of phase {k}")
+                };
+                let order = index_tensor(&permutation(n, epoch_seed, &purpose), self.device);
+                let phase_start = loss_sum.shallow_clone().copy();
+                for chunk in 0..steps {
+                    if self.cancel.load(Ordering::Relaxed) {
+                        return Err(TrainError::Cancelled { label });
                     }
+                    let start = (chunk * b) as i64;
+                    let len = (b as i64).min(n as i64 - start);
+                    let pick = order.narrow(0, start, len);
+                    let rows = stream.rows.index_select(0, &pick);
+                    let x = stream.data.batch_images(&rows);
+                    let batch = Batch::new(
+                        stream.augment.apply(&x, &mut augment_rng),
+                        stream.labels.index_select(0, &pick),
+                        epoch,
+                        s.epochs,
+                    )
+                    .with_origin(
+                        rows,
+                        stream.forget.index_select(0, &pick),
+                        k,
+                        state.steps,
+                    );
+                    let loss = objective.loss(model, &batch).map_err(torch)?;
+                    opt.zero_grad().map_err(torch)?;
+                    loss.f_backward().map_err(torch)?;
+                    if let Some(m) = run.mask {
+                        m.apply_to_grads(model);
+                    }
+                    objective.before_step(model);
+                    opt.step().map_err(torch)?;
+                    if let Some(m) = run.mask {
+                        m.apply(model);
+                    }
+                    loss_sum += loss.detach().to_kind(Kind::Double);
+                    if let Some(logits) = batch.logits.borrow().as_ref() {
+                        if logits.size().first() == Some(&len) {
+                            correct += logits
+                                .argmax(-1, false)
+                                .eq_tensor(&batch.y)
+                                .sum(Kind::Int64);
+                            scored += len;
+                        }
+                    }
+                    state.steps += 1;
+                    bar.inc(1);
                 }
-                state.steps += 1;
-                bar.inc(1);
+                if run.phases.len() > 1 {
+                    phase_losses.push((phase.name.clone(), steps, &loss_sum - phase_start));
+                }
             }
             // One host sync per epoch: the divergence check.
-            state.last_loss = loss_sum.double_value(&[]) / steps_per_epoch as f64;
+            state.last_loss = loss_sum.double_value(&[]) / steps_in(epoch).max(1) as f64;
             if !state.last_loss.is_finite() || !model.all_finite() {
                 bar.abandon();
                 return Err(TrainError::NonFinite {
@@ -641,6 +814,18 @@ impl Trainer {
                     .then(|| 100.0 * correct.int64_value(&[]) as f64 / scored as f64),
                 val_accuracy,
                 seconds: epoch_start.elapsed().as_secs_f64(),
+                phases: phase_losses
+                    .into_iter()
+                    .map(|(name, steps, sum)| PhaseLog {
+                        name,
+                        steps,
+                        loss: if steps == 0 {
+                            f64::NAN
+                        } else {
+                            sum.double_value(&[]) / steps as f64
+                        },
+                    })
+                    .collect(),
             });
             state.epochs_done = epoch + 1;
             if let Some((path, fp)) = &saved {
@@ -689,8 +874,14 @@ fn fingerprint(run: &Run<'_>, model: &Model) -> String {
         "schedule": run.schedule,
         "schedule_offset": run.schedule_offset,
         "seed": run.seed,
-        "rows": [run.stream.len(), sum(&run.stream.rows), sum(&run.stream.labels)],
-        "augment": run.stream.augment,
+        "phases": run.phases.iter().map(|p| serde_json::json!({
+            "name": p.name,
+            "rows": [p.stream.len(), sum(&p.stream.rows), sum(&p.stream.labels), sum(&p.stream.forget)],
+            "augment": p.stream.augment,
+            "batch_size": p.batch_size,
+            "until_epoch": p.until_epoch,
+            "max_steps": p.max_steps,
+        })).collect::<Vec<_>>(),
         "mask": run.mask.map(|m| [m.zeros(), m.total()]),
         "rewind_epoch": run.rewind_epoch,
         "keep_best": run.keep_best.map(|d| d.len()),
@@ -923,7 +1114,7 @@ mod tests {
                         label: "t".into(),
                         schedule: &s,
                         schedule_offset: 0,
-                        stream: &stream,
+                        phases: vec![Phase::new("train", &stream)],
                         mask: None,
                         rewind_epoch: Some(1),
                         keep_best: None,
@@ -971,7 +1162,7 @@ mod tests {
                     label: "t".into(),
                     schedule: &s,
                     schedule_offset: 0,
-                    stream: &stream,
+                    phases: vec![Phase::new("train", &stream)],
                     mask: Some(&mask),
                     rewind_epoch: None,
                     keep_best: None,
@@ -1213,6 +1404,154 @@ mod tests {
         }
     }
 
+    /// What a two-phase objective saw of each batch: (phase, step, epoch, rows, tags, labels).
+    type Seen = (usize, usize, usize, Vec<i64>, Vec<bool>, Vec<i64>);
+
+    /// Gradient ascent in phase 0, descent in phase 1; records every batch.
+    struct AscentThenDescent(Vec<Seen>);
+
+    impl Objective for AscentThenDescent {
+        fn loss(&mut self, model: &Model, batch: &Batch) -> Result<Tensor, tch::TchError> {
+            self.0.push((
+                batch.phase,
+                batch.step,
+                batch.epoch,
+                Vec::try_from(&batch.rows).unwrap(),
+                Vec::try_from(&batch.forget).unwrap(),
+                Vec::try_from(&batch.y).unwrap(),
+            ));
+            let ce = cross_entropy(&model.forward_t(&batch.x, true), &batch.y)?;
+            Ok(if batch.phase == 0 { -ce } else { ce })
+        }
+    }
+
+    #[test]
+    fn phases_share_one_optimizer_and_tag_their_batches() {
+        use tch::nn::OptimizerConfig;
+        let (d, m0) = setup();
+        let forget: Vec<usize> = (0..30).collect();
+        let retain: Vec<usize> = (30..d.len()).collect();
+        let mut on_forget = Stream::tagged(&d, &forget, Tag::Forget);
+        on_forget.augment = Augment::CROP_FLIP;
+        let mut mixed = Stream::mixed(&d, &retain, &forget);
+        mixed.augment = Augment::CROP_FLIP;
+        let s = Schedule {
+            epochs: 3,
+            lr: 0.02,
+            batch_size: 16,
+            milestones: vec![2],
+            ..Default::default()
+        };
+        let phases = vec![
+            Phase {
+                batch_size: Some(8),
+                until_epoch: Some(2),
+                ..Phase::new("max", &on_forget)
+            },
+            Phase {
+                max_steps: Some(4),
+                ..Phase::new("min", &mixed)
+            },
+        ];
+        let mut ours = m0.try_clone().unwrap();
+        let mut objective = AscentThenDescent(Vec::new());
+        let report = Trainer::new(Device::Cpu, false)
+            .run(
+                &mut ours,
+                Run::phased("scrub-like".into(), &s, phases, None, 5),
+                &mut objective,
+            )
+            .unwrap();
+
+        // Independently: libtorch's SGD, built once, over the same batches in the same order.
+        let theirs = m0.try_clone().unwrap();
+        let mut opt = tch::nn::Sgd {
+            momentum: s.momentum,
+            dampening: 0.0,
+            wd: s.weight_decay,
+            nesterov: false,
+        }
+        .build(theirs.var_store(), s.lr)
+        .unwrap();
+        let mut expected_batches = 0;
+        for epoch in 0..s.epochs {
+            opt.set_lr(s.lr_at(epoch, 0));
+            let seed = 5 + epoch as u64;
+            let mut rng = crate::rng::rng(seed, "augment");
+            let plan: [(&Stream, &str, usize, usize, f64); 2] = [
+                (
+                    &on_forget,
+                    "batches",
+                    8,
+                    if epoch < 2 { 4 } else { 0 },
+                    -1.0,
+                ),
+                (&mixed, "batches of phase 1", 16, 4, 1.0),
+            ];
+            for (stream, purpose, b, steps, sign) in plan {
+                let order = index_tensor(&permutation(stream.len(), seed, purpose), Device::Cpu);
+                for k in 0..steps {
+                    let len = b.min(stream.len() - k * b) as i64;
+                    let pick = order.narrow(0, (k * b) as i64, len);
+                    let x = stream.augment.apply(
+                        &d.batch_images(&stream.rows.index_select(0, &pick)),
+                        &mut rng,
+                    );
+                    let y = stream.labels.index_select(0, &pick);
+                    let ce = cross_entropy(&theirs.forward_t(&x, true), &y).unwrap();
+                    opt.zero_grad();
+                    (ce * sign).backward();
+                    opt.step();
+                    expected_batches += 1;
+                }
+            }
+        }
+        for (k, v) in theirs.var_store().variables() {
+            assert!(v.equal(&ours.var_store().variables()[&k]), "{k} differs");
+        }
+
+        // What the objective saw: phases in order, steps counted over the run, rows and tags
+        // from their streams, labels those of the rows.
+        let seen = &objective.0;
+        assert_eq!(seen.len(), expected_batches);
+        assert_eq!(report.steps, expected_batches);
+        let labels: Vec<i64> = Vec::try_from(&d.labels).unwrap();
+        for (i, (phase, step, epoch, rows, tags, y)) in seen.iter().enumerate() {
+            assert_eq!(*step, i);
+            assert!(*phase == 1 || *epoch < 2, "phase 0 stops after epoch 2");
+            for ((&r, &t), &l) in rows.iter().zip(tags).zip(y) {
+                assert_eq!(t, r < 30, "row {r} tagged {t}");
+                assert_eq!(l, labels[r as usize]);
+                if *phase == 0 {
+                    assert!(t);
+                }
+            }
+        }
+        let mut forget_rows: Vec<i64> = seen
+            .iter()
+            .filter(|b| b.0 == 0 && b.2 == 0)
+            .flat_map(|b| b.3.clone())
+            .collect();
+        forget_rows.sort();
+        assert_eq!(
+            forget_rows,
+            (0..30).collect::<Vec<i64>>(),
+            "one pass over D_f"
+        );
+        let per_phase: Vec<Vec<(String, usize)>> = report
+            .log
+            .iter()
+            .map(|e| e.phases.iter().map(|p| (p.name.clone(), p.steps)).collect())
+            .collect();
+        let both = |max| vec![("max".to_string(), max), ("min".to_string(), 4)];
+        assert_eq!(per_phase, vec![both(4), both(4), both(0)]);
+        let e0 = &report.log[0];
+        let mean = (e0.phases[0].loss * 4.0 + e0.phases[1].loss * 4.0) / 8.0;
+        assert!((mean - e0.loss).abs() < 1e-9, "{mean} vs {}", e0.loss);
+        assert!(e0.phases[0].loss < 0.0, "ascent: a negated loss");
+        assert!(report.log[2].phases[0].loss.is_nan());
+    }
+
     #[test]
     fn divergence_is_an_error_naming_the_run_and_epoch() {
         let (d, mut m) = setup();
@@ -1232,7 +1571,7 @@ mod tests {
                     label: "GA on class-1".into(),
                     schedule: &s,
                     schedule_offset: 0,
-                    stream: &stream,
+                    phases: vec![Phase::new("train", &stream)],
                     mask: None,
                     rewind_epoch: None,
                     keep_best: None,

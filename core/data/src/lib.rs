@@ -2,9 +2,9 @@
 //! data fetch`. The data-set type itself, its split and augmentation live in `unlearn-api`
 //! (re-exported here), since methods see them.
 
+mod digits;
 pub mod fetch;
 pub mod formats;
-mod digits;
 
 pub use digits::{digits, DIGITS_CREDIT};
 pub use unlearn_api::data::*;

@@ -14,7 +14,9 @@ pub use unlearn_api::{
     checkpoint, device, forget, grad, io, mask, method, model, objective, ops, optim, plugin,
     registry, rng, testing, train,
 };
-pub use unlearn_api::{export_plugin, register_attack, register_pruner, register_unlearner, sgd_config};
+pub use unlearn_api::{
+    export_plugin, register_attack, register_pruner, register_unlearner, sgd_config,
+};
 pub use unlearn_api::{inventory, tch};
 pub use unlearn_data as data;
 pub use unlearn_eval as eval;

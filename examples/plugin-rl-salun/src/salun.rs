@@ -157,11 +157,7 @@ pub struct SalientCe<'m> {
 }
 
 impl Objective for SalientCe<'_> {
-    fn loss(
-        &mut self,
-        model: &Model,
-        batch: &Batch,
-    ) -> Result<Tensor, unlearn_api::tch::TchError> {
+    fn loss(&mut self, model: &Model, batch: &Batch) -> Result<Tensor, unlearn_api::tch::TchError> {
         cross_entropy(&model.forward_t(&batch.x, true), &batch.y)
     }
 

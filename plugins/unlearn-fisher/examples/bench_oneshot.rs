@@ -10,17 +10,15 @@
 
 use std::time::Instant;
 
-use unlearn_data::{
-    digits, stratified_split, synthetic, Dataset, SplitConfig, SyntheticConfig,
-};
 use unlearn_api::device::{synchronize, DeviceChoice};
-use unlearn_eval::Outputs;
 use unlearn_api::forget::{ForgetKind, ForgetSet, ForgetSpec};
 use unlearn_api::mask::{magnitude_scores, Mask};
 use unlearn_api::method::{TaskData, UnlearnCtx, UnlearnMethod};
 use unlearn_api::model::{Arch, Model, ModelSpec};
 use unlearn_api::tch::Device;
 use unlearn_api::train::{CrossEntropy, Run, Schedule, Stream, Trainer};
+use unlearn_data::{digits, stratified_split, synthetic, Dataset, SplitConfig, SyntheticConfig};
+use unlearn_eval::Outputs;
 use unlearn_fisher::{Ff, FfConfig, Iu, IuConfig};
 
 struct Args {

@@ -1,9 +1,9 @@
-use unlearn_eval::Outputs;
 use unlearn_api::method::{MethodError, UnlearnMethod};
 use unlearn_api::model::Model;
 use unlearn_api::objective::l1_norm;
 use unlearn_api::testing::TinyTask;
 use unlearn_api::train::{cross_entropy, TrainError};
+use unlearn_eval::Outputs;
 use unlearn_ga::{Ga, GaConfig, GaL1, GaL1Config};
 
 /// Mean cross-entropy of `model` on the forget set, in eval mode.

@@ -174,4 +174,3 @@ pub fn channel_stats(images: &Tensor, max_value: f64) -> (Vec<f64>, Vec<f64>) {
     let std = Vec::<f64>::try_from(per.std_dim(1, false, false)).unwrap();
     (mean, std)
 }
-

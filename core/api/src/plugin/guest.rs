@@ -376,17 +376,25 @@ impl LoopBackend for HostLoop {
                 run.label
             )));
         }
+        let [phase] = run.phases.as_slice() else {
+            return Err(TrainError::Remote(format!(
+                "{}: a run of {} phases cannot cross the plugin ABI yet",
+                run.label,
+                run.phases.len()
+            )));
+        };
+        let stream = phase.stream;
         let model: &Model = model;
         let owned_model = OwnedModel::new(model, wire::forward_of(model));
         let mask = OwnedList::optional(run.mask.map(|m| m.tensors().iter()));
-        let data = OwnedDataset::new(run.stream.data);
+        let data = OwnedDataset::new(stream.data);
         let meta = RunMeta {
             label: run.label.clone(),
             schedule: run.schedule.clone(),
             schedule_offset: run.schedule_offset,
             rewind_epoch: run.rewind_epoch,
             seed: run.seed,
-            augment: run.stream.augment,
+            augment: stream.augment,
         };
         let run_json = wire::json_cstring(&meta);
         let mut state = ObjectiveState {
@@ -398,8 +406,8 @@ impl LoopBackend for HostLoop {
             model: owned_model.as_ref(),
             mask: mask.as_ref(),
             data: data.as_ref(),
-            rows: run.stream.rows.as_ptr() as *mut C_tensor,
-            labels: run.stream.labels.as_ptr() as *mut C_tensor,
+            rows: stream.rows.as_ptr() as *mut C_tensor,
+            labels: stream.labels.as_ptr() as *mut C_tensor,
             run_json: run_json.as_ptr(),
             objective: ObjectiveRef {
                 state: &mut state as *mut ObjectiveState as *mut c_void,

@@ -20,15 +20,15 @@ use super::wire::{
     read_json, read_list, read_model, read_str, status_result, CallContext, Collected, OwnedList,
     OwnedModel, OwnedTask, ReportMeta, RunMeta,
 };
-use crate::method::ConfigIssue;
 use crate::mask::Mask;
+use crate::method::ConfigIssue;
 use crate::method::{
     Attack, AttackCtx, Built, Kind, MethodError, Poisoning, PruneCtx, Pruner, RewindPoint,
     UnlearnCtx, Unlearner,
 };
 use crate::model::Model;
 use crate::registry::{Method, Registry, Source};
-use crate::train::{Batch, Objective, Run, Stream, Trainer};
+use crate::train::{Batch, Objective, Phase, Run, Stream, Trainer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
@@ -595,9 +595,11 @@ unsafe extern "C" fn run_loop(
             .map_err(|e| e.to_string())?;
         let data = read_dataset(&req.data, "loop data")?;
         let meta: RunMeta = read_json(req.run_json, "run")?;
+        let rows = borrow_tensor(req.rows, "stream rows")?;
         let stream = Stream {
             data: &data,
-            rows: borrow_tensor(req.rows, "stream rows")?,
+            forget: Tensor::zeros(rows.size(), (tch::Kind::Bool, rows.device())),
+            rows,
             labels: borrow_tensor(req.labels, "stream labels")?,
             augment: meta.augment,
             augment_seed: 0,
@@ -614,7 +616,7 @@ unsafe extern "C" fn run_loop(
             label: meta.label,
             schedule: &meta.schedule,
             schedule_offset: meta.schedule_offset,
-            stream: &stream,
+            phases: vec![Phase::new("train", &stream)],
             mask: mask.as_ref(),
             rewind_epoch: meta.rewind_epoch,
             keep_best: None,

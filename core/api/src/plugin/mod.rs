@@ -42,6 +42,9 @@ macro_rules! export_plugin {
 
 pub mod abi;
 pub mod guest;
+/// The host side: loading libraries and serving them (feature `host`, which the pipeline turns
+/// on; a plugin does not need it).
+#[cfg(feature = "host")]
 pub mod host;
 mod wire;
 
@@ -52,7 +55,7 @@ pub const LIBTORCH_VERSION: &str = match option_env!("UNLEARN_LIBTORCH_VERSION")
     None => "unknown",
 };
 
-#[cfg(test)]
+#[cfg(all(test, feature = "host"))]
 mod tests {
     use std::ffi::c_void;
 

@@ -320,12 +320,15 @@ pub unsafe fn read_dataset(r: &DatasetRef, what: &str) -> Result<Dataset, String
     })
 }
 
+/// Used by the host (feature `host`).
+#[cfg(feature = "host")]
 pub struct OwnedTask {
     train: OwnedDataset,
     val: OwnedDataset,
     test: OwnedDataset,
 }
 
+#[cfg(feature = "host")]
 impl OwnedTask {
     pub fn new(d: &TaskData) -> OwnedTask {
         OwnedTask {
@@ -481,6 +484,7 @@ pub fn rewind_point_to_i64(p: Option<RewindPoint>) -> i64 {
 }
 
 /// The inverse of [`rewind_point_to_i64`]; any other negative value reads as none.
+#[cfg(feature = "host")]
 pub fn rewind_point_from_i64(v: i64) -> Option<RewindPoint> {
     match v {
         -2 => Some(RewindPoint::BestValidation),
