@@ -1,7 +1,7 @@
 // libtorch operations that tch 0.24 does not expose, called from `core/src/ops.rs`.
 //
-// tch's generated API drops defaulted scalar arguments, `alpha` of `add` among them, and
-// `a.add(b, alpha)` is not `a + b * alpha`: the vectorised CPU kernel fuses the multiply-add
+// tch's generated API drops defaulted scalar arguments (`alpha` of `add`, `value` of `addcmul` and
+// `addcdiv`), and `a.add(b, alpha)` is not `a + b * alpha`: the vectorised CPU kernel fuses the multiply-add
 // (one rounding), so an optimizer written with two tch ops drifts from libtorch's own. With these,
 // core's optimizers do exactly what libtorch's do, bit for bit.
 //
@@ -44,5 +44,17 @@ const char *unlearn_clear_grad(at::Tensor *self) {
 const char *unlearn_add_scaled(const at::Tensor *self, const at::Tensor *other, double alpha,
                                at::Tensor **out) {
   return guard([&] { *out = new at::Tensor(self->add(*other, alpha)); });
+}
+
+// self += value * t1 * t2, in place (Adam's second-moment update).
+const char *unlearn_addcmul_(at::Tensor *self, const at::Tensor *t1, const at::Tensor *t2,
+                             double value) {
+  return guard([&] { self->addcmul_(*t1, *t2, value); });
+}
+
+// self += value * t1 / t2, in place (Adam's parameter update).
+const char *unlearn_addcdiv_(at::Tensor *self, const at::Tensor *t1, const at::Tensor *t2,
+                             double value) {
+  return guard([&] { self->addcdiv_(*t1, *t2, value); });
 }
 }
