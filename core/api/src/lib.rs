@@ -26,5 +26,9 @@ pub mod rng;
 pub mod testing;
 pub mod train;
 
+// Lets `sgd_config!`'s serde attributes name this crate's helpers by one path, inside this crate
+// and in the crates that use it.
+extern crate self as unlearn_api;
+
 pub use inventory;
 pub use tch;

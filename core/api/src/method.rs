@@ -591,6 +591,20 @@ macro_rules! sgd_config {
             pub weight_decay: f64,
             /// Epochs at which the lr is multiplied by 0.1.
             pub milestones: Vec<usize>,
+            /// sgd (momentum, optional Nesterov), adam or adamw.
+            #[serde(skip_serializing_if = "::unlearn_api::train::is_default")]
+            pub optimizer: $crate::optim::OptimizerKind,
+            /// Nesterov momentum (sgd).
+            #[serde(skip_serializing_if = "::unlearn_api::train::is_default")]
+            pub nesterov: bool,
+            /// (beta1, beta2) of adam and adamw.
+            #[serde(skip_serializing_if = "::unlearn_api::train::is_default_betas")]
+            #[schemars(length(equal = 2))]
+            pub betas: Vec<f64>,
+            /// Epsilon of adam and adamw.
+            #[serde(skip_serializing_if = "::unlearn_api::train::is_default_eps")]
+            #[schemars(range(min = 0.0))]
+            pub eps: f64,
             $($( $(#[$fmeta])* pub $field: $fty, )*)?
         }
 
@@ -603,6 +617,10 @@ macro_rules! sgd_config {
                     momentum: 0.9,
                     weight_decay: 5e-4,
                     milestones: $ms,
+                    optimizer: $crate::optim::OptimizerKind::Sgd,
+                    nesterov: false,
+                    betas: $crate::train::DEFAULT_BETAS.to_vec(),
+                    eps: $crate::train::DEFAULT_EPS,
                     $($( $field: $fdef, )*)?
                 }
             }
@@ -612,7 +630,7 @@ macro_rules! sgd_config {
             fn check(&self) -> Vec<(String, String)> {
                 #[allow(unused_mut)]
                 let mut issues: Vec<(String, String)> =
-                    self.schedule().check().err().map(|m| ("milestones".to_string(), m)).into_iter().collect();
+                    self.schedule().issues().into_iter().map(|(f, m)| (f.to_string(), m)).collect();
                 $( let $c = self; issues.extend($rules); )?
                 issues
             }
@@ -630,6 +648,10 @@ macro_rules! sgd_config {
                     milestones: self.milestones.clone(),
                     gamma: 0.1,
                     warmup_epochs: 0,
+                    optimizer: self.optimizer,
+                    nesterov: self.nesterov,
+                    betas: self.betas.clone(),
+                    eps: self.eps,
                 }
             }
         }

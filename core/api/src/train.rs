@@ -16,7 +16,7 @@ use crate::data::{index_tensor, Augment, Dataset};
 use crate::device::synchronize;
 use crate::mask::Mask;
 use crate::model::{Model, Snapshot};
-use crate::optim::Sgd;
+use crate::optim::{Optimizer, OptimizerKind};
 use crate::rng::permutation;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +50,9 @@ pub enum TrainError {
     },
 }
 
-/// SGD hyper-parameters and the lr schedule (SPEC §3: multistep with optional linear warm-up).
+/// The optimizer, its hyper-parameters and the lr schedule (multistep with optional linear
+/// warm-up). The optimizer settings beyond SGD's are left out of the serialised form while they
+/// hold their defaults, so a config that does not use them keeps its cache keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Schedule {
@@ -72,6 +74,38 @@ pub struct Schedule {
     pub gamma: f64,
     /// Epochs of linear warm-up from lr/warmup_epochs to lr.
     pub warmup_epochs: usize,
+    /// sgd (momentum, optional Nesterov), adam or adamw; see docs/optimizers.md.
+    #[serde(skip_serializing_if = "is_default")]
+    pub optimizer: OptimizerKind,
+    /// Nesterov momentum (SGD).
+    #[serde(skip_serializing_if = "is_default")]
+    pub nesterov: bool,
+    /// Adam's and AdamW's (beta1, beta2).
+    #[serde(skip_serializing_if = "is_default_betas")]
+    #[schemars(length(equal = 2))]
+    pub betas: Vec<f64>,
+    /// Adam's and AdamW's epsilon.
+    #[serde(skip_serializing_if = "is_default_eps")]
+    #[schemars(range(min = 0.0))]
+    pub eps: f64,
+}
+
+/// Adam's default (beta1, beta2) and epsilon (Kingma & Ba, 2015).
+pub const DEFAULT_BETAS: [f64; 2] = [0.9, 0.999];
+pub const DEFAULT_EPS: f64 = 1e-8;
+
+/// Whether `v` holds its type's default (for `skip_serializing_if`; public for `sgd_config!`).
+pub fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+#[allow(clippy::ptr_arg)] // serde passes the field by reference
+pub fn is_default_betas(b: &Vec<f64>) -> bool {
+    b.as_slice() == DEFAULT_BETAS
+}
+
+pub fn is_default_eps(e: &f64) -> bool {
+    *e == DEFAULT_EPS
 }
 
 impl Default for Schedule {
@@ -86,6 +120,10 @@ impl Default for Schedule {
             milestones: vec![91, 136],
             gamma: 0.1,
             warmup_epochs: 0,
+            optimizer: OptimizerKind::Sgd,
+            nesterov: false,
+            betas: DEFAULT_BETAS.to_vec(),
+            eps: DEFAULT_EPS,
         }
     }
 }
@@ -105,13 +143,57 @@ impl Schedule {
 
     /// Rules the JSON Schema cannot express.
     pub fn check(&self) -> Result<(), String> {
+        match self.issues().into_iter().next() {
+            Some((_, message)) => Err(message),
+            None => Ok(()),
+        }
+    }
+
+    /// Every rule the JSON Schema cannot express that these settings break, as (field, message).
+    pub fn issues(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
         if self.milestones.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(format!(
-                "milestones {:?} must be strictly increasing",
-                self.milestones
+            out.push((
+                "milestones",
+                format!(
+                    "milestones {:?} must be strictly increasing",
+                    self.milestones
+                ),
             ));
         }
-        Ok(())
+        if self.betas.len() != 2 || self.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            out.push((
+                "betas",
+                format!("betas {:?} must be two numbers in [0, 1)", self.betas),
+            ));
+        }
+        if !(self.eps.is_finite() && self.eps >= 0.0) {
+            out.push((
+                "eps",
+                format!("eps {} must be finite and non-negative", self.eps),
+            ));
+        }
+        if self.nesterov && (self.optimizer != OptimizerKind::Sgd || self.momentum == 0.0) {
+            out.push((
+                "nesterov",
+                "nesterov needs the sgd optimizer with a non-zero momentum".into(),
+            ));
+        }
+        out
+    }
+
+    /// The optimizer these settings describe, over `model`'s trainable parameters.
+    pub fn optimizer(&self, model: &Model) -> Optimizer {
+        Optimizer::new(
+            self.optimizer,
+            model,
+            self.lr,
+            self.momentum,
+            self.weight_decay,
+            self.nesterov,
+            (self.betas[0], self.betas[1]),
+            self.eps,
+        )
     }
 
     /// Everything a run needs, for schedules built in code rather than read from a config.
@@ -564,7 +646,7 @@ pub struct Trainer {
 /// the epoch logs of the runs so far.
 ///
 /// The k-th run of the stage (counted from 0 in call order) saves its whole state to
-/// `run-k.safetensors` at the end of every epoch, atomically: weights and buffers, the momentum
+/// `run-k.safetensors` at the end of every epoch, atomically: weights and buffers, the optimizer's
 /// buffers, the epoch reached, the rewind and best-epoch weights kept so far, and its log. Batch
 /// order and augmentation are drawn per epoch from the run's seed, and the lr from the
 /// schedule, so a run that finds its own state (checked by a fingerprint of the run) continues
@@ -658,7 +740,7 @@ impl Trainer {
         synchronize(self.device);
         let start = Instant::now();
         let s = run.schedule;
-        let mut opt = Sgd::new(model, s.lr, s.momentum, s.weight_decay);
+        let mut opt = s.optimizer(model);
         if let Some(m) = run.mask {
             m.apply(model);
         }
@@ -711,7 +793,7 @@ impl Trainer {
         bar.inc((0..state.epochs_done).map(steps_in).sum::<usize>() as u64);
         for epoch in state.epochs_done..s.epochs {
             let epoch_start = Instant::now();
-            opt.lr = s.lr_at(epoch, run.schedule_offset);
+            opt.set_lr(s.lr_at(epoch, run.schedule_offset));
             objective.start_epoch(epoch, s.epochs);
             let epoch_seed = run.seed.wrapping_add(epoch as u64);
             let mut loss_sum = Tensor::zeros([], (Kind::Double, self.device));
@@ -808,7 +890,7 @@ impl Trainer {
             synchronize(self.device);
             state.log.push(EpochLog {
                 epoch: epoch + 1,
-                lr: opt.lr,
+                lr: opt.lr(),
                 loss: state.last_loss,
                 train_accuracy: (scored > 0)
                     .then(|| 100.0 * correct.int64_value(&[]) as f64 / scored as f64),
@@ -901,7 +983,7 @@ struct TrainState {
     best: Option<BestEpoch>,
 }
 
-/// The header of a saved [`TrainState`] (its tensors are named `model/..`, `momentum/..`,
+/// The header of a saved [`TrainState`] (its tensors are named `model/..`, `optim/<slot>/..`,
 /// `rewind/..`, `best/..`).
 #[derive(Serialize, Deserialize)]
 struct StateHeader {
@@ -922,7 +1004,7 @@ impl TrainState {
         path: &std::path::Path,
         fingerprint: &str,
         model: &Model,
-        opt: &Sgd,
+        opt: &Optimizer,
     ) -> Result<(), String> {
         let mut tensors = BTreeMap::new();
         let mut put = |prefix: &str, map: BTreeMap<String, Tensor>| {
@@ -931,7 +1013,7 @@ impl TrainState {
             }
         };
         put("model", model.snapshot().0);
-        put("momentum", opt.state());
+        put("optim", opt.state());
         if let Some(r) = &self.rewind {
             put(
                 "rewind",
@@ -973,7 +1055,7 @@ impl TrainState {
         path: &std::path::Path,
         fingerprint: &str,
         model: &mut Model,
-        opt: &mut Sgd,
+        opt: &mut Optimizer,
     ) -> Result<Option<TrainState>, String> {
         if !path.exists() {
             return Ok(None);
@@ -997,7 +1079,7 @@ impl TrainState {
         }
         let mut take = |p: &str| parts.remove(p).unwrap_or_default();
         let weights = Snapshot(take("model"));
-        let momentum = take("momentum");
+        let optim = take("optim");
         let rewind = h.rewind.then(|| Snapshot(take("rewind")));
         let best = h.best.map(|(epoch, accuracy)| BestEpoch {
             epoch,
@@ -1010,7 +1092,7 @@ impl TrainState {
         for s in rewind.iter().chain(best.as_ref().map(|b| &b.snapshot)) {
             probe.load_snapshot(s).map_err(|e| e.to_string())?;
         }
-        opt.load_state(momentum)?;
+        opt.load_state(optim)?;
         model.load_snapshot(&weights).map_err(|e| e.to_string())?;
         Ok(Some(TrainState {
             epochs_done: h.epochs_done,
