@@ -151,7 +151,7 @@ pub struct MethodSpec {
 }
 
 /// One problem with a config: where (a JSON pointer), the offending value, and the rule.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ConfigIssue {
     pub path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
