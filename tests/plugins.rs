@@ -1,6 +1,8 @@
 //! Plugins loaded from shared libraries: the example (RL, SalUn) built as a cdylib gives the same
 //! results as the same code linked as a built-in; its methods pass the conformance suite; and
-//! every kind of broken library or misbehaving method is a clear message while the host keeps
+//! every kind of broken,
+//! incompatible or misbehaving library (another ABI version, an unknown libtorch, other wire
+//! types, `panic = "abort"`, a stale handle, a panic) is a clear message while the host keeps
 //! working for everything else.
 //!
 //! The libraries are this package's dev-dependencies: cargo builds their cdylibs next to the
@@ -268,7 +270,17 @@ fn dylib_methods_pass_the_conformance_suite() {
     assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
     let out = text(&o.stdout);
     assert!(out.contains("unlearn-rl-salun"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "(plugin ABI {0}.{1}, this unlearn {0}.{1}; libtorch {2})",
+            plugin::abi::ABI_MAJOR,
+            plugin::abi::ABI_MINOR,
+            plugin::LIBTORCH_VERSION
+        )),
+        "{out}"
+    );
     assert_eq!(out.matches("conforms").count(), 2, "{out}");
+    assert_eq!(out.matches("(crate unlearn-rl-salun)").count(), 2, "{out}");
 }
 
 /// One broken library next to a good one: the problem is reported, everything else works.
@@ -291,18 +303,46 @@ fn assert_reported(dir: &Path, env: &[(&str, &str)], expected: &str) {
 fn broken_libraries_are_clear_messages_and_the_rest_still_loads() {
     let tmp = tempfile::tempdir().unwrap();
     let torch = plugin::LIBTORCH_VERSION;
+    let (major, minor) = (plugin::abi::ABI_MAJOR, plugin::abi::ABI_MINOR);
+    let speaks = format!(
+        "but this unlearn speaks version {major}.{minor} (it loads {major}.0 to {major}.{minor}): \
+         rebuild the plugin against this unlearn's core"
+    );
     let modes = [
+        // A newer minor, another major, version 1: refused, naming both versions.
         (
-            "abi",
+            "minor",
             format!(
-                "built for plugin ABI version {}, but this unlearn speaks version {}",
-                plugin::abi::ABI_VERSION + 1,
-                plugin::abi::ABI_VERSION
+                "built for plugin ABI version {major}.{}, {speaks}",
+                minor + 1
             ),
         ),
         (
+            "major",
+            format!("built for plugin ABI version {}.0, {speaks}", major + 1),
+        ),
+        ("v1", format!("built for plugin ABI version 1, {speaks}")),
+        (
             "libtorch",
             format!("built against libtorch 0.0.1, but this unlearn runs libtorch {torch}: rebuild the plugin with LIBTORCH pointing at libtorch {torch}"),
+        ),
+        // Unknown is not a pass.
+        (
+            "libtorch-unknown",
+            format!("cannot tell whether the plugin and this unlearn use the same libtorch: the plugin was built against libtorch `unknown`, this unlearn against libtorch `{torch}`"),
+        ),
+        (
+            "wire",
+            format!(
+                "its wire types (the JSON documents that cross the plugin ABI) differ from this \
+                 unlearn's: ModelSpec (changed) (schema hash 000000000000 in the plugin, {:.12} \
+                 here): rebuild the plugin against this unlearn's core",
+                plugin::wire_schema_hash()
+            ),
+        ),
+        (
+            "abort",
+            "built with panic = \"abort\", so a panic in the plugin would abort the host instead of becoming an error: build it with panic = \"unwind\"".to_string(),
         ),
         (
             "schema",
@@ -423,6 +463,43 @@ fn a_panicking_or_failing_plugin_is_an_error_and_the_host_keeps_working() {
         "{err}"
     );
     assert!(!out.join("results.json").exists());
+}
+
+#[test]
+fn a_trainer_kept_past_its_call_is_a_clean_error() {
+    let mut registry = Registry::builtin().unwrap();
+    let loaded = plugin::host::extend(&mut registry, &[built(MISBEHAVING)]);
+    assert!(loaded.is_empty());
+    let t = TinyTask::new();
+    let (model, mask) = t.trained_sparse();
+    let stasher = registry
+        .get("Stasher")
+        .unwrap()
+        .build_unlearner(&serde_json::json!({}))
+        .unwrap_or_else(|_| panic!("Stasher builds"));
+    // The first call keeps its trainer (a copy of `ctx.trainer`) and returns.
+    t.unlearn(stasher.as_ref(), &model, Some(&mask), 0).unwrap();
+    // The second trains with it: the host refuses the stale handle, the model is untouched.
+    let e = t
+        .unlearn(stasher.as_ref(), &model, Some(&mask), 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Stasher (plugin "), "{e}");
+    assert!(
+        e.contains("stale trainer handle ")
+            && e.contains(": used after the call that gave it returned"),
+        "{e}"
+    );
+    // The host keeps working, for the library's other methods too.
+    let ft = registry
+        .get("FT")
+        .unwrap()
+        .build_unlearner(&serde_json::json!({}))
+        .unwrap();
+    assert!(t
+        .unlearn(ft.as_ref(), &model, Some(&mask), 0)
+        .unwrap()
+        .all_finite());
 }
 
 #[test]
