@@ -1,6 +1,6 @@
 //! Plugins loaded from shared libraries: the example (RL, SalUn) built as a cdylib gives the same
-//! results as the same code linked as a built-in; its methods pass the conformance suite; and
-//! every kind of broken,
+//! results as the same code linked as a built-in; its methods pass the conformance suite; a
+//! library built against the older 2.0 tables loads and runs; and every kind of broken,
 //! incompatible or misbehaving library (another ABI version, an unknown libtorch, other wire
 //! types, `panic = "abort"`, a stale handle, a panic) is a clear message while the host keeps
 //! working for everything else.
@@ -500,6 +500,72 @@ fn a_trainer_kept_past_its_call_is_a_clean_error() {
         .unlearn(ft.as_ref(), &model, Some(&mask), 0)
         .unwrap()
         .all_finite());
+}
+
+const ABI20: &str = "unlearn-test-abi20";
+
+#[test]
+fn a_library_of_an_older_minor_loads_and_runs() {
+    // Built against its own frozen copy of the 2.0 tables: a 2.0 descriptor and method entry
+    // (no `describe_json`), the 2.0 host table.
+    let lib = plugin::host::load(&built(ABI20)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(lib.abi, (plugin::abi::ABI_MAJOR, 0));
+    assert!(plugin::abi::ABI_MINOR > 0, "2.0 is an older minor");
+    assert!(lib.rejected.is_empty());
+    // What 2.1 added is defaulted: the method's crate is the library's.
+    assert_eq!(lib.crates["FT-2.0"], ABI20);
+
+    let mut registry = Registry::from_methods([]).unwrap();
+    assert!(plugin::host::extend(&mut registry, &[built(ABI20)]).is_empty());
+    let m = registry.get("FT-2.0").unwrap();
+    let problems = unlearn_core::conformance::check(m);
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    // It fine-tunes on the retain set in the host's loop (through its 2.0 view of the host
+    // table and the call's trainer handle): the same weights as core's loop run directly.
+    let t = TinyTask::new();
+    let (model, mask) = t.trained_sparse();
+    let u = m
+        .build_unlearner(&serde_json::json!({"epochs": 2, "lr": 0.02}))
+        .unwrap_or_else(|_| panic!("FT-2.0 builds"));
+    let through = t.unlearn(u.as_ref(), &model, Some(&mask), 3).unwrap();
+    let mut direct = model.try_clone().unwrap();
+    let s = unlearn_core::train::Schedule {
+        epochs: 2,
+        lr: 0.02,
+        batch_size: 16,
+        milestones: vec![],
+        ..Default::default()
+    };
+    let stream = Stream::new(&t.data.train, &t.forget.retain);
+    Trainer::new(Device::Cpu, false)
+        .run(
+            &mut direct,
+            Run::new("direct".into(), &s, &stream, Some(&mask), 3),
+            &mut CrossEntropy,
+        )
+        .unwrap();
+    for (name, v) in direct.var_store().variables() {
+        assert!(v.equal(&through.var_store().variables()[&name]), "{name}");
+    }
+    assert!(!direct.parameters()["fc.weight"].equal(&model.parameters()["fc.weight"]));
+
+    // `plugin check` shows both versions and the defaulted crate.
+    let o = unlearn(&["plugin", "check", built(ABI20).to_str().unwrap()], &[]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}{}", text(&o.stderr));
+    assert!(
+        out.contains(&format!(
+            "(plugin ABI {0}.0, this unlearn {0}.{1}; ",
+            plugin::abi::ABI_MAJOR,
+            plugin::abi::ABI_MINOR
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("FT-2.0") && out.contains("conforms  (crate unlearn-test-abi20)"),
+        "{out}"
+    );
 }
 
 #[test]
