@@ -20,8 +20,15 @@ pub fn main() {
     // refuses one built against another version (core reads it as `plugin::LIBTORCH_VERSION`).
     let header = root.join("include/torch/headeronly/version.h");
     println!("cargo:rerun-if-changed={}", header.display());
-    if let Some(v) = libtorch_version(&header) {
-        println!("cargo:rustc-env=UNLEARN_LIBTORCH_VERSION={v}");
+    // Without it the version is `unknown`, and the host refuses such plugins (and such a host
+    // refuses every plugin): say so now rather than at load time.
+    match libtorch_version(&header) {
+        Some(v) => println!("cargo:rustc-env=UNLEARN_LIBTORCH_VERSION={v}"),
+        None => println!(
+            "cargo:warning=cannot read libtorch's version from {}: plugin libraries built so, and \
+             a host built so, record `unknown`, and the host refuses to load them",
+            header.display()
+        ),
     }
     let lib = root.join("lib");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());

@@ -1,6 +1,8 @@
 //! Plugins loaded from shared libraries: the example (RL, SalUn) built as a cdylib gives the same
-//! results as the same code linked as a built-in; its methods pass the conformance suite; and
-//! every kind of broken library or misbehaving method is a clear message while the host keeps
+//! results as the same code linked as a built-in; its methods pass the conformance suite; a
+//! library built against the older 2.0 tables loads and runs; and every kind of broken,
+//! incompatible or misbehaving library (another ABI version, an unknown libtorch, other wire
+//! types, `panic = "abort"`, a stale handle, a panic) is a clear message while the host keeps
 //! working for everything else.
 //!
 //! The libraries are this package's dev-dependencies: cargo builds their cdylibs next to the
@@ -268,7 +270,17 @@ fn dylib_methods_pass_the_conformance_suite() {
     assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
     let out = text(&o.stdout);
     assert!(out.contains("unlearn-rl-salun"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "(plugin ABI {0}.{1}, this unlearn {0}.{1}; libtorch {2})",
+            plugin::abi::ABI_MAJOR,
+            plugin::abi::ABI_MINOR,
+            plugin::LIBTORCH_VERSION
+        )),
+        "{out}"
+    );
     assert_eq!(out.matches("conforms").count(), 2, "{out}");
+    assert_eq!(out.matches("(crate unlearn-rl-salun)").count(), 2, "{out}");
 }
 
 /// One broken library next to a good one: the problem is reported, everything else works.
@@ -291,18 +303,46 @@ fn assert_reported(dir: &Path, env: &[(&str, &str)], expected: &str) {
 fn broken_libraries_are_clear_messages_and_the_rest_still_loads() {
     let tmp = tempfile::tempdir().unwrap();
     let torch = plugin::LIBTORCH_VERSION;
+    let (major, minor) = (plugin::abi::ABI_MAJOR, plugin::abi::ABI_MINOR);
+    let speaks = format!(
+        "but this unlearn speaks version {major}.{minor} (it loads {major}.0 to {major}.{minor}): \
+         rebuild the plugin against this unlearn's core"
+    );
     let modes = [
+        // A newer minor, another major, version 1: refused, naming both versions.
         (
-            "abi",
+            "minor",
             format!(
-                "built for plugin ABI version {}, but this unlearn speaks version {}",
-                plugin::abi::ABI_VERSION + 1,
-                plugin::abi::ABI_VERSION
+                "built for plugin ABI version {major}.{}, {speaks}",
+                minor + 1
             ),
         ),
         (
+            "major",
+            format!("built for plugin ABI version {}.0, {speaks}", major + 1),
+        ),
+        ("v1", format!("built for plugin ABI version 1, {speaks}")),
+        (
             "libtorch",
             format!("built against libtorch 0.0.1, but this unlearn runs libtorch {torch}: rebuild the plugin with LIBTORCH pointing at libtorch {torch}"),
+        ),
+        // Unknown is not a pass.
+        (
+            "libtorch-unknown",
+            format!("cannot tell whether the plugin and this unlearn use the same libtorch: the plugin was built against libtorch `unknown`, this unlearn against libtorch `{torch}`"),
+        ),
+        (
+            "wire",
+            format!(
+                "its wire types (the JSON documents that cross the plugin ABI) differ from this \
+                 unlearn's: ModelSpec (changed) (schema hash 000000000000 in the plugin, {:.12} \
+                 here): rebuild the plugin against this unlearn's core",
+                plugin::wire_schema_hash()
+            ),
+        ),
+        (
+            "abort",
+            "built with panic = \"abort\", so a panic in the plugin would abort the host instead of becoming an error: build it with panic = \"unwind\"".to_string(),
         ),
         (
             "schema",
@@ -423,6 +463,109 @@ fn a_panicking_or_failing_plugin_is_an_error_and_the_host_keeps_working() {
         "{err}"
     );
     assert!(!out.join("results.json").exists());
+}
+
+#[test]
+fn a_trainer_kept_past_its_call_is_a_clean_error() {
+    let mut registry = Registry::builtin().unwrap();
+    let loaded = plugin::host::extend(&mut registry, &[built(MISBEHAVING)]);
+    assert!(loaded.is_empty());
+    let t = TinyTask::new();
+    let (model, mask) = t.trained_sparse();
+    let stasher = registry
+        .get("Stasher")
+        .unwrap()
+        .build_unlearner(&serde_json::json!({}))
+        .unwrap_or_else(|_| panic!("Stasher builds"));
+    // The first call keeps its trainer (a copy of `ctx.trainer`) and returns.
+    t.unlearn(stasher.as_ref(), &model, Some(&mask), 0).unwrap();
+    // The second trains with it: the host refuses the stale handle, the model is untouched.
+    let e = t
+        .unlearn(stasher.as_ref(), &model, Some(&mask), 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Stasher (plugin "), "{e}");
+    assert!(
+        e.contains("stale trainer handle ")
+            && e.contains(": used after the call that gave it returned"),
+        "{e}"
+    );
+    // The host keeps working, for the library's other methods too.
+    let ft = registry
+        .get("FT")
+        .unwrap()
+        .build_unlearner(&serde_json::json!({}))
+        .unwrap();
+    assert!(t
+        .unlearn(ft.as_ref(), &model, Some(&mask), 0)
+        .unwrap()
+        .all_finite());
+}
+
+const ABI20: &str = "unlearn-test-abi20";
+
+#[test]
+fn a_library_of_an_older_minor_loads_and_runs() {
+    // Built against its own frozen copy of the 2.0 tables: a 2.0 descriptor and method entry
+    // (no `describe_json`), the 2.0 host table.
+    let lib = plugin::host::load(&built(ABI20)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(lib.abi, (plugin::abi::ABI_MAJOR, 0));
+    assert!(plugin::abi::ABI_MINOR > 0, "2.0 is an older minor");
+    assert!(lib.rejected.is_empty());
+    // What 2.1 added is defaulted: the method's crate is the library's.
+    assert_eq!(lib.crates["FT-2.0"], ABI20);
+
+    let mut registry = Registry::from_methods([]).unwrap();
+    assert!(plugin::host::extend(&mut registry, &[built(ABI20)]).is_empty());
+    let m = registry.get("FT-2.0").unwrap();
+    let problems = unlearn_pipeline::conformance::check(m);
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    // It fine-tunes on the retain set in the host's loop (through its 2.0 view of the host
+    // table and the call's trainer handle): the same weights as core's loop run directly.
+    let t = TinyTask::new();
+    let (model, mask) = t.trained_sparse();
+    let u = m
+        .build_unlearner(&serde_json::json!({"epochs": 2, "lr": 0.02}))
+        .unwrap_or_else(|_| panic!("FT-2.0 builds"));
+    let through = t.unlearn(u.as_ref(), &model, Some(&mask), 3).unwrap();
+    let mut direct = model.try_clone().unwrap();
+    let s = unlearn_pipeline::train::Schedule {
+        epochs: 2,
+        lr: 0.02,
+        batch_size: 16,
+        milestones: vec![],
+        ..Default::default()
+    };
+    let stream = Stream::new(&t.data.train, &t.forget.retain);
+    Trainer::new(Device::Cpu, false)
+        .run(
+            &mut direct,
+            Run::new("direct".into(), &s, &stream, Some(&mask), 3),
+            &mut CrossEntropy,
+        )
+        .unwrap();
+    for (name, v) in direct.var_store().variables() {
+        assert!(v.equal(&through.var_store().variables()[&name]), "{name}");
+    }
+    assert!(!direct.parameters()["fc.weight"].equal(&model.parameters()["fc.weight"]));
+
+    // `plugin check` shows both versions and the defaulted crate.
+    let o = unlearn(&["plugin", "check", built(ABI20).to_str().unwrap()], &[]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}{}", text(&o.stderr));
+    assert!(
+        out.contains(&format!(
+            "(plugin ABI {0}.0, this unlearn {0}.{1}; ",
+            plugin::abi::ABI_MAJOR,
+            plugin::abi::ABI_MINOR
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("FT-2.0") && out.contains("conforms  (crate unlearn-test-abi20)"),
+        "{out}"
+    );
 }
 
 #[test]

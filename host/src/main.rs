@@ -352,12 +352,15 @@ fn real_main() -> Result<()> {
 fn check_plugin(path: &Path) -> Result<()> {
     let lib = plugin::host::load(path).map_err(bad)?;
     println!(
-        "{}: {} {} (plugin ABI {}, libtorch {}), {} method(s)",
+        "{}: {} {} (plugin ABI {}.{}, this unlearn {}.{}; libtorch {}), {} method(s)",
         lib.path.display(),
         lib.name,
         lib.version,
-        plugin::abi::ABI_VERSION,
-        plugin::LIBTORCH_VERSION,
+        lib.abi.0,
+        lib.abi.1,
+        plugin::abi::ABI_MAJOR,
+        plugin::abi::ABI_MINOR,
+        lib.libtorch,
         lib.methods.len()
     );
     let mut failures: Vec<String> = lib.rejected.iter().map(|e| e.to_string()).collect();
@@ -373,14 +376,15 @@ fn check_plugin(path: &Path) -> Result<()> {
         let method = registry.get(&name).expect("just added");
         let problems = unlearn_pipeline::conformance::check(method);
         println!(
-            "  {:<9}  {:<16}  {}",
+            "  {:<9}  {:<16}  {:<8}  (crate {})",
             kind.name(),
             name,
             if problems.is_empty() {
                 "conforms"
             } else {
                 "FAILS"
-            }
+            },
+            lib.crates.get(&name).map_or("?", String::as_str)
         );
         failures.extend(problems);
     }

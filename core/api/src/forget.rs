@@ -106,7 +106,7 @@ impl ForgetError {
 }
 
 /// `D_f` and `D_r` as sorted positions in the train split; together they partition it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ForgetSet {
     pub name: String,
     pub kind: ForgetKind,

@@ -64,7 +64,7 @@ impl std::str::FromStr for Kind {
 }
 
 /// One problem with a config: where (a JSON pointer), the offending value, and the rule.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct ConfigIssue {
     pub path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -130,7 +130,7 @@ impl std::str::FromStr for Arch {
 }
 
 /// Everything needed to build a fresh model of the same shape.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ModelSpec {
     pub arch: Arch,
     /// `[C, H, W]` of the inputs.

@@ -10,9 +10,9 @@ use std::sync::{Arc, OnceLock};
 use tch::{Device, Tensor};
 
 use super::abi::{
-    AttackCall, C_tensor, HostApi, LoopRequest, MethodEntry, ObjectiveRef, PluginDescriptor,
-    PruneCall, Status, TensorSink, UnlearnCall, ABI_VERSION, KIND_ATTACK, KIND_PRUNER,
-    KIND_UNLEARNER,
+    AttackCall, C_tensor, Handle, HostApi, LoopRequest, MethodEntry, ObjectiveRef,
+    PluginDescriptor, PruneCall, Status, TensorSink, UnlearnCall, ABI_MAJOR, ABI_MINOR,
+    HOST_API_SIZE_2_0, KIND_ATTACK, KIND_PRUNER, KIND_UNLEARNER, PANIC_ABORT, PANIC_UNWIND,
 };
 use super::wire::{
     self, borrow_tensor, free_string, guard, into_handle, put_all, read_json, read_list,
@@ -37,16 +37,25 @@ unsafe impl Send for Exported {}
 unsafe impl Sync for Exported {}
 
 /// The descriptor of a library exporting `methods` (what `export_plugin!`'s entry returns).
-/// Returns null when it cannot be made (a method's schema does not serialise).
+/// `panic_unwind` is `cfg!(panic = "unwind")` as the plugin crate was compiled (the macro
+/// writes it there). Returns null when it cannot be made (a method's schema does not serialise).
 pub fn descriptor(
     methods: &'static [BuiltinMethod],
     plugin_name: &str,
     plugin_version: &str,
+    panic_unwind: bool,
     cell: &'static OnceLock<Exported>,
 ) -> *const PluginDescriptor {
     let made = std::panic::catch_unwind(|| {
         &cell
-            .get_or_init(|| Exported(make_descriptor(methods, plugin_name, plugin_version)))
+            .get_or_init(|| {
+                Exported(make_descriptor(
+                    methods,
+                    plugin_name,
+                    plugin_version,
+                    panic_unwind,
+                ))
+            })
             .0 as *const PluginDescriptor
     });
     made.unwrap_or(std::ptr::null())
@@ -57,12 +66,28 @@ pub fn make_descriptor(
     methods: &'static [BuiltinMethod],
     plugin_name: &str,
     plugin_version: &str,
+    panic_unwind: bool,
 ) -> PluginDescriptor {
-    let entries: Vec<MethodEntry> = methods.iter().map(method_entry).collect();
+    let entries: Vec<*const MethodEntry> = methods
+        .iter()
+        .map(|m| Box::leak(Box::new(method_entry(m))) as *const MethodEntry)
+        .collect();
     let entries = Box::leak(entries.into_boxed_slice());
+    let wire = wire::wire_digest();
     PluginDescriptor {
-        abi_version: ABI_VERSION,
+        abi_major: ABI_MAJOR,
+        abi_minor: ABI_MINOR,
+        size: std::mem::size_of::<PluginDescriptor>(),
         libtorch_version: wire::leak_string(super::LIBTORCH_VERSION),
+        panic_strategy: if panic_unwind {
+            PANIC_UNWIND
+        } else {
+            PANIC_ABORT
+        },
+        wire_hash: wire::leak_string(&wire.hash),
+        wire_types: wire::leak_string(
+            &serde_json::to_string(&wire.types).expect("a map of strings is JSON"),
+        ),
         plugin_name: wire::leak_string(plugin_name),
         plugin_version: wire::leak_string(plugin_version),
         methods: entries.as_ptr(),
@@ -74,6 +99,7 @@ pub fn make_descriptor(
 fn method_entry(m: &'static BuiltinMethod) -> MethodEntry {
     let json = |v: serde_json::Value| wire::leak_string(&v.to_string());
     MethodEntry {
+        size: std::mem::size_of::<MethodEntry>(),
         kind: match m.kind {
             Kind::Pruner => KIND_PRUNER,
             Kind::Unlearner => KIND_UNLEARNER,
@@ -92,6 +118,7 @@ fn method_entry(m: &'static BuiltinMethod) -> MethodEntry {
         attack_target,
         poison,
         trigger,
+        describe_json: json(serde_json::json!({ "crate": m.krate })),
     }
 }
 
@@ -177,29 +204,34 @@ unsafe extern "C" fn destroy(instance: *mut c_void) {
     }
 }
 
-/// The host's table, checked.
-unsafe fn host<'a>(api: *const HostApi) -> Result<&'a HostApi, String> {
-    let api = api.as_ref().ok_or("no host API table")?;
-    if api.abi_version != ABI_VERSION || api.size < std::mem::size_of::<HostApi>() {
+/// The host's table, checked and read: the same major version, and at least the entries of
+/// 2.0 (a newer host's table has more, which this copy leaves unread).
+unsafe fn host(api: *const HostApi) -> Result<HostApi, String> {
+    if api.is_null() {
+        return Err("no host API table".into());
+    }
+    let p = api as *const u8;
+    let major: u32 = wire::read_header_field(p, std::mem::offset_of!(HostApi, abi_major));
+    let minor: u32 = wire::read_header_field(p, std::mem::offset_of!(HostApi, abi_minor));
+    let size: usize = wire::read_header_field(p, std::mem::offset_of!(HostApi, size));
+    if major != ABI_MAJOR || size < HOST_API_SIZE_2_0 {
         return Err(format!(
-            "the host speaks plugin ABI version {} (table of {} bytes), this plugin version {}",
-            api.abi_version, api.size, ABI_VERSION
+            "the host speaks plugin ABI {major}.{minor} (a table of {size} bytes), this plugin \
+             {ABI_MAJOR}.{ABI_MINOR} (which needs {ABI_MAJOR}.x and at least {HOST_API_SIZE_2_0} \
+             bytes)"
         ));
     }
-    Ok(api)
+    Ok(wire::read_sized(api, size))
 }
 
-/// A trainer whose loops run in the host.
+/// A trainer whose loops run in the host, through `trainer`, the host's handle for the call.
 pub(crate) fn remote_trainer(
-    api: &HostApi,
-    trainer: *const c_void,
+    api: HostApi,
+    trainer: Handle,
     device: Device,
     progress: bool,
 ) -> Trainer {
-    let backend = HostLoop {
-        api: api as *const HostApi,
-        trainer,
-    };
+    let backend = HostLoop { api, trainer };
     Trainer::with_backend(device, progress, Arc::new(backend))
 }
 
@@ -282,6 +314,7 @@ unsafe extern "C" fn prune(
             label: cx.label,
         };
         let mask = method.prune(&mut ctx).map_err(|e| e.to_string())?;
+        // The host's sink (its handle checked there).
         put_all(&out, mask.tensors().iter().map(|(k, t)| (k.as_str(), t)));
         Ok(())
     })
@@ -346,16 +379,13 @@ unsafe extern "C" fn trigger(
     })
 }
 
-/// Runs a plugin's training loops in the host (`HostApi::run_loop`).
+/// Runs a plugin's training loops in the host (`HostApi::run_loop`). A copy that outlives the
+/// call that made it (a plugin keeping `ctx.trainer`) holds a stale handle, which the host
+/// refuses.
 struct HostLoop {
-    api: *const HostApi,
-    trainer: *const c_void,
+    api: HostApi,
+    trainer: Handle,
 }
-
-// SAFETY: both pointers are valid for the host call that made this backend; the trainer using it
-// lives inside that call.
-unsafe impl Send for HostLoop {}
-unsafe impl Sync for HostLoop {}
 
 /// What the objective callbacks reach.
 struct ObjectiveState<'a> {
@@ -385,7 +415,7 @@ impl LoopBackend for HostLoop {
         };
         let stream = phase.stream;
         let model: &Model = model;
-        let owned_model = OwnedModel::new(model, wire::forward_of(model));
+        let owned_model = OwnedModel::new(model);
         let mask = OwnedList::optional(run.mask.map(|m| m.tensors().iter()));
         let data = OwnedDataset::new(stream.data);
         let meta = RunMeta {
@@ -401,7 +431,8 @@ impl LoopBackend for HostLoop {
             objective,
             model: model as *const Model,
         };
-        let mut rewind = Collected::default();
+        let rewind = Collected::default();
+        let rewind_sink = rewind.lend();
         let request = LoopRequest {
             model: owned_model.as_ref(),
             mask: mask.as_ref(),
@@ -416,27 +447,28 @@ impl LoopBackend for HostLoop {
                 before_step: objective_before_step,
                 free_string,
             },
-            rewind: rewind.sink(),
+            rewind: rewind_sink.sink(),
         };
         let mut report = std::ptr::null_mut();
         let mut err = std::ptr::null_mut();
-        // SAFETY: the host's table and trainer from the current call; everything the request
-        // points at lives until this returns.
+        // SAFETY: the host's functions; everything the request points at lives until this
+        // returns. The host checks the trainer handle.
         let report: ReportMeta = unsafe {
-            let api = &*self.api;
+            let api = &self.api;
             let status = (api.run_loop)(self.trainer, &request, &mut report, &mut err);
             status_result(status, err, api.free_string).map_err(TrainError::Remote)?;
             let parsed = read_json(report, "loop report");
             (api.free_string)(report);
             parsed.map_err(TrainError::Remote)?
         };
+        drop(rewind_sink);
         Ok(TrainReport {
             seconds: report.seconds,
             rewind: run.rewind_epoch.map(|_| Snapshot(rewind.into_map())),
             best: None,
             last_loss: report.last_loss.unwrap_or(f64::NAN),
             steps: report.steps,
-            // ABI v1 does not carry the epoch log; the host's loop logs the run itself.
+            // The ABI does not carry the epoch log; the host's loop logs the run itself.
             log: Vec::new(),
         })
     }

@@ -11,14 +11,16 @@ use serde_json::Value;
 use tch::Tensor;
 
 use super::abi::{
-    AttackCall, C_tensor, EntryFn, FreeString, HostApi, LoopRequest, MethodEntry, ObjectiveRef,
-    PluginDescriptor, PruneCall, Status, UnlearnCall, ABI_VERSION, ENTRY_SYMBOL, KIND_ATTACK,
-    KIND_PRUNER, KIND_UNLEARNER,
+    AttackCall, C_tensor, EntryFn, FreeString, Handle, HostApi, LoopRequest, MethodEntry,
+    ObjectiveRef, PluginDescriptor, PruneCall, Status, UnlearnCall, ABI_MAJOR, ABI_MINOR,
+    DESCRIPTOR_SIZE_2_0, ENTRY_SYMBOL, KIND_ATTACK, KIND_PRUNER, KIND_UNLEARNER,
+    METHOD_ENTRY_SIZE_2_0, PANIC_ABORT, PANIC_UNWIND,
 };
 use super::wire::{
-    self, alloc_string, borrow_tensor, free_string, guard, json_cstring, put_all, read_dataset,
-    read_json, read_list, read_model, read_str, status_result, CallContext, Collected, OwnedList,
-    OwnedModel, OwnedTask, ReportMeta, RunMeta,
+    self, alloc_string, borrow_tensor, free_string, guard, json_cstring, lend, put_all,
+    read_dataset, read_header_field, read_json, read_list, read_model, read_sized, read_str,
+    status_result, use_lent, CallContext, Collected, OwnedList, OwnedModel, OwnedTask, ReportMeta,
+    RunMeta,
 };
 use crate::mask::Mask;
 use crate::method::ConfigIssue;
@@ -38,17 +40,35 @@ pub enum PluginError {
     NoEntry { path: PathBuf },
     #[error("{}: the plugin's `{ENTRY_SYMBOL}` returned no descriptor", path.display())]
     NoDescriptor { path: PathBuf },
-    #[error("{}: built for plugin ABI version {plugin}, but this unlearn speaks version {host}: rebuild the plugin against this unlearn's core", path.display())]
+    #[error("{}: built for plugin ABI version {plugin}, but this unlearn speaks version {ABI_MAJOR}.{ABI_MINOR} (it loads {ABI_MAJOR}.0 to {ABI_MAJOR}.{ABI_MINOR}): rebuild the plugin against this unlearn's core", path.display())]
     AbiMismatch {
         path: PathBuf,
-        plugin: u32,
-        host: u32,
+        /// `MAJOR.MINOR`, or `1` for a version 1 library.
+        plugin: String,
     },
     #[error("{}: built against libtorch {plugin}, but this unlearn runs libtorch {host}: rebuild the plugin with LIBTORCH pointing at libtorch {host}", path.display())]
     LibtorchMismatch {
         path: PathBuf,
         plugin: String,
         host: String,
+    },
+    #[error("{}: cannot tell whether the plugin and this unlearn use the same libtorch: the plugin was built against libtorch `{plugin}`, this unlearn against libtorch `{host}` (`unknown`: the build could not read libtorch's include/torch/headeronly/version.h); set LIBTORCH to the libtorch both use and rebuild {which}", path.display())]
+    LibtorchUnknown {
+        path: PathBuf,
+        plugin: String,
+        host: String,
+        /// What to rebuild: the plugin, this unlearn, or both.
+        which: String,
+    },
+    #[error("{}: built with panic = \"abort\", so a panic in the plugin would abort the host instead of becoming an error: build it with panic = \"unwind\" (the default: remove `panic = \"abort\"` from the [profile] of the workspace that builds it)", path.display())]
+    PanicAbort { path: PathBuf },
+    #[error("{}: its wire types (the JSON documents that cross the plugin ABI) differ from this unlearn's: {differs} (schema hash {plugin:.12} in the plugin, {host:.12} here): rebuild the plugin against this unlearn's core", path.display())]
+    WireMismatch {
+        path: PathBuf,
+        plugin: String,
+        host: String,
+        /// The documents that differ, or what could not be compared.
+        differs: String,
     },
     #[error("{}: {reason}", path.display())]
     BadDescriptor { path: PathBuf, reason: String },
@@ -98,7 +118,14 @@ pub struct Library {
     pub path: PathBuf,
     pub name: String,
     pub version: String,
+    /// The plugin ABI version it was built for (`MAJOR`, `MINOR`).
+    pub abi: (u32, u32),
+    /// The libtorch it was built against.
+    pub libtorch: String,
     pub methods: Vec<Method>,
+    /// The crate that defines each method, by method name (ABI 2.1's `describe_json`; the
+    /// library's own crate for a 2.0 library).
+    pub crates: BTreeMap<String, String>,
     /// Methods the library offers but the host refused (e.g. an invalid schema).
     pub rejected: Vec<PluginError>,
 }
@@ -110,8 +137,9 @@ fn loaded() -> &'static Mutex<BTreeMap<PathBuf, usize>> {
     LOADED.get_or_init(Default::default)
 }
 
-/// Loads a library and checks its descriptor: ABI version and libtorch version first, then each
-/// method (kind, strings, a schema that compiles and accepts the default config).
+/// Loads a library and checks its descriptor: ABI version, sizes, libtorch version, panic
+/// strategy and wire types first (see `abi`: each fails closed), then each method (kind,
+/// strings, a schema that compiles and accepts the default config).
 pub fn load(path: &Path) -> Result<Library, PluginError> {
     let canonical = path.canonicalize().map_err(|source| PluginError::Io {
         path: path.to_path_buf(),
@@ -129,7 +157,7 @@ pub fn load(path: &Path) -> Result<Library, PluginError> {
         }
     };
     // SAFETY: a descriptor from the library's entry, static for the life of the process.
-    unsafe { check(&canonical, &*descriptor) }
+    unsafe { check(&canonical, descriptor) }
 }
 
 fn open(path: &Path) -> Result<*const PluginDescriptor, PluginError> {
@@ -165,31 +193,118 @@ fn open(path: &Path) -> Result<*const PluginDescriptor, PluginError> {
     Ok(d)
 }
 
-/// `MAJOR.MINOR.PATCH` without a local suffix (`2.11.0+cu130` -> `2.11.0`).
-fn base_version(v: &str) -> &str {
-    v.split('+').next().unwrap_or(v)
+/// `MAJOR.MINOR.PATCH` of a libtorch version (a local suffix such as `+cu130` aside), or `None`
+/// when it is not one (`unknown`, empty, anything else).
+fn parse_libtorch(v: &str) -> Option<(u64, u64, u64)> {
+    let base = v.split('+').next()?;
+    let mut parts = base.split('.').map(|p| {
+        (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| p.parse::<u64>().ok())
+            .flatten()
+    });
+    let version = (parts.next()??, parts.next()??, parts.next()??);
+    parts.next().is_none().then_some(version)
 }
 
-unsafe fn check(path: &Path, d: &PluginDescriptor) -> Result<Library, PluginError> {
-    if d.abi_version != ABI_VERSION {
+/// The libtorch check: both versions known, and equal. Unknown on either side fails closed.
+fn check_libtorch(path: &Path, plugin: &str, host: &str) -> Result<(), PluginError> {
+    match (parse_libtorch(plugin), parse_libtorch(host)) {
+        (Some(p), Some(h)) if p == h => Ok(()),
+        (Some(_), Some(_)) => Err(PluginError::LibtorchMismatch {
+            path: path.to_path_buf(),
+            plugin: plugin.to_string(),
+            host: host.to_string(),
+        }),
+        (p, h) => Err(PluginError::LibtorchUnknown {
+            path: path.to_path_buf(),
+            plugin: plugin.to_string(),
+            host: host.to_string(),
+            which: match (p, h) {
+                (None, None) => "both",
+                (None, _) => "the plugin",
+                _ => "this unlearn",
+            }
+            .to_string(),
+        }),
+    }
+}
+
+/// The wire check: the same schema hash; on a mismatch, which documents differ.
+unsafe fn check_wire(path: &Path, d: &PluginDescriptor) -> Result<(), PluginError> {
+    let host = wire::wire_digest();
+    let hash = read_str(d.wire_hash, "wire schema hash").unwrap_or("(none)");
+    if hash == host.hash {
+        return Ok(());
+    }
+    let differs = match read_json::<BTreeMap<String, String>>(d.wire_types, "wire types") {
+        Ok(types) => {
+            let d = wire::wire_differences(&types, &host.types);
+            if d.is_empty() {
+                "the same documents, but another hash".to_string()
+            } else {
+                d.join(", ")
+            }
+        }
+        Err(e) => e,
+    };
+    Err(PluginError::WireMismatch {
+        path: path.to_path_buf(),
+        plugin: hash.to_string(),
+        host: host.hash.clone(),
+        differs,
+    })
+}
+
+/// Checks a descriptor, reading its stable header first and then only what its version and
+/// size say it has.
+///
+/// # Safety
+/// `d` is a library's descriptor, static for the life of the process.
+unsafe fn check(path: &Path, d: *const PluginDescriptor) -> Result<Library, PluginError> {
+    let header = d as *const u8;
+    let major: u32 = read_header_field(header, std::mem::offset_of!(PluginDescriptor, abi_major));
+    // Version 1 had a lone `u32` at offset 0 (then a pointer): the rest of the stable header
+    // exists from 2.0 on.
+    let minor: Option<u32> = (major >= 2)
+        .then(|| read_header_field(header, std::mem::offset_of!(PluginDescriptor, abi_minor)));
+    if major != ABI_MAJOR || minor.is_none_or(|m| m > ABI_MINOR) {
         return Err(PluginError::AbiMismatch {
             path: path.to_path_buf(),
-            plugin: d.abi_version,
-            host: ABI_VERSION,
+            plugin: match minor {
+                Some(m) => format!("{major}.{m}"),
+                None => major.to_string(),
+            },
         });
     }
+    let minor = minor.unwrap_or(0);
     let bad = |reason: String| PluginError::BadDescriptor {
         path: path.to_path_buf(),
         reason,
     };
-    let torch = read_str(d.libtorch_version, "libtorch version").map_err(bad)?;
-    if base_version(torch) != base_version(super::LIBTORCH_VERSION) {
-        return Err(PluginError::LibtorchMismatch {
-            path: path.to_path_buf(),
-            plugin: torch.to_string(),
-            host: super::LIBTORCH_VERSION.to_string(),
-        });
+    let size: usize = read_header_field(header, std::mem::offset_of!(PluginDescriptor, size));
+    if size < DESCRIPTOR_SIZE_2_0 {
+        return Err(bad(format!(
+            "a descriptor of {size} bytes, less than the {DESCRIPTOR_SIZE_2_0} of ABI {ABI_MAJOR}.0"
+        )));
     }
+    // Fields appended after 2.0 read as absent when the library's table is shorter.
+    let d: PluginDescriptor = read_sized(d, size);
+    let torch = read_str(d.libtorch_version, "libtorch version").unwrap_or("(none)");
+    check_libtorch(path, torch, super::LIBTORCH_VERSION)?;
+    match d.panic_strategy {
+        PANIC_UNWIND => {}
+        PANIC_ABORT => {
+            return Err(PluginError::PanicAbort {
+                path: path.to_path_buf(),
+            })
+        }
+        other => {
+            return Err(bad(format!(
+                "its panic strategy is unknown ({other}), so its panics may not be catchable"
+            )))
+        }
+    }
+    check_wire(path, &d)?;
     let name = read_str(d.plugin_name, "plugin name")
         .map_err(bad)?
         .to_string();
@@ -205,10 +320,14 @@ unsafe fn check(path: &Path, d: &PluginDescriptor) -> Result<Library, PluginErro
         std::slice::from_raw_parts(d.methods, d.n_methods)
     };
     let mut methods = Vec::new();
+    let mut crates = BTreeMap::new();
     let mut rejected = Vec::new();
-    for e in entries {
-        match method(path, e, d.free_string) {
-            Ok(m) => methods.push(m),
+    for (i, &e) in entries.iter().enumerate() {
+        match method(path, i, e, minor, &d, &name) {
+            Ok((m, krate)) => {
+                crates.insert(m.name.clone(), krate);
+                methods.push(m);
+            }
             Err(err) => rejected.push(err),
         }
     }
@@ -216,16 +335,49 @@ unsafe fn check(path: &Path, d: &PluginDescriptor) -> Result<Library, PluginErro
         path: path.to_path_buf(),
         name,
         version,
+        abi: (major, minor),
+        libtorch: torch.to_string(),
         methods,
+        crates,
         rejected,
     })
 }
 
+/// The method entry's bytes a library of `minor` can have: fields of later minors are absent
+/// whatever its size says.
+fn method_entry_size(minor: u32) -> usize {
+    match minor {
+        0 => METHOD_ENTRY_SIZE_2_0,
+        _ => std::mem::size_of::<MethodEntry>(),
+    }
+}
+
+/// Checks the `i`-th method entry and makes the method; with the crate that defines it.
+///
+/// # Safety
+/// `e` is null or a static method entry of the library `d` describes.
 unsafe fn method(
     path: &Path,
-    e: &'static MethodEntry,
-    free: FreeString,
-) -> Result<Method, PluginError> {
+    i: usize,
+    e: *const MethodEntry,
+    minor: u32,
+    d: &PluginDescriptor,
+    library: &str,
+) -> Result<(Method, String), PluginError> {
+    let bad_entry = |reason: String| PluginError::BadDescriptor {
+        path: path.to_path_buf(),
+        reason: format!("method entry {i}: {reason}"),
+    };
+    if e.is_null() {
+        return Err(bad_entry("a null pointer".into()));
+    }
+    let size: usize = read_header_field(e as *const u8, std::mem::offset_of!(MethodEntry, size));
+    if size < METHOD_ENTRY_SIZE_2_0 {
+        return Err(bad_entry(format!(
+            "{size} bytes, less than the {METHOD_ENTRY_SIZE_2_0} of ABI {ABI_MAJOR}.0"
+        )));
+    }
+    let e: MethodEntry = read_sized(e, size.min(method_entry_size(minor)));
     let name = read_str(e.name, "method name")
         .map_err(|reason| PluginError::BadDescriptor {
             path: path.to_path_buf(),
@@ -261,7 +413,26 @@ unsafe fn method(
             err.instance_path()
         )));
     }
-    Ok(Method::from_library(
+    // 2.1: facts about the method; absent (2.0, or null) they default.
+    let facts: serde_json::Map<String, Value> = if e.describe_json.is_null() {
+        Default::default()
+    } else {
+        read_json(
+            e.describe_json,
+            "its description (describe_json, a JSON object)",
+        )
+        .map_err(bad)?
+    };
+    let krate = match facts.get("crate") {
+        None => library.to_string(),
+        Some(Value::String(c)) => c.clone(),
+        Some(other) => {
+            return Err(bad(format!(
+                "its description's `crate` is not a string: {other}"
+            )))
+        }
+    };
+    let method = Method::from_library(
         kind,
         name.clone(),
         summary,
@@ -272,9 +443,10 @@ unsafe fn method(
             path: path.to_path_buf(),
             name,
             entry: e,
-            free,
+            free: d.free_string,
         }),
-    ))
+    );
+    Ok((method, krate))
 }
 
 /// Loads every library that `paths` (folders or files) name into `registry`. A library or
@@ -316,12 +488,13 @@ pub fn extend(registry: &mut Registry, paths: &[PathBuf]) -> Vec<PluginError> {
 pub struct LibraryMethod {
     path: PathBuf,
     name: String,
-    entry: &'static MethodEntry,
+    /// The library's entry as this host reads it (fields its version lacks absent).
+    entry: MethodEntry,
     free: FreeString,
 }
 
-// SAFETY: `entry` is static, immutable descriptor data of a library that is never unloaded;
-// the instances it makes are of `Send + Sync` method types.
+// SAFETY: `entry` points at static, immutable descriptor data and functions of a library that is
+// never unloaded; the instances it makes are of `Send + Sync` method types.
 unsafe impl Send for LibraryMethod {}
 unsafe impl Sync for LibraryMethod {}
 
@@ -421,7 +594,7 @@ impl Instance {
         f: impl FnOnce(&MethodEntry, *mut c_void, *mut *mut c_char) -> Status,
     ) -> Result<(), MethodError> {
         let mut err = std::ptr::null_mut();
-        let status = f(self.method.entry, self.ptr, &mut err);
+        let status = f(&self.method.entry, self.ptr, &mut err);
         status_result(status, err, self.method.free).map_err(|m| self.failed(m))
     }
 }
@@ -438,25 +611,30 @@ struct LibraryUnlearner(Instance);
 
 impl Unlearner for LibraryUnlearner {
     fn unlearn(&self, ctx: &mut UnlearnCtx<'_>) -> Result<(), MethodError> {
-        let model: &Model = ctx.model;
-        let owned_model = OwnedModel::new(model, wire::forward_of(model));
-        let mask = OwnedList::optional(ctx.mask.map(|m| m.tensors().iter()));
-        let data = OwnedTask::new(ctx.data);
-        let forget = json_cstring(ctx.forget);
-        let cx = context_json(ctx.seed, &ctx.label, ctx.trainer.progress);
-        let call = UnlearnCall {
-            model: owned_model.as_ref(),
-            mask: mask.as_ref(),
-            data: data.as_ref(),
-            forget_json: forget.as_ptr(),
-            context_json: cx.as_ptr(),
-            trainer: ctx.trainer as *const Trainer as *const c_void,
-        };
-        // SAFETY: everything the call points at lives until this returns.
-        unsafe {
-            self.0
-                .call(|e, i, err| (e.unlearn)(i, host_api(), &call, err))?
-        };
+        {
+            // Lent for this call only: the model's forward and the trainer are handles the
+            // plugin can use until the call returns, and not after.
+            let model: &Model = ctx.model;
+            let owned_model = OwnedModel::new(model);
+            let mask = OwnedList::optional(ctx.mask.map(|m| m.tensors().iter()));
+            let data = OwnedTask::new(ctx.data);
+            let forget = json_cstring(ctx.forget);
+            let cx = context_json(ctx.seed, &ctx.label, ctx.trainer.progress);
+            let trainer = lend(ctx.trainer, "trainer");
+            let call = UnlearnCall {
+                model: owned_model.as_ref(),
+                mask: mask.as_ref(),
+                data: data.as_ref(),
+                forget_json: forget.as_ptr(),
+                context_json: cx.as_ptr(),
+                trainer: trainer.handle(),
+            };
+            // SAFETY: everything the call points at lives until this returns.
+            unsafe {
+                self.0
+                    .call(|e, i, err| (e.unlearn)(i, host_api(), &call, err))?
+            };
+        }
         // The model changed in place; a plugin cannot be trusted to keep the mask.
         ctx.enforce_mask();
         Ok(())
@@ -479,26 +657,30 @@ impl Pruner for LibraryPruner {
     }
 
     fn prune(&self, ctx: &mut PruneCtx<'_>) -> Result<Mask, MethodError> {
-        let model: &Model = ctx.model;
-        let owned_model = OwnedModel::new(model, wire::forward_of(model));
-        let rewind = OwnedList::optional(ctx.rewind.map(|s| s.0.iter()));
-        let data = OwnedTask::new(ctx.data);
-        let schedule = json_cstring(ctx.schedule);
-        let cx = context_json(ctx.seed, &ctx.label, ctx.trainer.progress);
-        let call = PruneCall {
-            model: owned_model.as_ref(),
-            rewind: rewind.as_ref(),
-            data: data.as_ref(),
-            schedule_json: schedule.as_ptr(),
-            context_json: cx.as_ptr(),
-            trainer: ctx.trainer as *const Trainer as *const c_void,
-        };
-        let mut got = Collected::default();
-        // SAFETY: as for unlearn; the sink outlives the call.
-        unsafe {
-            self.instance
-                .call(|e, i, err| (e.prune)(i, host_api(), &call, got.sink(), err))?
-        };
+        let got = Collected::default();
+        {
+            let model: &Model = ctx.model;
+            let owned_model = OwnedModel::new(model);
+            let rewind = OwnedList::optional(ctx.rewind.map(|s| s.0.iter()));
+            let data = OwnedTask::new(ctx.data);
+            let schedule = json_cstring(ctx.schedule);
+            let cx = context_json(ctx.seed, &ctx.label, ctx.trainer.progress);
+            let trainer = lend(ctx.trainer, "trainer");
+            let call = PruneCall {
+                model: owned_model.as_ref(),
+                rewind: rewind.as_ref(),
+                data: data.as_ref(),
+                schedule_json: schedule.as_ptr(),
+                context_json: cx.as_ptr(),
+                trainer: trainer.handle(),
+            };
+            let sink = got.lend();
+            // SAFETY: as for unlearn; the sink is lent until the call returns.
+            unsafe {
+                self.instance
+                    .call(|e, i, err| (e.prune)(i, host_api(), &call, sink.sink(), err))?
+            };
+        }
         let mask = Mask::from_tensors(ctx.model, got.into_map())
             .map_err(|e| self.instance.failed(format!("the mask it returned: {e}")))?;
         mask.apply(ctx.model);
@@ -519,12 +701,15 @@ impl Attack for LibraryAttack {
             data: data.as_ref(),
             context_json: cx.as_ptr(),
         };
-        let mut got = Collected::default();
-        // SAFETY: as for unlearn; the sink outlives the call.
-        unsafe {
-            self.instance
-                .call(|e, i, err| (e.poison)(i, host_api(), &call, got.sink(), err))?
-        };
+        let got = Collected::default();
+        {
+            let sink = got.lend();
+            // SAFETY: as for unlearn; the sink is lent until the call returns.
+            unsafe {
+                self.instance
+                    .call(|e, i, err| (e.poison)(i, host_api(), &call, sink.sink(), err))?
+            };
+        }
         let mut got = got.into_map();
         let mut take = |name: &str| {
             got.remove(name).ok_or_else(|| {
@@ -568,7 +753,8 @@ impl Attack for LibraryAttack {
 /// The table handed to plugins.
 pub(crate) fn host_api() -> *const HostApi {
     static API: HostApi = HostApi {
-        abi_version: ABI_VERSION,
+        abi_major: ABI_MAJOR,
+        abi_minor: ABI_MINOR,
         size: std::mem::size_of::<HostApi>(),
         free_string,
         run_loop,
@@ -576,17 +762,16 @@ pub(crate) fn host_api() -> *const HostApi {
     &API
 }
 
-/// `HostApi::run_loop`: core's loop on a plugin's model, with the plugin's objective.
+/// `HostApi::run_loop`: core's loop on a plugin's model, with the plugin's objective, on the
+/// trainer of a call in progress (a stale handle is an error, not a dangling pointer).
 unsafe extern "C" fn run_loop(
-    trainer: *const c_void,
+    trainer: Handle,
     request: *const LoopRequest,
     report_json: *mut *mut c_char,
     err: *mut *mut c_char,
 ) -> Status {
     guard(err, || {
-        let trainer = (trainer as *const Trainer)
-            .as_ref()
-            .ok_or("no trainer in the request")?;
+        let trainer = use_lent::<Trainer>(trainer, "trainer")?;
         let req = request.as_ref().ok_or("no loop request")?;
         let mut model = read_model(&req.model)?;
         let mask = read_list(&req.mask, "mask")?
@@ -708,5 +893,158 @@ impl Objective for ForeignObjective {
         // SAFETY: the plugin's callback with its own state.
         let s = unsafe { (self.r.before_step)(self.r.state, &mut err) };
         self.note(s, err);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::guest::make_descriptor;
+
+    fn checked(d: &PluginDescriptor) -> Result<Library, String> {
+        // SAFETY: a descriptor made here, alive for the call.
+        unsafe { check(Path::new("lib.so"), d) }.map_err(|e| e.to_string())
+    }
+
+    fn descriptor() -> PluginDescriptor {
+        make_descriptor(&[], "a-plugin", "0.1.0", true)
+    }
+
+    #[test]
+    fn libtorch_versions_must_be_known_on_both_sides_and_equal() {
+        assert_eq!(parse_libtorch("2.11.0"), Some((2, 11, 0)));
+        assert_eq!(parse_libtorch("2.11.0+cu130"), Some((2, 11, 0)));
+        for v in [
+            "unknown", "", "2.11", "2.11.0.1", "2.x.0", "2..0", " 2.11.0",
+        ] {
+            assert_eq!(parse_libtorch(v), None, "{v:?}");
+        }
+        let p = Path::new("lib.so");
+        assert!(check_libtorch(p, "2.11.0+cpu", "2.11.0").is_ok());
+        let e = check_libtorch(p, "2.10.0", "2.11.0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("built against libtorch 2.10.0, but this unlearn runs libtorch 2.11.0"),
+            "{e}"
+        );
+        for (plugin, host, which) in [
+            ("unknown", "2.11.0", "rebuild the plugin"),
+            ("2.11.0", "unknown", "rebuild this unlearn"),
+            ("unknown", "unknown", "rebuild both"),
+            ("2.11", "2.11", "rebuild both"),
+        ] {
+            let e = check_libtorch(p, plugin, host).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!(
+                    "the plugin was built against libtorch `{plugin}`, this unlearn against \
+                     libtorch `{host}`"
+                )) && e.ends_with(which),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_descriptor_is_checked_field_by_field_failing_closed() {
+        let lib = checked(&descriptor()).unwrap();
+        assert_eq!(lib.abi, (ABI_MAJOR, ABI_MINOR));
+        assert_eq!(
+            (lib.name.as_str(), lib.version.as_str()),
+            ("a-plugin", "0.1.0")
+        );
+
+        let mut d = descriptor();
+        d.abi_minor = ABI_MINOR + 1;
+        let e = checked(&d).err().unwrap();
+        assert!(
+            e.contains(&format!(
+                "built for plugin ABI version {ABI_MAJOR}.{}, but this unlearn speaks version \
+                 {ABI_MAJOR}.{ABI_MINOR}",
+                ABI_MINOR + 1
+            )),
+            "{e}"
+        );
+        let mut d = descriptor();
+        d.abi_major = ABI_MAJOR + 1;
+        d.abi_minor = 0;
+        let e = checked(&d).err().unwrap();
+        assert!(
+            e.contains(&format!("ABI version {}.0, but", ABI_MAJOR + 1)),
+            "{e}"
+        );
+        // Version 1: a lone `u32` version where the stable header starts.
+        #[repr(C)]
+        struct V1 {
+            abi_version: u32,
+            libtorch_version: *const c_char,
+        }
+        let v1 = V1 {
+            abi_version: 1,
+            libtorch_version: c"2.11.0".as_ptr(),
+        };
+        // SAFETY: only the first `u32` is read of a major other than 2.
+        let e = unsafe {
+            check(
+                Path::new("lib.so"),
+                &v1 as *const V1 as *const PluginDescriptor,
+            )
+        }
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains(&format!(
+                "built for plugin ABI version 1, but this unlearn speaks version \
+                 {ABI_MAJOR}.{ABI_MINOR}"
+            )),
+            "{e}"
+        );
+        assert!(!v1.libtorch_version.is_null());
+        // An older minor of the same major loads.
+        let mut d = descriptor();
+        d.abi_minor = 0;
+        assert_eq!(checked(&d).unwrap().abi, (ABI_MAJOR, 0));
+
+        let mut d = descriptor();
+        d.size = DESCRIPTOR_SIZE_2_0 - 8;
+        let e = checked(&d).err().unwrap();
+        assert!(e.contains("less than the"), "{e}");
+
+        let mut d = descriptor();
+        d.libtorch_version = c"unknown".as_ptr();
+        let e = checked(&d).err().unwrap();
+        assert!(e.contains("libtorch `unknown`"), "{e}");
+
+        let mut d = descriptor();
+        d.panic_strategy = PANIC_ABORT;
+        let e = checked(&d).err().unwrap();
+        assert!(e.contains("build it with panic = \"unwind\""), "{e}");
+        d.panic_strategy = 0;
+        let e = checked(&d).err().unwrap();
+        assert!(e.contains("panic strategy is unknown (0)"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_wire_hash_is_refused_naming_the_documents() {
+        let host = wire::wire_digest();
+        let mut types = host.types.clone();
+        *types.get_mut("ModelSpec").unwrap() = "0".repeat(64);
+        let mut d = descriptor();
+        d.wire_hash = c"0123456789abcdef0123".as_ptr();
+        d.wire_types = wire::leak_string(&serde_json::to_string(&types).unwrap());
+        let e = checked(&d).err().unwrap();
+        assert!(
+            e.contains(&format!(
+                "differ from this unlearn's: ModelSpec (changed) (schema hash 0123456789ab in \
+                 the plugin, {} here)",
+                &host.hash[..12]
+            )),
+            "{e}"
+        );
+        // Even with the right per-document digests, the hash decides.
+        d.wire_types = wire::leak_string(&serde_json::to_string(&host.types).unwrap());
+        let e = checked(&d).err().unwrap();
+        assert!(e.contains("the same documents, but another hash"), "{e}");
     }
 }

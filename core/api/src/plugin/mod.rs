@@ -12,6 +12,10 @@
 /// - built as a cdylib, it exports the one entry symbol the host loads. A crate with a `builtin`
 ///   feature leaves the symbol out when that feature is on, so several plugin crates can be
 ///   linked into one binary.
+///
+/// The entry records `cfg!(panic = "unwind")` as the plugin crate is compiled (this expansion is
+/// compiled there, not in core): the host refuses a library built with `panic = "abort"`, whose
+/// panics it could not catch.
 #[macro_export]
 macro_rules! export_plugin {
     ($($kind:ident : $t:ty),+ $(,)?) => {
@@ -21,7 +25,7 @@ macro_rules! export_plugin {
             }
         )+
 
-        /// The plugin library's entry (see `unlearn_core::plugin::abi`).
+        /// The plugin library's entry (see `unlearn_api::plugin::abi`).
         #[cfg(not(feature = "builtin"))]
         #[no_mangle]
         pub extern "C" fn unlearn_plugin_entry() -> *const $crate::plugin::abi::PluginDescriptor {
@@ -34,6 +38,7 @@ macro_rules! export_plugin {
                 METHODS,
                 env!("CARGO_PKG_NAME"),
                 env!("CARGO_PKG_VERSION"),
+                cfg!(panic = "unwind"),
                 &DESCRIPTOR,
             )
         }
@@ -48,37 +53,43 @@ pub mod guest;
 pub mod host;
 mod wire;
 
-/// The libtorch version (`MAJOR.MINOR.PATCH`) this copy of core was built against. A plugin
-/// library carries its own copy; the host refuses a library whose version differs.
+/// The libtorch version (`MAJOR.MINOR.PATCH`) this copy of core was built against, as the build
+/// script (`build/link_libtorch.rs`) read it from libtorch's `torch/headeronly/version.h`, or
+/// `unknown` when it could not. A plugin library carries its own copy; the host refuses a
+/// library whose version differs from its own, or when either is unknown.
 pub const LIBTORCH_VERSION: &str = match option_env!("UNLEARN_LIBTORCH_VERSION") {
     Some(v) => v,
     None => "unknown",
 };
 
+/// SHA-256 (hex) of the JSON Schemas of the documents that cross the plugin ABI, as this copy of
+/// core defines them (what a library's descriptor carries and the host compares).
+pub fn wire_schema_hash() -> &'static str {
+    &wire::wire_digest().hash
+}
+
+/// The same per document, as the JSON object a descriptor's `wire_types` carries.
+pub fn wire_schema_types_json() -> String {
+    serde_json::to_string(&wire::wire_digest().types).expect("a map of strings is JSON")
+}
+
 #[cfg(all(test, feature = "host"))]
 mod tests {
-    use std::ffi::c_void;
-
     use tch::{Device, Kind, TchError, Tensor};
 
-    use super::{guest, host};
+    use super::{guest, host, wire};
     use crate::model::Model;
     use crate::objective::{CeL1, L1Schedule};
     use crate::testing::TinyTask;
     use crate::train::{Batch, Objective, Run, Schedule, Stream, TrainError, Trainer};
 
-    /// A plugin-side trainer wired to this process's own host table: the whole round trip
-    /// (model, mask, stream and objective across the C ABI, the rewind snapshot back) with no
-    /// library involved.
-    fn through_the_abi(host_trainer: &Trainer) -> Trainer {
-        // SAFETY: the table is static; the trainer outlives every use of the result.
-        let api = unsafe { &*host::host_api() };
-        guest::remote_trainer(
-            api,
-            host_trainer as *const Trainer as *const c_void,
-            Device::Cpu,
-            false,
-        )
+    /// A plugin-side trainer wired to this process's own host table, through a handle of
+    /// `host_trainer` (valid while `lent` lives): the whole round trip (model, mask, stream and
+    /// objective across the C ABI, the rewind snapshot back) with no library involved.
+    fn through_the_abi(lent: &wire::Lent<'_>) -> Trainer {
+        // SAFETY: the table is static.
+        let api = unsafe { std::ptr::read(host::host_api()) };
+        guest::remote_trainer(api, lent.handle(), Device::Cpu, false)
     }
 
     fn schedule() -> Schedule {
@@ -96,7 +107,8 @@ mod tests {
         let t = TinyTask::new();
         let (model, mask) = t.trained_sparse();
         let host_trainer = Trainer::new(Device::Cpu, false);
-        let remote = through_the_abi(&host_trainer);
+        let lent = wire::lend(&host_trainer, "trainer");
+        let remote = through_the_abi(&lent);
         // Other labels than the data set's, so the stream's own labels must cross.
         let rows: Vec<usize> = (0..t.data.train.len()).collect();
         let labels = (t.data.train.labels.shallow_clone() + 1).remainder(4);
@@ -166,7 +178,8 @@ mod tests {
         let t = TinyTask::new();
         let mut model = t.trained();
         let host_trainer = Trainer::new(Device::Cpu, false);
-        let remote = through_the_abi(&host_trainer);
+        let lent = wire::lend(&host_trainer, "trainer");
+        let remote = through_the_abi(&lent);
         let rows: Vec<usize> = (0..t.data.train.len()).collect();
         let stream = Stream::new(&t.data.train, &rows);
         let s = schedule();
@@ -196,5 +209,67 @@ mod tests {
                 },
             )
             .unwrap();
+    }
+
+    #[test]
+    fn a_trainer_kept_past_its_call_is_refused_by_the_host() {
+        let t = TinyTask::new();
+        let mut model = t.trained();
+        let before = model.parameters()["fc.weight"].copy();
+        let host_trainer = Trainer::new(Device::Cpu, false);
+        let lent = wire::lend(&host_trainer, "trainer");
+        let handle = lent.handle();
+        // A plugin keeps its copy of the call's trainer; the call returns.
+        let kept = through_the_abi(&lent);
+        drop(lent);
+        let rows: Vec<usize> = (0..t.data.train.len()).collect();
+        let stream = Stream::new(&t.data.train, &rows);
+        let e = kept
+            .run(
+                &mut model,
+                Run::new("late".into(), &schedule(), &stream, None, 0),
+                &mut Faulty {
+                    batches: 10,
+                    panic: false,
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(e, TrainError::Remote(_)), "{e:?}");
+        assert!(
+            e.to_string().contains(&format!(
+                "stale trainer handle {handle}: used after the call that gave it returned"
+            )),
+            "{e}"
+        );
+        assert!(model.parameters()["fc.weight"].equal(&before), "untouched");
+    }
+
+    #[test]
+    fn a_model_forward_kept_past_its_call_is_an_error() {
+        let t = TinyTask::new();
+        let model = t.trained();
+        let owned = wire::OwnedModel::new(&model);
+        let r = owned.as_ref();
+        let x = t.data.test.images.narrow(0, 0, 2).to_kind(Kind::Float) / 255.0;
+        let forward = |r: &super::abi::ModelRef| {
+            let mut out = std::ptr::null_mut();
+            let mut err = std::ptr::null_mut();
+            // SAFETY: the model's forward with a borrowed input and out-pointers.
+            unsafe {
+                let s =
+                    (r.forward.call)(r.forward.state, x.as_ptr() as *mut _, 0, &mut out, &mut err);
+                wire::status_result(s, err, r.forward.free_string).map(|()| Tensor::from_ptr(out))
+            }
+        };
+        assert!(forward(&r).unwrap().equal(&model.forward_t(&x, false)));
+        drop(owned);
+        let e = forward(&r).unwrap_err();
+        assert!(
+            e.starts_with(&format!(
+                "stale model handle {}: used after the call that gave it returned",
+                r.forward.state
+            )),
+            "{e}"
+        );
     }
 }
