@@ -34,7 +34,8 @@ fn python() -> Option<PathBuf> {
 
 /// Runs `interop.py` with `args`; panics with its output unless it succeeds. Returns stdout.
 fn interop(python: &Path, args: &[&str]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/interop.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/interop.py");
+    assert!(script.is_file(), "{} is missing", script.display());
     let out = Command::new(python)
         .arg(&script)
         .args(args)
