@@ -16,10 +16,14 @@ import json
 import os
 import sys
 
-import torch
-import torch.nn as nn
-import torch.nn.utils.prune as prune
-from safetensors.torch import load_file, save_file
+try:
+    import torch
+    import torch.nn as nn
+    import torch.nn.utils.prune as prune
+    from safetensors.torch import load_file, save_file
+except ImportError as e:
+    sys.exit(f"interop.py: {e} under {sys.executable}; scripts/setup.sh installs torch and "
+             "safetensors into .venv")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import unlearn_models as um  # noqa: E402

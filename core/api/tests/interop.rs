@@ -1,13 +1,16 @@
 //! Interop with PyTorch: the same architectures defined in `tests/python/unlearn_models.py`, run
 //! through `tests/python/interop.py` with the project's Python (`UNLEARN_PYTHON`, which
-//! `.cargo/config.toml` sets; the tests skip, saying so, only when it is unset).
+//! `.cargo/config.toml` sets). A missing Python, or one without torch, fails the tests; they
+//! skip, saying so, only when `UNLEARN_SKIP_PYTHON=1`.
 //!
 //! BatchNorm running statistics are set to non-trivial values on both sides (the statistics of
 //! real activations, perturbed), so the comparisons test eval mode, not the identity.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use unlearn_api::checkpoint::{self, Provenance};
 use unlearn_api::mask::{magnitude_scores, Mask};
@@ -19,22 +22,62 @@ const RESNET18_PARAMETERS: i64 = 11_173_962;
 const CIFAR10_MEAN: [f64; 3] = [0.4914, 0.4822, 0.4465];
 const CIFAR10_STD: [f64; 3] = [0.2470, 0.2435, 0.2616];
 
+const SKIP_VAR: &str = "UNLEARN_SKIP_PYTHON";
+
+/// The project's Python (`UNLEARN_PYTHON`), checked once to import what `interop.py` imports.
+/// A missing or broken Python fails the test, saying what to do; only `UNLEARN_SKIP_PYTHON=1`
+/// skips it (None), announced on the terminal even when cargo captures the test's output.
 fn python() -> Option<PathBuf> {
-    match std::env::var_os("UNLEARN_PYTHON") {
-        Some(p) => Some(PathBuf::from(p)),
-        None => {
-            eprintln!(
-                "skipping the PyTorch interop test: UNLEARN_PYTHON is unset \
-                 (scripts/setup.sh writes it into .cargo/config.toml)"
-            );
-            None
-        }
+    static CHECKED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    if std::env::var(SKIP_VAR).as_deref() == Ok("1") {
+        // Straight to the terminal: libtest captures eprintln! of passing tests.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED: a PyTorch interop test; {SKIP_VAR}=1 is set, so nothing was compared \
+             with PyTorch ***\n"
+        );
+        return None;
     }
+    match CHECKED.get_or_init(check_python) {
+        Ok(p) => Some(p.clone()),
+        Err(e) => panic!("{e}\n(set {SKIP_VAR}=1 to skip the PyTorch interop tests instead)"),
+    }
+}
+
+fn check_python() -> Result<PathBuf, String> {
+    let python = std::env::var_os("UNLEARN_PYTHON")
+        .map(PathBuf::from)
+        .ok_or(
+            "the PyTorch interop tests need Python with torch and safetensors, but UNLEARN_PYTHON \
+         is unset: run scripts/setup.sh, which creates .venv and writes UNLEARN_PYTHON into \
+         .cargo/config.toml",
+        )?;
+    let out = Command::new(&python)
+        .args(["-c", "import torch, safetensors.torch"])
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .map_err(|e| {
+            format!(
+                "cannot run UNLEARN_PYTHON={} for the PyTorch interop tests: {e} \
+                 (run scripts/setup.sh to create it)",
+                python.display()
+            )
+        })?;
+    if !out.status.success() {
+        return Err(format!(
+            "UNLEARN_PYTHON={} cannot import torch and safetensors, which the PyTorch interop \
+             tests need (scripts/setup.sh installs them into .venv): {}",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(python)
 }
 
 /// Runs `interop.py` with `args`; panics with its output unless it succeeds. Returns stdout.
 fn interop(python: &Path, args: &[&str]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/interop.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/interop.py");
+    assert!(script.is_file(), "{} is missing", script.display());
     let out = Command::new(python)
         .arg(&script)
         .args(args)
