@@ -9,7 +9,7 @@ use crate::train::{cross_entropy, Batch, Objective};
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum L1Schedule {
     None,
-    /// `a` in every epoch (`FT_l1`, `GA_l1`).
+    /// `a` in every epoch (`GA_l1`).
     Constant(f64),
     /// `l1-sparse` (SPEC §5): for 0-based epoch t of E, a_t = a * (1 - t / (E - E0)) while
     /// t < E - E0, else 0; a_t = a when E - E0 = 0. E0 = `no_l1_epochs`.
