@@ -52,6 +52,7 @@
 //! | 1 | a single `u32` version, pointer-identified trainer and model handles |
 //! | 2.0 | the stable header and sizes; checked handles ([`Handle`]); the panic strategy; the wire-schema hash |
 //! | 2.1 | [`MethodEntry::describe_json`]: facts about a method (the crate that defines it), defaulted for 2.0 libraries |
+//! | 2.2 | [`HostApi::run_phases`]: the loop with several phases over tagged streams ([`PhasedLoopRequest`], [`PhaseRef`]); objectives get a [`BatchRef`] (rows, forget tags, phase, step) and the report carries the epoch log. A 2.2 plugin in an older host runs a one-phase untagged run through `run_loop` and refuses the rest |
 //!
 //! # Handles
 //!
@@ -98,7 +99,7 @@ pub use torch_sys::C_tensor;
 /// The major version of this ABI: a library of another major is refused.
 pub const ABI_MAJOR: u32 = 2;
 /// The minor version of this ABI: the host loads libraries of its major with a minor up to this.
-pub const ABI_MINOR: u32 = 1;
+pub const ABI_MINOR: u32 = 2;
 
 /// The one symbol a plugin library exports (an [`EntryFn`]).
 pub const ENTRY_SYMBOL: &str = "unlearn_plugin_entry";
@@ -264,6 +265,16 @@ pub struct HostApi {
         report_json: *mut *mut c_char,
         err: *mut *mut c_char,
     ) -> Status,
+    /// Added in 2.2 (null in older hosts): core's loop with several phases over tagged streams
+    /// (see [`PhasedLoopRequest`]); `report_json` as `run_loop`'s, plus the epoch `log`.
+    pub run_phases: Option<
+        unsafe extern "C" fn(
+            trainer: Handle,
+            request: *const PhasedLoopRequest,
+            report_json: *mut *mut c_char,
+            err: *mut *mut c_char,
+        ) -> Status,
+    >,
 }
 
 /// The size of the host table in ABI 2.0, the least a 2.x host gives.
@@ -410,4 +421,57 @@ pub struct ObjectiveRef {
     /// After backward, before the optimizer step (e.g. to mask gradients).
     pub before_step: unsafe extern "C" fn(state: *mut c_void, err: *mut *mut c_char) -> Status,
     pub free_string: FreeString,
+}
+
+/// One phase of a [`PhasedLoopRequest`] (2.2): a stream of `data` (`rows`, i64; their `labels`;
+/// their `forget` tags, bool) and `phase_json`, `{"name", "augment", "batch_size",
+/// "until_epoch", "max_steps"}`. Borrowed for the call.
+#[repr(C)]
+pub struct PhaseRef {
+    pub data: DatasetRef,
+    pub rows: *mut C_tensor,
+    pub labels: *mut C_tensor,
+    pub forget: *mut C_tensor,
+    pub phase_json: *const c_char,
+}
+
+/// A batch as the host's loop gives it to a plugin's objective (2.2): inputs in [0, 1], labels,
+/// each sample's row and forget tag, the phase, the step over the run, the epoch. Every handle
+/// is borrowed for the call. `size` is the writer's `size_of::<BatchRef>()`.
+#[repr(C)]
+pub struct BatchRef {
+    pub size: usize,
+    pub x: *mut C_tensor,
+    pub y: *mut C_tensor,
+    pub rows: *mut C_tensor,
+    pub forget: *mut C_tensor,
+    pub phase: u64,
+    pub step: u64,
+    pub epoch: u64,
+    pub epochs: u64,
+}
+
+/// The scalar loss of a batch, owned by the caller (2.2).
+pub type BatchLossFn = unsafe extern "C" fn(
+    state: *mut c_void,
+    batch: *const BatchRef,
+    out: *mut *mut C_tensor,
+    err: *mut *mut c_char,
+) -> Status;
+
+/// One call of core's loop with phases, from a plugin (2.2). `size` is the plugin's
+/// `size_of::<PhasedLoopRequest>()`. `run_json` as [`LoopRequest`]'s (its `augment` unused:
+/// each phase has its own). The objective's `loss` is not called; `batch_loss` is.
+#[repr(C)]
+pub struct PhasedLoopRequest {
+    pub size: usize,
+    pub model: ModelRef,
+    pub mask: TensorList,
+    pub phases: *const PhaseRef,
+    pub n_phases: usize,
+    pub run_json: *const c_char,
+    pub objective: ObjectiveRef,
+    pub batch_loss: BatchLossFn,
+    /// Receives the rewind snapshot, when `rewind_epoch` asked for one.
+    pub rewind: TensorSink,
 }

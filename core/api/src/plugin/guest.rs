@@ -10,15 +10,17 @@ use std::sync::{Arc, OnceLock};
 use tch::{Device, Tensor};
 
 use super::abi::{
-    AttackCall, C_tensor, Handle, HostApi, LoopRequest, MethodEntry, ObjectiveRef,
-    PluginDescriptor, PruneCall, Status, TensorSink, UnlearnCall, ABI_MAJOR, ABI_MINOR,
-    HOST_API_SIZE_2_0, KIND_ATTACK, KIND_PRUNER, KIND_UNLEARNER, PANIC_ABORT, PANIC_UNWIND,
+    AttackCall, BatchRef, C_tensor, Handle, HostApi, LoopRequest, MethodEntry, ObjectiveRef,
+    PhaseRef, PhasedLoopRequest, PluginDescriptor, PruneCall, Status, TensorSink, UnlearnCall,
+    ABI_MAJOR, ABI_MINOR, HOST_API_SIZE_2_0, KIND_ATTACK, KIND_PRUNER, KIND_UNLEARNER, PANIC_ABORT,
+    PANIC_UNWIND,
 };
 use super::wire::{
     self, borrow_tensor, free_string, guard, into_handle, put_all, read_json, read_list,
     read_model, read_task, status_result, CallContext, Collected, OwnedDataset, OwnedList,
-    OwnedModel, ReportMeta, RunMeta,
+    OwnedModel, PhaseMeta, ReportMeta, RunMeta,
 };
+use crate::data::Augment;
 use crate::forget::ForgetSet;
 use crate::mask::Mask;
 use crate::method::{
@@ -406,27 +408,144 @@ impl LoopBackend for HostLoop {
                 run.label
             )));
         }
+        if self.api.abi_minor < 2 || self.api.run_phases.is_none() {
+            return self.run_single(model, run, objective);
+        }
+        let model: &Model = model;
+        let owned_model = OwnedModel::new(model);
+        let mask = OwnedList::optional(run.mask.map(|m| m.tensors().iter()));
+        let datasets: Vec<OwnedDataset> = run
+            .phases
+            .iter()
+            .map(|p| OwnedDataset::new(p.stream.data))
+            .collect();
+        let metas: Vec<std::ffi::CString> = run
+            .phases
+            .iter()
+            .map(|p| {
+                wire::json_cstring(&PhaseMeta {
+                    name: p.name.clone(),
+                    augment: p.stream.augment,
+                    batch_size: p.batch_size,
+                    until_epoch: p.until_epoch,
+                    max_steps: p.max_steps,
+                })
+            })
+            .collect();
+        let phases: Vec<PhaseRef> = run
+            .phases
+            .iter()
+            .zip(&datasets)
+            .zip(&metas)
+            .map(|((p, d), m)| PhaseRef {
+                data: d.as_ref(),
+                rows: p.stream.rows.as_ptr() as *mut C_tensor,
+                labels: p.stream.labels.as_ptr() as *mut C_tensor,
+                forget: p.stream.forget.as_ptr() as *mut C_tensor,
+                phase_json: m.as_ptr(),
+            })
+            .collect();
+        let run_json = wire::json_cstring(&run_meta(&run, Augment::NONE));
+        let mut state = ObjectiveState {
+            objective,
+            model: model as *const Model,
+        };
+        let rewind = Collected::default();
+        let rewind_sink = rewind.lend();
+        let request = PhasedLoopRequest {
+            size: std::mem::size_of::<PhasedLoopRequest>(),
+            model: owned_model.as_ref(),
+            mask: mask.as_ref(),
+            phases: phases.as_ptr(),
+            n_phases: phases.len(),
+            run_json: run_json.as_ptr(),
+            objective: objective_ref(&mut state),
+            batch_loss: objective_batch_loss,
+            rewind: rewind_sink.sink(),
+        };
+        let mut report = std::ptr::null_mut();
+        let mut err = std::ptr::null_mut();
+        // SAFETY: the host's function (present: checked above); everything the request points
+        // at lives until this returns. The host checks the trainer handle.
+        let report: ReportMeta = unsafe {
+            let api = &self.api;
+            let run_phases = api.run_phases.expect("checked above");
+            let status = run_phases(self.trainer, &request, &mut report, &mut err);
+            status_result(status, err, api.free_string).map_err(TrainError::Remote)?;
+            let parsed = read_json(report, "loop report");
+            (api.free_string)(report);
+            parsed.map_err(TrainError::Remote)?
+        };
+        drop(rewind_sink);
+        Ok(train_report(&run, report, rewind))
+    }
+}
+
+/// `run_json` of a request for `run` (`augment`: the one stream's, for `run_loop`).
+fn run_meta(run: &Run<'_>, augment: Augment) -> RunMeta {
+    RunMeta {
+        label: run.label.clone(),
+        schedule: run.schedule.clone(),
+        schedule_offset: run.schedule_offset,
+        rewind_epoch: run.rewind_epoch,
+        seed: run.seed,
+        augment,
+    }
+}
+
+fn objective_ref(state: &mut ObjectiveState<'_>) -> ObjectiveRef {
+    ObjectiveRef {
+        state: state as *mut ObjectiveState as *mut c_void,
+        start_epoch: objective_start_epoch,
+        loss: objective_loss,
+        before_step: objective_before_step,
+        free_string,
+    }
+}
+
+fn train_report(run: &Run<'_>, report: ReportMeta, rewind: Collected) -> TrainReport {
+    TrainReport {
+        seconds: report.seconds,
+        rewind: run.rewind_epoch.map(|_| Snapshot(rewind.into_map())),
+        best: None,
+        last_loss: report.last_loss.unwrap_or(f64::NAN),
+        steps: report.steps,
+        log: report.log,
+    }
+}
+
+impl HostLoop {
+    /// A one-phase run through a host older than 2.2 (`run_loop`): it carries no tags, so a
+    /// stream with forget samples, or several phases, is refused rather than mislabelled.
+    fn run_single(
+        &self,
+        model: &mut Model,
+        run: Run<'_>,
+        objective: &mut dyn Objective,
+    ) -> Result<TrainReport, TrainError> {
+        let old_host = || {
+            TrainError::Remote(format!(
+                "{}: phases and forget-tagged streams need a host of plugin ABI 2.2 or later \
+                 (this host speaks {}.{})",
+                run.label, self.api.abi_major, self.api.abi_minor
+            ))
+        };
         let [phase] = run.phases.as_slice() else {
-            return Err(TrainError::Remote(format!(
-                "{}: a run of {} phases cannot cross the plugin ABI yet",
-                run.label,
-                run.phases.len()
-            )));
+            return Err(old_host());
         };
         let stream = phase.stream;
+        if phase.batch_size.is_some()
+            || phase.until_epoch.is_some()
+            || phase.max_steps.is_some()
+            || stream.forget.any().int64_value(&[]) != 0
+        {
+            return Err(old_host());
+        }
         let model: &Model = model;
         let owned_model = OwnedModel::new(model);
         let mask = OwnedList::optional(run.mask.map(|m| m.tensors().iter()));
         let data = OwnedDataset::new(stream.data);
-        let meta = RunMeta {
-            label: run.label.clone(),
-            schedule: run.schedule.clone(),
-            schedule_offset: run.schedule_offset,
-            rewind_epoch: run.rewind_epoch,
-            seed: run.seed,
-            augment: stream.augment,
-        };
-        let run_json = wire::json_cstring(&meta);
+        let run_json = wire::json_cstring(&run_meta(&run, stream.augment));
         let mut state = ObjectiveState {
             objective,
             model: model as *const Model,
@@ -440,13 +559,7 @@ impl LoopBackend for HostLoop {
             rows: stream.rows.as_ptr() as *mut C_tensor,
             labels: stream.labels.as_ptr() as *mut C_tensor,
             run_json: run_json.as_ptr(),
-            objective: ObjectiveRef {
-                state: &mut state as *mut ObjectiveState as *mut c_void,
-                start_epoch: objective_start_epoch,
-                loss: objective_loss,
-                before_step: objective_before_step,
-                free_string,
-            },
+            objective: objective_ref(&mut state),
             rewind: rewind_sink.sink(),
         };
         let mut report = std::ptr::null_mut();
@@ -462,15 +575,7 @@ impl LoopBackend for HostLoop {
             parsed.map_err(TrainError::Remote)?
         };
         drop(rewind_sink);
-        Ok(TrainReport {
-            seconds: report.seconds,
-            rewind: run.rewind_epoch.map(|_| Snapshot(rewind.into_map())),
-            best: None,
-            last_loss: report.last_loss.unwrap_or(f64::NAN),
-            steps: report.steps,
-            // The ABI does not carry the epoch log; the host's loop logs the run itself.
-            log: Vec::new(),
-        })
+        Ok(train_report(&run, report, rewind))
     }
 }
 
@@ -488,6 +593,43 @@ unsafe extern "C" fn objective_start_epoch(
         objective_state(state)
             .objective
             .start_epoch(epoch as usize, epochs as usize);
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn objective_batch_loss(
+    state: *mut c_void,
+    batch: *const BatchRef,
+    out: *mut *mut C_tensor,
+    err: *mut *mut c_char,
+) -> Status {
+    guard(err, || {
+        let s = objective_state(state);
+        let b = batch.as_ref().ok_or("no batch")?;
+        if b.size < std::mem::size_of::<BatchRef>() {
+            return Err(format!(
+                "a batch of {} bytes, {} expected",
+                b.size,
+                std::mem::size_of::<BatchRef>()
+            ));
+        }
+        let batch = Batch::new(
+            borrow_tensor(b.x, "batch inputs")?,
+            borrow_tensor(b.y, "batch labels")?,
+            b.epoch as usize,
+            b.epochs as usize,
+        )
+        .with_origin(
+            borrow_tensor(b.rows, "batch rows")?,
+            borrow_tensor(b.forget, "batch tags")?,
+            b.phase as usize,
+            b.step as usize,
+        );
+        let loss = s
+            .objective
+            .loss(&*s.model, &batch)
+            .map_err(|e| e.to_string())?;
+        *out = into_handle(loss);
         Ok(())
     })
 }

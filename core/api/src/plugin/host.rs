@@ -11,16 +11,16 @@ use serde_json::Value;
 use tch::Tensor;
 
 use super::abi::{
-    AttackCall, C_tensor, EntryFn, FreeString, Handle, HostApi, LoopRequest, MethodEntry,
-    ObjectiveRef, PluginDescriptor, PruneCall, Status, UnlearnCall, ABI_MAJOR, ABI_MINOR,
-    DESCRIPTOR_SIZE_2_0, ENTRY_SYMBOL, KIND_ATTACK, KIND_PRUNER, KIND_UNLEARNER,
-    METHOD_ENTRY_SIZE_2_0, PANIC_ABORT, PANIC_UNWIND,
+    AttackCall, BatchLossFn, BatchRef, C_tensor, EntryFn, FreeString, Handle, HostApi, LoopRequest,
+    MethodEntry, ObjectiveRef, PhasedLoopRequest, PluginDescriptor, PruneCall, Status, UnlearnCall,
+    ABI_MAJOR, ABI_MINOR, DESCRIPTOR_SIZE_2_0, ENTRY_SYMBOL, KIND_ATTACK, KIND_PRUNER,
+    KIND_UNLEARNER, METHOD_ENTRY_SIZE_2_0, PANIC_ABORT, PANIC_UNWIND,
 };
 use super::wire::{
     self, alloc_string, borrow_tensor, free_string, guard, json_cstring, lend, put_all,
     read_dataset, read_header_field, read_json, read_list, read_model, read_sized, read_str,
-    status_result, use_lent, CallContext, Collected, OwnedList, OwnedModel, OwnedTask, ReportMeta,
-    RunMeta,
+    status_result, use_lent, CallContext, Collected, OwnedList, OwnedModel, OwnedTask, PhaseMeta,
+    ReportMeta, RunMeta,
 };
 use crate::mask::Mask;
 use crate::method::ConfigIssue;
@@ -758,6 +758,7 @@ pub(crate) fn host_api() -> *const HostApi {
         size: std::mem::size_of::<HostApi>(),
         free_string,
         run_loop,
+        run_phases: Some(run_phases),
     };
     &API
 }
@@ -796,7 +797,6 @@ unsafe extern "C" fn run_loop(
                 stream.labels.size()
             ));
         }
-        let label = meta.label.clone();
         let run = Run {
             label: meta.label,
             schedule: &meta.schedule,
@@ -810,23 +810,125 @@ unsafe extern "C" fn run_loop(
         };
         let mut objective = ForeignObjective {
             r: req.objective,
+            batch_loss: None,
             error: None,
         };
-        let result = trainer.run(&mut model, run, &mut objective);
-        let report = match (result, objective.error) {
-            (Ok(r), None) => r,
-            (Err(e), _) => return Err(e.to_string()),
-            (Ok(_), Some(e)) => return Err(format!("{label}: {e}")),
-        };
-        if let Some(snapshot) = &report.rewind {
-            put_all(&req.rewind, snapshot.0.iter().map(|(k, t)| (k.as_str(), t)));
+        let report = run_foreign(&trainer, &mut model, run, &mut objective, &req.rewind)?;
+        *report_json = alloc_string(
+            &serde_json::to_string(&ReportMeta {
+                log: Vec::new(),
+                ..report
+            })
+            .expect("serialises"),
+        );
+        Ok(())
+    })
+}
+
+/// Runs `run` with a plugin's objective, gives the rewind snapshot to `rewind`, and returns the
+/// report as it crosses.
+fn run_foreign(
+    trainer: &Trainer,
+    model: &mut Model,
+    run: Run<'_>,
+    objective: &mut ForeignObjective,
+    rewind: &super::abi::TensorSink,
+) -> Result<ReportMeta, String> {
+    let label = run.label.clone();
+    let result = trainer.run(model, run, objective);
+    let report = match (result, objective.error.take()) {
+        (Ok(r), None) => r,
+        (Err(e), _) => return Err(e.to_string()),
+        (Ok(_), Some(e)) => return Err(format!("{label}: {e}")),
+    };
+    if let Some(snapshot) = &report.rewind {
+        put_all(rewind, snapshot.0.iter().map(|(k, t)| (k.as_str(), t)));
+    }
+    Ok(ReportMeta {
+        seconds: report.seconds,
+        last_loss: report.last_loss.is_finite().then_some(report.last_loss),
+        steps: report.steps,
+        log: report.log,
+    })
+}
+
+/// `HostApi::run_phases` (2.2): core's loop with the plugin's phases over tagged streams.
+unsafe extern "C" fn run_phases(
+    trainer: Handle,
+    request: *const PhasedLoopRequest,
+    report_json: *mut *mut c_char,
+    err: *mut *mut c_char,
+) -> Status {
+    guard(err, || {
+        let trainer = use_lent::<Trainer>(trainer, "trainer")?;
+        let req = request.as_ref().ok_or("no loop request")?;
+        if req.size < std::mem::size_of::<PhasedLoopRequest>() {
+            return Err(format!(
+                "a phased loop request of {} bytes, {} expected",
+                req.size,
+                std::mem::size_of::<PhasedLoopRequest>()
+            ));
         }
-        let meta = ReportMeta {
-            seconds: report.seconds,
-            last_loss: report.last_loss.is_finite().then_some(report.last_loss),
-            steps: report.steps,
+        let mut model = read_model(&req.model)?;
+        let mask = read_list(&req.mask, "mask")?
+            .map(|t| Mask::from_tensors(&model, t.into_iter().collect()))
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let meta: RunMeta = read_json(req.run_json, "run")?;
+        if req.n_phases == 0 || req.phases.is_null() {
+            return Err(format!("{}: a run without phases", meta.label));
+        }
+        let refs = std::slice::from_raw_parts(req.phases, req.n_phases);
+        let mut datasets = Vec::with_capacity(refs.len());
+        let mut metas = Vec::with_capacity(refs.len());
+        for p in refs {
+            datasets.push(read_dataset(&p.data, "phase data")?);
+            metas.push(read_json::<PhaseMeta>(p.phase_json, "phase")?);
+        }
+        let mut streams = Vec::with_capacity(refs.len());
+        for ((p, data), m) in refs.iter().zip(&datasets).zip(&metas) {
+            let stream = Stream {
+                data,
+                rows: borrow_tensor(p.rows, "phase rows")?,
+                labels: borrow_tensor(p.labels, "phase labels")?,
+                forget: borrow_tensor(p.forget, "phase tags")?,
+                augment: m.augment,
+                augment_seed: 0,
+            };
+            let n = stream.rows.size();
+            if stream.labels.size() != n || stream.forget.size() != n {
+                return Err(format!(
+                    "phase `{}`: {:?} rows, {:?} labels, {:?} tags",
+                    m.name,
+                    n,
+                    stream.labels.size(),
+                    stream.forget.size()
+                ));
+            }
+            streams.push(stream);
+        }
+        let phases = streams
+            .iter()
+            .zip(&metas)
+            .map(|(stream, m)| Phase {
+                batch_size: m.batch_size,
+                until_epoch: m.until_epoch,
+                max_steps: m.max_steps,
+                ..Phase::new(m.name.clone(), stream)
+            })
+            .collect();
+        let run = Run {
+            rewind_epoch: meta.rewind_epoch,
+            schedule_offset: meta.schedule_offset,
+            ..Run::phased(meta.label, &meta.schedule, phases, mask.as_ref(), meta.seed)
         };
-        *report_json = alloc_string(&serde_json::to_string(&meta).expect("serialises"));
+        let mut objective = ForeignObjective {
+            r: req.objective,
+            batch_loss: Some(req.batch_loss),
+            error: None,
+        };
+        let report = run_foreign(&trainer, &mut model, run, &mut objective, &req.rewind)?;
+        *report_json = alloc_string(&serde_json::to_string(&report).expect("serialises"));
         Ok(())
     })
 }
@@ -835,6 +937,8 @@ unsafe extern "C" fn run_loop(
 /// (`start_epoch`, `before_step`) is kept and ends the run at the next batch.
 struct ForeignObjective {
     r: ObjectiveRef,
+    /// The whole-batch loss of a phased run (2.2), called instead of `r.loss`.
+    batch_loss: Option<BatchLossFn>,
     error: Option<String>,
 }
 
@@ -864,15 +968,31 @@ impl Objective for ForeignObjective {
         let mut err = std::ptr::null_mut();
         // SAFETY: borrowed inputs, an owned output.
         let result = unsafe {
-            let s = (self.r.loss)(
-                self.r.state,
-                batch.x.as_ptr() as *mut C_tensor,
-                batch.y.as_ptr() as *mut C_tensor,
-                batch.epoch as u64,
-                batch.epochs as u64,
-                &mut out,
-                &mut err,
-            );
+            let s = match self.batch_loss {
+                Some(batch_loss) => {
+                    let b = BatchRef {
+                        size: std::mem::size_of::<BatchRef>(),
+                        x: batch.x.as_ptr() as *mut C_tensor,
+                        y: batch.y.as_ptr() as *mut C_tensor,
+                        rows: batch.rows.as_ptr() as *mut C_tensor,
+                        forget: batch.forget.as_ptr() as *mut C_tensor,
+                        phase: batch.phase as u64,
+                        step: batch.step as u64,
+                        epoch: batch.epoch as u64,
+                        epochs: batch.epochs as u64,
+                    };
+                    batch_loss(self.r.state, &b, &mut out, &mut err)
+                }
+                None => (self.r.loss)(
+                    self.r.state,
+                    batch.x.as_ptr() as *mut C_tensor,
+                    batch.y.as_ptr() as *mut C_tensor,
+                    batch.epoch as u64,
+                    batch.epochs as u64,
+                    &mut out,
+                    &mut err,
+                ),
+            };
             status_result(s, err, self.r.free_string)
         };
         match result {

@@ -81,7 +81,9 @@ mod tests {
     use crate::model::Model;
     use crate::objective::{CeL1, L1Schedule};
     use crate::testing::TinyTask;
-    use crate::train::{Batch, Objective, Run, Schedule, Stream, TrainError, Trainer};
+    use crate::train::{
+        Batch, CrossEntropy, Objective, Phase, Run, Schedule, Stream, Tag, TrainError, Trainer,
+    };
 
     /// A plugin-side trainer wired to this process's own host table, through a handle of
     /// `host_trainer` (valid while `lent` lives): the whole round trip (model, mask, stream and
@@ -100,6 +102,118 @@ mod tests {
             milestones: vec![2],
             ..Default::default()
         }
+    }
+
+    /// Records what each batch carried; ascent on forget samples, descent on the others.
+    struct SignedByTag(Vec<(usize, usize, Vec<i64>, Vec<bool>)>);
+
+    impl Objective for SignedByTag {
+        fn loss(&mut self, model: &Model, batch: &Batch) -> Result<Tensor, TchError> {
+            self.0.push((
+                batch.phase,
+                batch.step,
+                Vec::try_from(&batch.rows).unwrap(),
+                Vec::try_from(&batch.forget).unwrap(),
+            ));
+            let per = model
+                .forward_t(&batch.x, true)
+                .f_log_softmax(-1, Kind::Float)?
+                .f_nll_loss(&batch.y, None::<Tensor>, tch::Reduction::None, -100)?;
+            let sign = batch.forget.to_kind(Kind::Float) * -2.0 + 1.0;
+            (per * sign).f_mean(Kind::Float)
+        }
+    }
+
+    #[test]
+    fn phases_and_tags_cross_the_abi_unchanged() {
+        let t = TinyTask::new();
+        let (model, mask) = t.trained_sparse();
+        let host_trainer = Trainer::new(Device::Cpu, false);
+        let lent = wire::lend(&host_trainer, "trainer");
+        let remote = through_the_abi(&lent);
+        let train = &t.data.train;
+        let forget_stream = Stream::tagged(train, &t.forget.forget, Tag::Forget);
+        let mixed = Stream::mixed(train, &t.forget.retain, &t.forget.forget);
+        let s = schedule();
+        let run = |trainer: &Trainer, m: &mut Model| {
+            let phases = vec![
+                Phase {
+                    batch_size: Some(4),
+                    until_epoch: Some(1),
+                    ..Phase::new("max", &forget_stream)
+                },
+                Phase {
+                    max_steps: Some(3),
+                    ..Phase::new("min", &mixed)
+                },
+            ];
+            let mut objective = SignedByTag(Vec::new());
+            let report = trainer
+                .run(
+                    m,
+                    Run {
+                        rewind_epoch: Some(1),
+                        ..Run::phased("phases".into(), &s, phases, Some(&mask), 3)
+                    },
+                    &mut objective,
+                )
+                .unwrap();
+            (report, objective.0)
+        };
+        let mut direct = model.try_clone().unwrap();
+        let mut remote_model = model.try_clone().unwrap();
+        let (a, seen_a) = run(&host_trainer, &mut direct);
+        let (b, seen_b) = run(&remote, &mut remote_model);
+        assert_eq!(seen_a, seen_b, "the batches' phase, step, rows and tags");
+        assert!(seen_a.iter().any(|b| b.3.iter().any(|&t| t)));
+        assert!(seen_a.iter().any(|b| b.0 == 1 && b.3.iter().any(|&t| !t)));
+        assert_eq!(a.steps, b.steps);
+        assert_eq!(a.log.len(), b.log.len(), "the epoch log crosses");
+        for (x, y) in a.log.iter().zip(&b.log) {
+            assert_eq!(x.phases, y.phases);
+            assert_eq!(x.loss.to_bits(), y.loss.to_bits());
+        }
+        for (name, v) in direct.var_store().variables() {
+            assert!(
+                v.equal(&remote_model.var_store().variables()[&name]),
+                "{name}"
+            );
+        }
+        assert!(a.rewind.is_some() && b.rewind.is_some());
+        assert_eq!(mask.violations(&remote_model), 0);
+        assert!(!direct.parameters()["fc.weight"].equal(&model.parameters()["fc.weight"]));
+    }
+
+    #[test]
+    fn a_host_older_than_2_2_refuses_tags_instead_of_dropping_them() {
+        let t = TinyTask::new();
+        let (model, _) = t.trained_sparse();
+        let host_trainer = Trainer::new(Device::Cpu, false);
+        let lent = wire::lend(&host_trainer, "trainer");
+        // SAFETY: the table is static; this copy plays a 2.1 host.
+        let mut api = unsafe { std::ptr::read(host::host_api()) };
+        api.abi_minor = 1;
+        api.run_phases = None;
+        let old = guest::remote_trainer(api, lent.handle(), Device::Cpu, false);
+        let tagged = Stream::tagged(&t.data.train, &t.forget.forget, Tag::Forget);
+        let mut m = model.try_clone().unwrap();
+        let e = old
+            .run(
+                &mut m,
+                Run::new("tags".into(), &schedule(), &tagged, None, 0),
+                &mut CrossEntropy,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ABI 2.2") && e.contains("2.1"), "{e}");
+        // An untagged one-phase run still goes through `run_loop`.
+        let plain = Stream::new(&t.data.train, &t.forget.retain);
+        old.run(
+            &mut m,
+            Run::new("plain".into(), &schedule(), &plain, None, 0),
+            &mut CrossEntropy,
+        )
+        .unwrap();
     }
 
     #[test]

@@ -21,12 +21,12 @@ use super::abi::{
     C_tensor, DatasetRef, ForwardFn, FreeString, Handle, ModelRef, NamedTensor, Status, TaskRef,
     TensorList, TensorSink, ERR, OK,
 };
-use crate::method::ConfigIssue;
 use crate::data::{Augment, Dataset};
 use crate::forget::ForgetSet;
+use crate::method::ConfigIssue;
 use crate::method::{RewindPoint, TaskData};
 use crate::model::{Model, ModelSpec};
-use crate::train::Schedule;
+use crate::train::{EpochLog, Schedule};
 
 /// Reads a size-prefixed table the other side wrote: the `size` bytes it has (at most this
 /// side's `size_of::<T>()`), the rest left zero, i.e. absent.
@@ -684,13 +684,26 @@ pub struct RunMeta {
     pub augment: Augment,
 }
 
-/// `report_json` of a loop: a `TrainReport` without its snapshot.
+/// `report_json` of a loop: a `TrainReport` without its snapshots.
 #[derive(Serialize, Deserialize, JsonSchema)]
 pub struct ReportMeta {
     pub seconds: f64,
     /// `None` for NaN (JSON has no NaN).
     pub last_loss: Option<f64>,
     pub steps: usize,
+    /// The epoch log (2.2's `run_phases`; absent from `run_loop`'s report).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<EpochLog>,
+}
+
+/// `phase_json` of a [`super::abi::PhaseRef`]: a `Phase` without its stream's tensors.
+#[derive(Serialize, Deserialize, JsonSchema)]
+pub struct PhaseMeta {
+    pub name: String,
+    pub augment: Augment,
+    pub batch_size: Option<usize>,
+    pub until_epoch: Option<usize>,
+    pub max_steps: Option<usize>,
 }
 
 /// Leaves out the annotations of a schema and its subschemas (`title`, `description`,
@@ -733,6 +746,7 @@ pub fn wire_schemas() -> Vec<(&'static str, Value)> {
         ("Schedule", wire_schema_of::<Schedule>()),
         ("RunMeta", wire_schema_of::<RunMeta>()),
         ("ReportMeta", wire_schema_of::<ReportMeta>()),
+        ("PhaseMeta", wire_schema_of::<PhaseMeta>()),
     ]
 }
 
