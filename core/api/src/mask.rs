@@ -397,7 +397,9 @@ mod tests {
             let both = Prunable::ConvLinear.select(&model);
             let linear = Prunable::Linear.select(&model);
             assert_eq!(both.len(), old.len() + linear.len(), "{arch}");
-            assert!(linear.keys().any(|k| k == &format!("{}.weight", model.classifier())));
+            assert!(linear
+                .keys()
+                .any(|k| k == &format!("{}.weight", model.classifier())));
             assert!(both.values().all(|t| t.dim() >= 2), "{arch}");
         }
     }

@@ -84,13 +84,12 @@ fn a_registered_arch_builds_trains_and_round_trips() {
     assert!(again.parameters()["hidden.weight"].equal(w));
 
     // Linear-only pruning and a step of core's loop under the mask.
-    let mask = Mask::from_scores(
-        &magnitude_scores_of(&model, Prunable::Linear),
-        None,
-        0.5,
-    )
-    .unwrap();
-    assert_eq!(mask.names().collect::<Vec<_>>(), ["hidden.weight", "out.weight"]);
+    let mask =
+        Mask::from_scores(&magnitude_scores_of(&model, Prunable::Linear), None, 0.5).unwrap();
+    assert_eq!(
+        mask.names().collect::<Vec<_>>(),
+        ["hidden.weight", "out.weight"]
+    );
     mask.apply(&model);
     let d = synthetic(&SyntheticConfig {
         samples: 32,

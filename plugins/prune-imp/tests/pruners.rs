@@ -613,12 +613,7 @@ fn conv_plus_linear_prunes_the_classifier_by_global_magnitude() {
     // The threshold: the k-th smallest |w| over every conv weight and fc.weight of the trained
     // dense model (fc: 128 * 4 weights).
     let params = model.parameters();
-    let names = [
-        "conv1.weight",
-        "conv2.weight",
-        "conv3.weight",
-        "fc.weight",
-    ];
+    let names = ["conv1.weight", "conv2.weight", "conv3.weight", "fc.weight"];
     let mut all: Vec<f32> = Vec::new();
     for n in names {
         all.extend(Vec::<f32>::try_from(params[n].abs().flatten(0, -1)).unwrap());
@@ -645,14 +640,20 @@ fn conv_plus_linear_prunes_the_classifier_by_global_magnitude() {
         .into_iter()
         .filter(|&z| z)
         .count();
-    assert!(fc_pruned > 0 && fc_pruned < 512, "{fc_pruned} of fc.weight pruned");
+    assert!(
+        fc_pruned > 0 && fc_pruned < 512,
+        "{fc_pruned} of fc.weight pruned"
+    );
 
     // After retraining: pruned weights are exactly 0, the rest moved, biases and BN are dense.
     assert_eq!(mask.violations(&m), 0);
     let fc = m.parameters()["fc.weight"].shallow_clone();
     let kept = mask.get("fc.weight").unwrap();
     assert_eq!(
-        fc.eq(0.0).logical_and(&kept.eq(1.0)).sum(Kind::Int64).int64_value(&[]),
+        fc.eq(0.0)
+            .logical_and(&kept.eq(1.0))
+            .sum(Kind::Int64)
+            .int64_value(&[]),
         0
     );
     let rewound = &snap.as_ref().unwrap().0["fc.weight"] * kept;
@@ -698,7 +699,10 @@ fn the_default_selection_is_conv() {
     let omp = Omp::new(d);
     let (_, mask) = run_pruner(&f, &model, snap.as_ref(), 1, |ctx| omp.prune(ctx).unwrap());
     let old = Mask::from_scores(&magnitude_scores(&model), None, 0.95).unwrap();
-    assert_eq!(mask.names().collect::<Vec<_>>(), old.names().collect::<Vec<_>>());
+    assert_eq!(
+        mask.names().collect::<Vec<_>>(),
+        old.names().collect::<Vec<_>>()
+    );
     for (n, t) in old.tensors() {
         assert!(mask.get(n).unwrap().equal(t), "{n}");
     }

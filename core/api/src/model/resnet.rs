@@ -162,12 +162,7 @@ impl ResNet {
     }
 
     /// He et al.'s CIFAR ResNet-(6n+2): stages 16/32/64 of `n` blocks, option A shortcuts.
-    pub(super) fn cifar(
-        root: &nn::Path,
-        in_channels: i64,
-        classes: i64,
-        n: usize,
-    ) -> Self {
+    pub(super) fn cifar(root: &nn::Path, in_channels: i64, classes: i64, n: usize) -> Self {
         let stages = [(16, 1, n), (32, 2, n), (64, 2, n)];
         Self::new(root, in_channels, classes, &stages, Downsample::PadA)
     }
@@ -175,10 +170,7 @@ impl ResNet {
 
 impl ModuleT for ResNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut h = x
-            .apply(&self.conv1)
-            .apply_t(&self.bn1, train)
-            .relu();
+        let mut h = x.apply(&self.conv1).apply_t(&self.bn1, train).relu();
         for b in &self.blocks {
             h = b.forward_t(&h, train);
         }
