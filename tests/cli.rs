@@ -76,6 +76,34 @@ fn list_shows_every_builtin_with_kind_and_source() {
     assert_eq!(names, ["IMP", "OMP", "SynFlow", "random"]);
     assert!(v.as_array().unwrap().iter().all(|m| m["kind"] == "pruner"));
     assert_eq!(unlearn(&["list", "--kind", "nope"]).status.code(), Some(2));
+    // Architectures: a section of the table, and `--kind arch`.
+    let line = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("resnet18"))
+        .unwrap_or_else(|| panic!("resnet18 in {out}"));
+    assert!(
+        line.starts_with("arch") && line.contains("unlearn-api"),
+        "{line}"
+    );
+    let o = unlearn(&["list", "--kind", "arch", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "conv6",
+            "resnet18",
+            "resnet20",
+            "resnet56",
+            "small-cnn",
+            "vgg16-bn"
+        ]
+    );
 }
 
 #[test]

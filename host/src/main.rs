@@ -40,8 +40,8 @@ struct Cli {
     /// Print no progress (results and errors only).
     #[arg(long, short, global = true)]
     quiet: bool,
-    /// Architecture, overriding the config's `model.arch` (small-cnn, conv6, resnet18,
-    /// resnet20, resnet56, vgg16-bn).
+    /// Architecture, overriding the config's `model.arch`: a registered one (`unlearn list
+    /// --kind arch`; built in: small-cnn, conv6, resnet18, resnet20, resnet56, vgg16-bn).
     #[arg(long, global = true)]
     arch: Option<Arch>,
     /// Load plugin libraries from this folder (every library in it) or file; repeatable. Also
@@ -54,11 +54,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List registered methods.
+    /// List registered methods and architectures.
     List {
-        /// Only methods of this kind: pruner, unlearner or attack.
+        /// Only entries of this kind: pruner, unlearner, attack or arch (architectures).
         #[arg(long)]
-        kind: Option<Kind>,
+        kind: Option<ListKind>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -433,37 +433,65 @@ fn data(command: DataCommand, quiet: bool) -> Result<()> {
     }
 }
 
-fn list(registry: &Registry, kind: Option<Kind>, json: bool) -> Result<()> {
-    let methods: Vec<_> = registry.list(kind).collect();
+/// What `unlearn list --kind` selects: a kind of method, or architectures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ListKind {
+    Method(Kind),
+    Arch,
+}
+
+impl std::str::FromStr for ListKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "arch" => Ok(ListKind::Arch),
+            _ => s.parse().map(ListKind::Method).map_err(|_| {
+                format!("unknown kind `{s}`: expected pruner, unlearner, attack or arch")
+            }),
+        }
+    }
+}
+
+/// Registered methods (of a kind) and architectures, as a table or JSON (`kind`, `name`,
+/// `summary`, `source`).
+fn list(registry: &Registry, kind: Option<ListKind>, json: bool) -> Result<()> {
+    // (kind, name, source, summary)
+    let mut rows: Vec<(String, String, String, String)> = Vec::new();
+    let methods = match kind {
+        None => Some(None),
+        Some(ListKind::Method(k)) => Some(Some(k)),
+        Some(ListKind::Arch) => None,
+    };
+    if let Some(k) = methods {
+        rows.extend(registry.list(k).map(|m| {
+            let kind = m.kind.name().to_string();
+            (
+                kind,
+                m.name.clone(),
+                m.source.to_string(),
+                m.summary.clone(),
+            )
+        }));
+    }
+    if matches!(kind, None | Some(ListKind::Arch)) {
+        rows.extend(Arch::registered().into_iter().map(|d| {
+            let source = format!("built-in ({})", d.krate);
+            ("arch".into(), d.name.into(), source, d.summary.into())
+        }));
+    }
     if json {
-        let v: Vec<serde_json::Value> = methods
+        let v: Vec<serde_json::Value> = rows
             .iter()
-            .map(|m| serde_json::json!({"kind": m.kind, "name": m.name, "summary": m.summary, "source": m.source.to_string()}))
+            .map(|(kind, name, source, summary)| serde_json::json!({"kind": kind, "name": name, "summary": summary, "source": source}))
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let w = methods
-        .iter()
-        .map(|m| m.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let sw = methods
-        .iter()
-        .map(|m| m.source.to_string().len())
-        .max()
-        .unwrap_or(6)
-        .max(6);
+    let w = rows.iter().map(|r| r.1.len()).max().unwrap_or(4).max(4);
+    let sw = rows.iter().map(|r| r.2.len()).max().unwrap_or(6).max(6);
     println!("{:<9}  {:<w$}  {:<sw$}  SUMMARY", "KIND", "NAME", "SOURCE");
-    for m in methods {
-        println!(
-            "{:<9}  {:<w$}  {:<sw$}  {}",
-            m.kind.name(),
-            m.name,
-            m.source.to_string(),
-            m.summary
-        );
+    for (kind, name, source, summary) in rows {
+        println!("{kind:<9}  {name:<w$}  {source:<sw$}  {summary}");
     }
     Ok(())
 }

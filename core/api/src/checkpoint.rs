@@ -1217,9 +1217,10 @@ mod tests {
             assert!(t.equal(&before.0[&k]), "{k} changed");
         }
         fresh();
+        // A mask over a 1-D parameter (BatchNorm, biases stay dense) is refused.
         edit(&p, |t, _| {
-            let ones = Tensor::ones([3, 128], (Kind::Bool, Device::Cpu));
-            t.insert("mask/fc.weight".into(), Bytes::of(&ones).unwrap());
+            let ones = Tensor::ones([32], (Kind::Bool, Device::Cpu));
+            t.insert("mask/bn1.weight".into(), Bytes::of(&ones).unwrap());
         });
         let e = load(&p, Device::Cpu).unwrap_err();
         assert!(
@@ -1316,7 +1317,7 @@ mod tests {
         assert!(params["conv1.weight"].equal(&orig["conv1.weight"]));
         assert_eq!(mask.violations(&back), 0);
 
-        // A mask without its weight_orig, and a pruned classifier, are refused.
+        // A mask without its weight_orig, and a pruned BatchNorm weight, are refused.
         let mut sd = pruned_state_dict(&m, &partial);
         sd.remove("module.conv2.weight_orig");
         write_file(&p, &sd, HashMap::new()).unwrap();
@@ -1326,10 +1327,10 @@ mod tests {
             "{e}"
         );
         let mut sd = pruned_state_dict(&m, &partial);
-        let w = sd.remove("module.fc.weight").unwrap();
-        sd.insert("module.fc.weight_orig".into(), w);
-        let ones = Tensor::ones([3, 128], (Kind::Float, Device::Cpu));
-        sd.insert("module.fc.weight_mask".into(), Bytes::of(&ones).unwrap());
+        let w = sd.remove("module.bn1.weight").unwrap();
+        sd.insert("module.bn1.weight_orig".into(), w);
+        let ones = Tensor::ones([32], (Kind::Float, Device::Cpu));
+        sd.insert("module.bn1.weight_mask".into(), Bytes::of(&ones).unwrap());
         write_file(&p, &sd, HashMap::new()).unwrap();
         let e = import_pytorch(&p, tiny_spec(3), Device::Cpu).unwrap_err();
         assert!(

@@ -1,16 +1,20 @@
-//! Sparsity masks (SPEC §4): a 0/1 tensor per pruned parameter (convolution weights). While a
-//! mask is active, core re-applies it after every optimizer step, so masked weights stay exactly 0
-//! whatever a method does.
+//! Sparsity masks (SPEC §4): a 0/1 tensor per pruned parameter. Which parameters a pruner prunes
+//! is its [`Prunable`] selection: every convolution weight by default (the paper's), or linear
+//! weights too; biases and BatchNorm (1-D) always stay dense. While a mask is active, core
+//! re-applies it after every optimizer step, so masked weights stay exactly 0 whatever a method
+//! does.
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::model::Model;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum MaskError {
-    #[error("mask has `{0}`, which is not a prunable parameter of the model")]
+    #[error("mask has `{0}`, which is not a weight of the model that can be pruned (a conv or linear weight)")]
     UnknownParameter(String),
     #[error("mask for `{name}` has shape {mask:?}, the parameter {param:?}")]
     Shape {
@@ -24,6 +28,59 @@ pub enum MaskError {
     Sparsity(f64),
     #[error("scores for `{0}` are missing or not finite")]
     Scores(String),
+}
+
+/// Which parameters a pruner prunes (a pruner config's `prunable`). Biases and BatchNorm
+/// parameters (1-D) are never selected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum Prunable {
+    /// Every convolution weight (SPEC §4; the paper's default).
+    #[default]
+    #[serde(rename = "conv")]
+    Conv,
+    /// Every linear weight (2-D), the classifier included.
+    #[serde(rename = "linear")]
+    Linear,
+    /// Every convolution and linear weight.
+    #[serde(rename = "conv+linear")]
+    ConvLinear,
+}
+
+impl Prunable {
+    /// Whether a parameter of this shape is selected: a conv weight has 3 or more dimensions
+    /// (`[out, in, k...]`), a linear weight 2.
+    pub fn selects(self, shape: &[i64]) -> bool {
+        let d = shape.len();
+        match self {
+            Prunable::Conv => d >= 3,
+            Prunable::Linear => d == 2,
+            Prunable::ConvLinear => d >= 2,
+        }
+    }
+
+    /// The model's trainable parameters this selection prunes, by name.
+    pub fn select(self, model: &Model) -> BTreeMap<String, Tensor> {
+        model
+            .parameters()
+            .into_iter()
+            .filter(|(_, t)| self.selects(&t.size()))
+            .collect()
+    }
+
+    /// The name configs use (`conv`, `linear`, `conv+linear`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Prunable::Conv => "conv",
+            Prunable::Linear => "linear",
+            Prunable::ConvLinear => "conv+linear",
+        }
+    }
+}
+
+impl std::fmt::Display for Prunable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 #[derive(Debug)]
@@ -44,20 +101,27 @@ impl Clone for Mask {
 }
 
 impl Mask {
-    /// A mask that keeps everything, over the model's prunable parameters.
+    /// A mask that keeps everything, over the model's prunable parameters (its conv weights).
     pub fn dense(model: &Model) -> Mask {
+        Mask::dense_over(model, Prunable::Conv)
+    }
+
+    /// A mask that keeps everything, over the parameters `prunable` selects.
+    pub fn dense_over(model: &Model, prunable: Prunable) -> Mask {
         Mask {
-            masks: model
-                .prunable()
+            masks: prunable
+                .select(model)
                 .into_iter()
                 .map(|(k, t)| (k, t.ones_like().detach()))
                 .collect(),
         }
     }
 
-    /// Builds a mask from 0/1 tensors, checking names, shapes and values against the model.
+    /// Builds a mask from 0/1 tensors, checking names, shapes and values against the model. Any
+    /// conv or linear weight may be masked ([`Prunable::ConvLinear`]); a bias or BatchNorm
+    /// parameter may not.
     pub fn from_tensors(model: &Model, masks: BTreeMap<String, Tensor>) -> Result<Mask, MaskError> {
-        let params = model.prunable();
+        let params = Prunable::ConvLinear.select(model);
         for (name, m) in &masks {
             let p = params
                 .get(name)
@@ -217,10 +281,15 @@ impl Mask {
     }
 }
 
-/// Magnitude scores `|w|` of the model's prunable weights (OMP, IMP).
+/// Magnitude scores `|w|` of the model's prunable weights (its conv weights; OMP, IMP).
 pub fn magnitude_scores(model: &Model) -> BTreeMap<String, Tensor> {
-    model
-        .prunable()
+    magnitude_scores_of(model, Prunable::Conv)
+}
+
+/// Magnitude scores `|w|` of the weights `prunable` selects.
+pub fn magnitude_scores_of(model: &Model, prunable: Prunable) -> BTreeMap<String, Tensor> {
+    prunable
+        .select(model)
         .into_iter()
         .map(|(k, t)| (k, t.detach().abs()))
         .collect()
@@ -294,18 +363,79 @@ mod tests {
         assert_eq!(zeros, m.zeros());
     }
 
+    /// The default selection (`conv`) is the old one, 4-D parameters only, on every built-in
+    /// architecture, so masks and results do not change.
+    #[test]
+    fn the_default_selection_is_the_old_conv_selection() {
+        assert_eq!(Prunable::default(), Prunable::Conv);
+        for arch in crate::model::Arch::BUILTIN {
+            let input = if arch == crate::model::Arch::SmallCnn {
+                [1, 8, 8]
+            } else {
+                [3, 32, 32]
+            };
+            let spec = crate::model::ModelSpec {
+                arch,
+                input,
+                classes: 10,
+                mean: vec![0.5; input[0] as usize],
+                std: vec![0.25; input[0] as usize],
+            };
+            let model = Model::new(spec, Device::Cpu, 0).unwrap();
+            let old: Vec<String> = model
+                .parameters()
+                .into_iter()
+                .filter(|(_, t)| t.dim() == 4)
+                .map(|(k, _)| k)
+                .collect();
+            let new: Vec<String> = Prunable::Conv.select(&model).into_keys().collect();
+            assert_eq!(new, old, "{arch}");
+            assert_eq!(model.prunable().into_keys().collect::<Vec<_>>(), old);
+            let dense = Mask::dense(&model);
+            assert_eq!(dense.names().collect::<Vec<_>>(), old, "{arch}");
+            // conv+linear adds exactly the 2-D weights; nothing 1-D is ever selected.
+            let both = Prunable::ConvLinear.select(&model);
+            let linear = Prunable::Linear.select(&model);
+            assert_eq!(both.len(), old.len() + linear.len(), "{arch}");
+            assert!(linear
+                .keys()
+                .any(|k| k == &format!("{}.weight", model.classifier())));
+            assert!(both.values().all(|t| t.dim() >= 2), "{arch}");
+        }
+    }
+
+    #[test]
+    fn prunable_names_are_the_configs() {
+        for (p, name) in [
+            (Prunable::Conv, "conv"),
+            (Prunable::Linear, "linear"),
+            (Prunable::ConvLinear, "conv+linear"),
+        ] {
+            assert_eq!(serde_json::to_value(p).unwrap(), name);
+            assert_eq!(serde_json::from_value::<Prunable>(name.into()).unwrap(), p);
+            assert_eq!(p.to_string(), name);
+        }
+        assert!(serde_json::from_value::<Prunable>("bias".into()).is_err());
+    }
+
     #[test]
     fn from_tensors_checks_names_shapes_values() {
         let model = Model::new(tiny_spec(3), Device::Cpu, 0).unwrap();
         let mut t = BTreeMap::new();
         t.insert(
-            "fc.weight".to_string(),
-            Tensor::ones([3, 128], (Kind::Float, Device::Cpu)),
+            "bn1.weight".to_string(),
+            Tensor::ones([32], (Kind::Float, Device::Cpu)),
         );
         assert_eq!(
             Mask::from_tensors(&model, t).unwrap_err(),
-            MaskError::UnknownParameter("fc.weight".into())
+            MaskError::UnknownParameter("bn1.weight".into())
         );
+        let mut t = BTreeMap::new();
+        t.insert(
+            "fc.weight".to_string(),
+            Tensor::ones([3, 128], (Kind::Float, Device::Cpu)),
+        );
+        assert!(Mask::from_tensors(&model, t).is_ok());
         let mut t = BTreeMap::new();
         t.insert(
             "conv1.weight".to_string(),

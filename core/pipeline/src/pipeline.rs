@@ -1219,7 +1219,11 @@ fn variant(
         );
         acc
     });
-    let prunable: i64 = model.prunable().values().map(|t| t.numel() as i64).sum();
+    // What the mask covers (the pruner's `prunable` selection); without one, the conv weights.
+    let prunable: i64 = match &mask {
+        Some(m) => m.total(),
+        None => model.prunable().values().map(|t| t.numel() as i64).sum(),
+    };
     let pruned = mask.as_ref().map(|m| m.zeros()).unwrap_or(0);
     let summary = ModelSummary {
         seed,

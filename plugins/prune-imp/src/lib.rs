@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use unlearn_api::mask::{magnitude_scores, Mask};
+use unlearn_api::mask::{magnitude_scores_of, Mask, Prunable};
 use unlearn_api::method::{MethodConfig, MethodError, PruneCtx, PruneMethod, Pruner, RewindPoint};
 use unlearn_api::model::{Model, Snapshot};
 use unlearn_api::register_pruner;
@@ -61,12 +61,18 @@ pub fn one_shot(
     Ok(mask)
 }
 
-/// Random scores for the model's prunable weights: a seeded random permutation of the ranks
+/// Random scores for the model's prunable weights (its conv weights): [`random_scores_of`] with
+/// [`Prunable::Conv`].
+pub fn random_scores(model: &Model, seed: u64) -> BTreeMap<String, Tensor> {
+    random_scores_of(model, Prunable::Conv, seed)
+}
+
+/// Random scores for the weights `prunable` selects: a seeded random permutation of the ranks
 /// `0..total` over all of them at once (in parameter-name order), so that global pruning by these
 /// scores prunes a uniformly random set of exactly the asked size. The draw is made on the host
 /// (`unlearn_api::rng`), so a seed gives the same mask on every device.
-pub fn random_scores(model: &Model, seed: u64) -> BTreeMap<String, Tensor> {
-    let params = model.prunable();
+pub fn random_scores_of(model: &Model, prunable: Prunable, seed: u64) -> BTreeMap<String, Tensor> {
+    let params = prunable.select(model);
     let total: usize = params.values().map(|t| t.numel()).sum();
     let ranks: Vec<f64> = permutation(total, seed, "random pruning")
         .into_iter()
@@ -96,18 +102,21 @@ fn check_sparsity(field: &str, sparsity: f64) -> Vec<(String, String)> {
 // ----------------------------------------------------------------------------------------------
 // OMP
 
-/// One-shot pruning (OMP, random): prune the lowest-scoring convolution weights of the trained
-/// dense model globally (OMP: smallest magnitude; random: a seeded random set), rewind the
+/// One-shot pruning (OMP, random): prune the lowest-scoring weights (by default the convolution
+/// weights; `prunable`) of the trained dense model globally (OMP: smallest magnitude; random: a seeded random set), rewind the
 /// survivors to the dense weights after `rewind_epoch` epochs, and retrain with the pipeline's
 /// schedule advanced by `rewind_epoch` epochs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OneShotConfig {
-    /// Share of convolution weights to prune (the paper: 0.5 and 0.95).
+    /// Share of the prunable weights to prune (the paper: 0.5 and 0.95 of the conv weights).
     #[schemars(range(min = 0.0, max = 0.999))]
     pub sparsity: f64,
     /// Epoch of dense training whose weights the survivors are rewound to (SPEC: 8).
     pub rewind_epoch: usize,
+    /// Which weights are pruned (globally, together): `conv` (every convolution weight, the
+    /// paper's), `linear` or `conv+linear`. Biases and BatchNorm stay dense.
+    pub prunable: Prunable,
 }
 
 impl Default for OneShotConfig {
@@ -115,6 +124,7 @@ impl Default for OneShotConfig {
         OneShotConfig {
             sparsity: 0.95,
             rewind_epoch: 8,
+            prunable: Prunable::Conv,
         }
     }
 }
@@ -138,7 +148,7 @@ impl PruneMethod for Omp {
     type Config = OmpConfig;
     const NAME: &'static str = "OMP";
     const SUMMARY: &'static str =
-        "one-shot global magnitude pruning of conv weights, rewind to epoch r, retrain";
+        "one-shot global magnitude pruning of conv weights (or `prunable`), rewind to epoch r, retrain";
     fn new(config: OmpConfig) -> Self {
         Omp { config }
     }
@@ -154,7 +164,7 @@ impl Pruner for Omp {
     }
 
     fn prune(&self, ctx: &mut PruneCtx<'_>) -> Result<Mask, MethodError> {
-        let scores = magnitude_scores(ctx.model);
+        let scores = magnitude_scores_of(ctx.model, self.config.prunable);
         one_shot(
             ctx,
             Self::NAME,
@@ -178,7 +188,7 @@ impl PruneMethod for RandomPrune {
     type Config = RandomConfig;
     const NAME: &'static str = "random";
     const SUMMARY: &'static str =
-        "one-shot global random pruning of conv weights (seeded), rewind to epoch r, retrain";
+        "one-shot global random pruning of conv weights (or `prunable`; seeded), rewind to epoch r, retrain";
     fn new(config: RandomConfig) -> Self {
         RandomPrune { config }
     }
@@ -194,7 +204,7 @@ impl Pruner for RandomPrune {
     }
 
     fn prune(&self, ctx: &mut PruneCtx<'_>) -> Result<Mask, MethodError> {
-        let scores = random_scores(ctx.model, ctx.seed);
+        let scores = random_scores_of(ctx.model, self.config.prunable, ctx.seed);
         one_shot(
             ctx,
             Self::NAME,
@@ -224,7 +234,8 @@ pub enum RewindTarget {
     Pt,
 }
 
-/// IMP: `rounds` times, prune `rate` of the remaining convolution weights globally by magnitude,
+/// IMP: `rounds` times, prune `rate` of the remaining weights (by default the convolution
+/// weights; `prunable`) globally by magnitude,
 /// rewind the survivors and retrain under the mask. The first round prunes the trained dense
 /// model; each later round prunes the model the previous round retrained. Sparsity after round
 /// `i` is exactly `round((1 - (1 - rate)^i) * total)` weights.
@@ -247,6 +258,9 @@ pub struct ImpConfig {
     /// retraining starts the lr schedule this many epochs in, as the reference code does (0: the
     /// whole schedule).
     pub rewind_epoch: usize,
+    /// Which weights are pruned (globally, together): `conv` (every convolution weight, the
+    /// paper's), `linear` or `conv+linear`. Biases and BatchNorm stay dense.
+    pub prunable: Prunable,
 }
 
 impl Default for ImpConfig {
@@ -256,6 +270,7 @@ impl Default for ImpConfig {
             rate: 0.2,
             rewind: RewindTarget::RewindLt,
             rewind_epoch: 8,
+            prunable: Prunable::Conv,
         }
     }
 }
@@ -296,7 +311,7 @@ impl PruneMethod for Imp {
     type Config = ImpConfig;
     const NAME: &'static str = "IMP";
     const SUMMARY: &'static str =
-        "iterative global magnitude pruning of conv weights (20% of the rest per round), rewind, retrain";
+        "iterative global magnitude pruning of conv weights (or `prunable`; 20% of the rest per round), rewind, retrain";
     fn new(config: ImpConfig) -> Self {
         Imp { config }
     }
@@ -328,7 +343,8 @@ impl Imp {
         let mut mask: Option<Mask> = None;
         for round in 1..=c.rounds {
             let sparsity = c.sparsity_after(round);
-            let next = Mask::from_scores(&magnitude_scores(ctx.model), mask.as_ref(), sparsity)?;
+            let scores = magnitude_scores_of(ctx.model, c.prunable);
+            let next = Mask::from_scores(&scores, mask.as_ref(), sparsity)?;
             ctx.label = format!(
                 "{label} (round {round}/{}, {:.1}%)",
                 c.rounds,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use unlearn_api::data::{synthetic, SyntheticConfig};
-use unlearn_api::mask::{magnitude_scores, Mask};
+use unlearn_api::mask::{magnitude_scores, Mask, Prunable};
 use unlearn_api::method::{PruneCtx, PruneMethod, Pruner, RewindPoint, TaskData};
 use unlearn_api::model::{Arch, Model, ModelSpec, Snapshot};
 use unlearn_api::tch::{Device, Kind, Tensor};
@@ -441,10 +441,12 @@ fn retraining_advances_the_schedule_by_the_rewound_epochs() {
     let omp = Omp::new(OmpConfig {
         sparsity: 0.7,
         rewind_epoch: 3,
+        ..Default::default()
     });
     let random = RandomPrune::new(RandomConfig {
         sparsity: 0.7,
         rewind_epoch: 3,
+        ..Default::default()
     });
     for (name, p) in [("OMP", &omp as &dyn Pruner), ("random", &random)] {
         let (m, mask) = run_pruner_with(&f, &model, Some(&snap3), &s, |ctx| p.prune(ctx).unwrap());
@@ -464,11 +466,13 @@ fn omp_and_random_prune_exactly_differently_and_rewind() {
     let omp = Omp::new(OmpConfig {
         sparsity: p,
         rewind_epoch: 2,
+        ..Default::default()
     });
     let random = |sparsity| {
         RandomPrune::new(RandomConfig {
             sparsity,
             rewind_epoch: 2,
+            ..Default::default()
         })
     };
     let (m_omp, mask_omp) = run_pruner(&f, &model, Some(&snap), 0, |ctx| omp.prune(ctx).unwrap());
@@ -539,10 +543,12 @@ fn pruners_retrain_under_the_mask() {
     let omp = Omp::new(OmpConfig {
         sparsity: 0.8,
         rewind_epoch: 2,
+        ..Default::default()
     });
     let random = RandomPrune::new(RandomConfig {
         sparsity: 0.8,
         rewind_epoch: 2,
+        ..Default::default()
     });
     let imp = Imp::new(ImpConfig {
         rounds: 2,
@@ -585,4 +591,119 @@ fn defaults_follow_spec_and_the_reference() {
     assert_eq!(RandomPrune::NAME, "random");
     let json = serde_json::to_value(ImpConfig::default()).unwrap();
     assert_eq!(json["rewind"], "rewind_lt");
+}
+
+/// `prunable = "conv+linear"`: OMP prunes the conv weights and `fc.weight` together by the global
+/// magnitude rule, exactly (the threshold computed here independently, from the sorted
+/// magnitudes), biases and BatchNorm stay dense, the mask holds after retraining, and the sparse
+/// model's checkpoint round-trips with its linear mask entry.
+#[test]
+fn conv_plus_linear_prunes_the_classifier_by_global_magnitude() {
+    one_thread();
+    let f = fixture();
+    let (model, snap) = dense(&f, 3, Some(2));
+    let p = 0.8;
+    let omp = Omp::new(OmpConfig {
+        sparsity: p,
+        rewind_epoch: 2,
+        prunable: Prunable::ConvLinear,
+    });
+    let (m, mask) = run_pruner(&f, &model, snap.as_ref(), 2, |ctx| omp.prune(ctx).unwrap());
+
+    // The threshold: the k-th smallest |w| over every conv weight and fc.weight of the trained
+    // dense model (fc: 128 * 4 weights).
+    let params = model.parameters();
+    let names = ["conv1.weight", "conv2.weight", "conv3.weight", "fc.weight"];
+    let mut all: Vec<f32> = Vec::new();
+    for n in names {
+        all.extend(Vec::<f32>::try_from(params[n].abs().flatten(0, -1)).unwrap());
+    }
+    let total = TOTAL + 128 * 4;
+    assert_eq!(all.len() as i64, total);
+    let k = (p * total as f64).round() as usize;
+    let mut sorted = all.clone();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let threshold = sorted[k - 1];
+    assert!(sorted[k] > threshold, "no tie at the threshold");
+    let mask_names: Vec<&str> = mask.names().collect();
+    assert_eq!(mask_names, names);
+    assert_eq!((mask.zeros(), mask.total()), (k as i64, total));
+    for n in names {
+        let want: Vec<bool> = Vec::<f32>::try_from(params[n].abs().flatten(0, -1))
+            .unwrap()
+            .into_iter()
+            .map(|w| w <= threshold)
+            .collect();
+        assert_eq!(zeros_of(mask.get(n).unwrap()), want, "{n}");
+    }
+    let fc_pruned = zeros_of(mask.get("fc.weight").unwrap())
+        .into_iter()
+        .filter(|&z| z)
+        .count();
+    assert!(
+        fc_pruned > 0 && fc_pruned < 512,
+        "{fc_pruned} of fc.weight pruned"
+    );
+
+    // After retraining: pruned weights are exactly 0, the rest moved, biases and BN are dense.
+    assert_eq!(mask.violations(&m), 0);
+    let fc = m.parameters()["fc.weight"].shallow_clone();
+    let kept = mask.get("fc.weight").unwrap();
+    assert_eq!(
+        fc.eq(0.0)
+            .logical_and(&kept.eq(1.0))
+            .sum(Kind::Int64)
+            .int64_value(&[]),
+        0
+    );
+    let rewound = &snap.as_ref().unwrap().0["fc.weight"] * kept;
+    assert!(!fc.equal(&rewound), "fc.weight was retrained");
+    assert!(mask.get("fc.bias").is_none() && mask.get("bn1.weight").is_none());
+
+    // The mask file (a checkpoint with its mask) round-trips with the linear entry.
+    let dir = std::env::temp_dir().join(format!("unlearn-conv-linear-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sparse.safetensors");
+    let provenance = unlearn_api::checkpoint::Provenance {
+        dataset: None,
+        train_config: None,
+    };
+    unlearn_api::checkpoint::save(&path, &m, Some(&mask), &provenance).unwrap();
+    let (back, back_mask, meta) = unlearn_api::checkpoint::load(&path, Device::Cpu).unwrap();
+    let back_mask = back_mask.expect("the mask was saved");
+    assert_eq!(back_mask.names().collect::<Vec<_>>(), names);
+    for n in names {
+        assert!(back_mask.get(n).unwrap().equal(mask.get(n).unwrap()), "{n}");
+        assert!(back.parameters()[n].equal(&m.parameters()[n]), "{n}");
+    }
+    assert_eq!(meta.sparsity, Some(mask.sparsity()));
+    assert_eq!(back_mask.violations(&back), 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The default selection is `conv`: `{}` and `{"prunable": "conv"}` are the same config, and
+/// the default OMP mask is the old one (the conv magnitudes only).
+#[test]
+fn the_default_selection_is_conv() {
+    use unlearn_api::method::parse_config;
+    let d: OmpConfig = parse_config(&serde_json::json!({})).unwrap();
+    assert_eq!(d.prunable, Prunable::Conv);
+    let c: OmpConfig = parse_config(&serde_json::json!({"prunable": "conv"})).unwrap();
+    assert_eq!(c, d);
+    let l: ImpConfig = parse_config(&serde_json::json!({"prunable": "conv+linear"})).unwrap();
+    assert_eq!(l.prunable, Prunable::ConvLinear);
+    assert!(parse_config::<OmpConfig>(&serde_json::json!({"prunable": "bias"})).is_err());
+    one_thread();
+    let f = fixture();
+    let (model, snap) = dense(&f, 3, Some(2));
+    let omp = Omp::new(d);
+    let (_, mask) = run_pruner(&f, &model, snap.as_ref(), 1, |ctx| omp.prune(ctx).unwrap());
+    let old = Mask::from_scores(&magnitude_scores(&model), None, 0.95).unwrap();
+    assert_eq!(
+        mask.names().collect::<Vec<_>>(),
+        old.names().collect::<Vec<_>>()
+    );
+    for (n, t) in old.tensors() {
+        assert!(mask.get(n).unwrap().equal(t), "{n}");
+    }
 }

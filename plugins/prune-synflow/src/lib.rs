@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use unlearn_api::mask::Mask;
+use unlearn_api::mask::{Mask, Prunable};
 use unlearn_api::method::{MethodConfig, MethodError, PruneCtx, PruneMethod, Pruner};
 use unlearn_api::model::Model;
 use unlearn_api::register_pruner;
@@ -49,11 +49,20 @@ pub struct Network<'a> {
 impl<'a> Network<'a> {
     /// A [`Model`] in evaluation mode, its convolution weights ([`Model::prunable`]) prunable.
     pub fn of_model(model: &'a Model, forward: &'a dyn Fn(&Tensor) -> Tensor) -> Network<'a> {
+        Network::of_model_selecting(model, forward, Prunable::Conv)
+    }
+
+    /// A [`Model`] in evaluation mode, the weights `prunable` selects prunable.
+    pub fn of_model_selecting(
+        model: &'a Model,
+        forward: &'a dyn Fn(&Tensor) -> Tensor,
+        prunable: Prunable,
+    ) -> Network<'a> {
         let [c, h, w] = model.spec().input;
         Network {
             forward,
             variables: model.var_store().variables().into_iter().collect(),
-            prunable: model.prunable().into_keys().collect(),
+            prunable: prunable.select(model).into_keys().collect(),
             input: vec![1, c, h, w],
         }
     }
@@ -217,8 +226,22 @@ pub fn synflow_mask_for_model(
     sparsity: f64,
     rounds: usize,
 ) -> Result<Mask, MethodError> {
+    synflow_mask_selecting(model, Prunable::Conv, sparsity, rounds)
+}
+
+/// [`synflow_mask`] for a [`Model`] (evaluation mode), pruning the weights `prunable` selects.
+pub fn synflow_mask_selecting(
+    model: &Model,
+    prunable: Prunable,
+    sparsity: f64,
+    rounds: usize,
+) -> Result<Mask, MethodError> {
     let forward = |x: &Tensor| model.forward_t(x, false);
-    synflow_mask(&Network::of_model(model, &forward), sparsity, rounds)
+    synflow_mask(
+        &Network::of_model_selecting(model, &forward, prunable),
+        sparsity,
+        rounds,
+    )
 }
 
 /// SynFlow: prune a fresh initialisation of the architecture by iterative synaptic flow (no
@@ -226,12 +249,15 @@ pub fn synflow_mask_for_model(
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SynFlowConfig {
-    /// Share of convolution weights to prune.
+    /// Share of the prunable weights to prune.
     #[schemars(range(min = 0.0, max = 0.999))]
     pub sparsity: f64,
     /// Rounds of scoring and pruning (SPEC and the reference: 100).
     #[schemars(range(min = 1))]
     pub rounds: usize,
+    /// Which weights are pruned (globally, together): `conv` (every convolution weight, the
+    /// paper's), `linear` or `conv+linear`. Biases and BatchNorm stay dense.
+    pub prunable: Prunable,
 }
 
 impl Default for SynFlowConfig {
@@ -239,6 +265,7 @@ impl Default for SynFlowConfig {
         SynFlowConfig {
             sparsity: 0.95,
             rounds: 100,
+            prunable: Prunable::Conv,
         }
     }
 }
@@ -267,7 +294,7 @@ impl PruneMethod for SynFlow {
     type Config = SynFlowConfig;
     const NAME: &'static str = "SynFlow";
     const SUMMARY: &'static str =
-        "data-free iterative synaptic-flow pruning of conv weights at initialisation, then training";
+        "data-free iterative synaptic-flow pruning of conv weights (or `prunable`) at initialisation, then training";
     fn new(config: SynFlowConfig) -> Self {
         SynFlow { config }
     }
@@ -286,7 +313,12 @@ impl Pruner for SynFlow {
         // initialisation leaves it.
         let mask = {
             let scratch = Model::new(spec.clone(), device, ctx.seed)?;
-            synflow_mask_for_model(&scratch, self.config.sparsity, self.config.rounds)?
+            synflow_mask_selecting(
+                &scratch,
+                self.config.prunable,
+                self.config.sparsity,
+                self.config.rounds,
+            )?
         };
         *ctx.model = Model::new(spec, device, ctx.seed)?;
         mask.apply(ctx.model);

@@ -345,6 +345,7 @@ fn the_pruner_masks_a_fresh_initialisation_and_trains_it() {
     let p = SynFlow::new(SynFlowConfig {
         sparsity: 0.9,
         rounds: 20,
+        ..Default::default()
     });
     assert_eq!(p.rewind_point(), None);
     // Whatever the model it is given (here a different initialisation), the result is the

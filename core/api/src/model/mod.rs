@@ -8,17 +8,16 @@
 
 use std::collections::BTreeMap;
 
+mod arch;
 mod resnet;
 mod small_cnn;
 mod vgg;
 
+pub use arch::{pytorch_init, Arch, ArchDef, BuildFn, InitFn, Inputs};
+
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
-
-use resnet::ResNet;
-use small_cnn::PlainCnn;
-use vgg::Vgg;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -28,105 +27,15 @@ pub enum ModelError {
         expected: String,
         found: String,
     },
+    /// An unknown architecture (the message lists the known ones), or one registered twice.
+    #[error("{0}")]
+    Arch(String),
     #[error("model state: {0}")]
     State(String),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
-}
-
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Arch {
-    /// A small CNN made for 8x8 digits (three 3x3 conv layers with BatchNorm, global average
-    /// pooling; 92k conv weights for one channel), fast enough for CPU tests and the demo. It
-    /// accepts any image size and channel count.
-    SmallCnn,
-    /// A plain CNN for CPU-scale CIFAR studies: six 3x3 conv layers (32-32-64-64-128-128, the
-    /// third and fifth with stride 2) with BatchNorm and ReLU, global average pooling, fc
-    /// (288,746 parameters for 10 classes on RGB). Fast enough for a few thousand CIFAR images
-    /// on a CPU, and deep enough to memorise them (what MIA-Efficacy needs). Images of at least
-    /// 4x4.
-    Conv6,
-    /// ResNet-18, CIFAR form (3x3 stride-1 stem, no max-pool, BasicBlocks 64/128/256/512 x2,
-    /// torchvision names; 11,173,962 parameters for 10 classes). Global average pooling: 32x32
-    /// CIFAR/SVHN, 64x64 TinyImageNet, any image of at least 8x8.
-    Resnet18,
-    /// He et al.'s CIFAR ResNet-20 (16/32/64 channels, 3 x 3 BasicBlocks, option A shortcuts;
-    /// 269,722 parameters for 10 classes). Images of at least 4x4.
-    Resnet20,
-    /// He et al.'s CIFAR ResNet-56 (16/32/64 channels, 3 x 9 BasicBlocks, option A shortcuts;
-    /// 853,018 parameters for 10 classes). Images of at least 4x4.
-    Resnet56,
-    /// VGG-16 with BatchNorm, CIFAR form of the reference code (13 conv layers, 2x2 average pool,
-    /// head 2048-256-256-classes; 15,311,818 parameters for 10 classes). Images of at least 16x16.
-    Vgg16Bn,
-}
-
-impl Arch {
-    pub const ALL: [Arch; 6] = [
-        Arch::SmallCnn,
-        Arch::Conv6,
-        Arch::Resnet18,
-        Arch::Resnet20,
-        Arch::Resnet56,
-        Arch::Vgg16Bn,
-    ];
-
-    /// The name used in configs and checkpoints (serde's).
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::SmallCnn => "small-cnn",
-            Arch::Conv6 => "conv6",
-            Arch::Resnet18 => "resnet18",
-            Arch::Resnet20 => "resnet20",
-            Arch::Resnet56 => "resnet56",
-            Arch::Vgg16Bn => "vgg16-bn",
-        }
-    }
-
-    /// Smallest image side the architecture accepts (its total downsampling).
-    pub fn min_side(self) -> i64 {
-        match self {
-            Arch::SmallCnn => 2,
-            Arch::Resnet18 => 8,
-            Arch::Conv6 | Arch::Resnet20 | Arch::Resnet56 => 4,
-            Arch::Vgg16Bn => 16,
-        }
-    }
-}
-
-impl std::fmt::Display for Arch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Arch {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Arch, String> {
-        Arch::ALL
-            .into_iter()
-            .find(|a| a.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
-                format!("unknown architecture `{s}` (known: {})", names.join(", "))
-            })
-    }
 }
 
 /// Everything needed to build a fresh model of the same shape.
@@ -193,19 +102,13 @@ impl Model {
 
     /// The architecture with tch's initial values (for callers that overwrite every variable).
     pub fn build(spec: ModelSpec, device: Device) -> Result<Model, ModelError> {
-        check_input(&spec)?;
+        let def = spec.arch.def()?;
+        check_input(&spec, Some(def))?;
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let norm = Normalize::new(&root / "normalize", &spec.mean, &spec.std);
-        let (c, classes) = (spec.input[0], spec.classes as i64);
-        let net: Box<dyn ModuleT> = match spec.arch {
-            Arch::SmallCnn => Box::new(PlainCnn::small(&root, norm, c, classes)),
-            Arch::Conv6 => Box::new(PlainCnn::conv6(&root, norm, c, classes)),
-            Arch::Resnet18 => Box::new(ResNet::resnet18(&root, norm, c, classes)),
-            Arch::Resnet20 => Box::new(ResNet::cifar(&root, norm, c, classes, 3)),
-            Arch::Resnet56 => Box::new(ResNet::cifar(&root, norm, c, classes, 9)),
-            Arch::Vgg16Bn => Box::new(Vgg::vgg16_bn(&root, norm, c, classes)),
-        };
+        let body = (def.build)(&root, &spec);
+        let net = Box::new(Normalized { norm, body });
         Ok(Model { spec, vs, net })
     }
 
@@ -217,7 +120,8 @@ impl Model {
         variables: Vec<(String, Tensor)>,
         net: Box<dyn ModuleT>,
     ) -> Result<Model, ModelError> {
-        check_input(&spec)?;
+        // The owner built the model; its architecture may be registered on its side only.
+        check_input(&spec, spec.arch.def().ok())?;
         let device = variables
             .first()
             .map(|(_, t)| t.device())
@@ -275,20 +179,16 @@ impl Model {
             .collect()
     }
 
-    /// The parameters that pruning applies to: convolution weights (SPEC §4).
+    /// The parameters that pruning applies by default: convolution weights (SPEC §4). A pruner
+    /// may select others ([`crate::mask::Prunable`]).
     pub fn prunable(&self) -> BTreeMap<String, Tensor> {
-        self.parameters()
-            .into_iter()
-            .filter(|(_, t)| t.dim() == 4)
-            .collect()
+        crate::mask::Prunable::Conv.select(self)
     }
 
-    /// The name prefix of the final classifier layer (its weight has one row per class).
+    /// The name prefix of the final classifier layer (its weight has one row per class), as its
+    /// architecture registered it (`fc` for an architecture not registered in this process).
     pub fn classifier(&self) -> &'static str {
-        match self.spec.arch {
-            Arch::SmallCnn | Arch::Conv6 | Arch::Resnet18 | Arch::Resnet20 | Arch::Resnet56 => "fc",
-            Arch::Vgg16Bn => "classifier.4",
-        }
+        self.spec.arch.def().map_or("fc", |d| d.classifier)
     }
 
     pub fn num_parameters(&self) -> i64 {
@@ -369,45 +269,6 @@ pub fn fans(weight_shape: &[i64]) -> (f64, f64) {
     (fan_in as f64, fan_out as f64)
 }
 
-impl Arch {
-    /// How the reference code's model file for this architecture initialises a parameter: `layer`
-    /// is the kind of layer it belongs to, `weight_shape` that layer's weight shape, `is_bias`
-    /// whether it is the bias.
-    /// - `resnet18` (its `ResNet.py`): convs `kaiming_normal_(mode="fan_out", nonlinearity="relu")`,
-    ///   i.e. N(0, 2 / fan_out); the classifier keeps PyTorch's default;
-    /// - `resnet20`, `resnet56` (its `ResNets.py`): conv and linear weights `kaiming_normal_` with
-    ///   its defaults (fan_in, gain sqrt 2), i.e. N(0, 2 / fan_in); the linear bias keeps
-    ///   PyTorch's default;
-    /// - `vgg16-bn` (its `VGG.py`): convs as ResNet-18's (bias 0); linear weights N(0, 0.01^2),
-    ///   biases 0;
-    /// - `small-cnn` has no counterpart there and keeps PyTorch's defaults.
-    ///
-    /// BatchNorm starts at weight 1 and bias 0 everywhere.
-    pub fn init(self, layer: LayerKind, weight_shape: &[i64], is_bias: bool) -> Init {
-        let (fan_in, fan_out) = fans(weight_shape);
-        let he_fan_out = Init::Normal {
-            std: (2.0 / fan_out).sqrt(),
-        };
-        let he_fan_in = Init::Normal {
-            std: (2.0 / fan_in).sqrt(),
-        };
-        match (layer, self, is_bias) {
-            (LayerKind::BatchNorm, _, false) => Init::Constant(1.0),
-            (LayerKind::BatchNorm, _, true) => Init::Constant(0.0),
-            (_, Arch::SmallCnn | Arch::Conv6, _) => Init::PytorchUniform,
-            (LayerKind::Conv, Arch::Resnet18, false) => he_fan_out,
-            (LayerKind::Conv, Arch::Vgg16Bn, false) => he_fan_out,
-            (LayerKind::Conv, Arch::Vgg16Bn, true) => Init::Constant(0.0),
-            (LayerKind::Conv | LayerKind::Linear, Arch::Resnet20 | Arch::Resnet56, false) => {
-                he_fan_in
-            }
-            (LayerKind::Linear, Arch::Vgg16Bn, false) => Init::Normal { std: 0.01 },
-            (LayerKind::Linear, Arch::Vgg16Bn, true) => Init::Constant(0.0),
-            _ => Init::PytorchUniform,
-        }
-    }
-}
-
 /// The kinds of layer with parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayerKind {
@@ -469,26 +330,21 @@ fn init_parameters(vs: &nn::VarStore, arch: Arch, seed: u64) -> Result<(), Model
 }
 
 /// What every architecture needs: a positive channel count with one mean and one std per channel,
-/// and images of at least `Arch::min_side` pixels on each side (2 for the small CNN's max-pool, 4
-/// and 8 for the CIFAR ResNets' two and ResNet-18's three stride-2 stages, 16 for VGG's four
-/// max-pools). Global (or, for VGG, 2x2 adaptive) average pooling makes every architecture accept
-/// any larger size, square or not.
-fn check_input(spec: &ModelSpec) -> Result<(), ModelError> {
-    let [c, h, w] = spec.input;
-    let min = spec.arch.min_side();
-    let ok = c >= 1
-        && h >= min
-        && w >= min
-        && spec.mean.len() == c as usize
-        && spec.std.len() == c as usize;
-    if ok {
+/// and what the architecture itself accepts ([`ArchDef::inputs`]; for the built-ins, images of at
+/// least 2 pixels on each side for the small CNN's max-pool, 4 and 8 for the CIFAR ResNets' two
+/// and ResNet-18's three stride-2 stages, 16 for VGG's four max-pools; global, or for VGG 2x2
+/// adaptive, average pooling makes them accept any larger size, square or not).
+fn check_input(spec: &ModelSpec, def: Option<&ArchDef>) -> Result<(), ModelError> {
+    let [c, ..] = spec.input;
+    let stats = c >= 1 && spec.mean.len() == c as usize && spec.std.len() == c as usize;
+    let own = def.map_or(Ok(()), |d| d.inputs.check(spec.input));
+    if stats && own.is_ok() {
         Ok(())
     } else {
+        let own = own.err().unwrap_or_else(|| "images".into());
         Err(ModelError::Input {
             arch: spec.arch,
-            expected: format!(
-                "images of at least {min}x{min} pixels with one mean and std per channel"
-            ),
+            expected: format!("{own} with one mean and std per channel"),
             found: format!(
                 "{:?} with {} mean and {} std values",
                 spec.input,
@@ -522,6 +378,19 @@ impl Normalize {
     fn forward(&self, x: &Tensor) -> Tensor {
         let shape = [1, -1, 1, 1];
         (x - self.mean.view(shape)) / self.std.view(shape)
+    }
+}
+
+/// `normalize`, then the architecture's layers.
+#[derive(Debug)]
+struct Normalized {
+    norm: Normalize,
+    body: Box<dyn ModuleT>,
+}
+
+impl ModuleT for Normalized {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.body.forward_t(&self.norm.forward(x), train)
     }
 }
 
@@ -719,12 +588,46 @@ pub(crate) mod tests {
 
     #[test]
     fn arch_names_are_serdes() {
-        for a in Arch::ALL {
+        for a in Arch::BUILTIN {
             assert_eq!(serde_json::to_value(a).unwrap(), a.name());
+            assert_eq!(serde_json::from_value::<Arch>(a.name().into()).unwrap(), a);
             assert_eq!(a.name().parse::<Arch>().unwrap(), a);
             assert_eq!(a.to_string(), a.name());
+            assert_eq!(format!("{a:?}"), a.name());
+            assert_eq!(a.def().unwrap().krate, "unlearn-api");
         }
-        assert!("resnet50".parse::<Arch>().unwrap_err().contains("vgg16-bn"));
+        assert_eq!(
+            "resnet50".parse::<Arch>().unwrap_err(),
+            "unknown architecture `resnet50` (known: conv6, resnet18, resnet20, resnet56, \
+             small-cnn, vgg16-bn)"
+        );
+    }
+
+    /// Core registers exactly the built-ins, each once; the config schema lists them.
+    #[test]
+    fn the_registry_holds_the_builtins() {
+        let mut builtin: Vec<&str> = Arch::BUILTIN.iter().map(|a| a.name()).collect();
+        builtin.sort();
+        assert_eq!(Arch::known(), builtin);
+        let schema = crate::method::schema_of::<Arch>();
+        assert_eq!(schema["enum"], serde_json::json!(builtin));
+    }
+
+    /// An unregistered name deserialises (a spec from a plugin's host), but building it fails
+    /// with the list of known architectures.
+    #[test]
+    fn an_unknown_arch_is_an_error_listing_the_known_ones() {
+        let arch: Arch = serde_json::from_value("mystery-net".into()).unwrap();
+        assert_eq!(arch.name(), "mystery-net");
+        let again: Arch = serde_json::from_value("mystery-net".into()).unwrap();
+        assert_eq!(arch, again);
+        let e = Model::new(spec(arch, [3, 32, 32], 10), Device::Cpu, 0).unwrap_err();
+        assert!(matches!(e, ModelError::Arch(_)), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("unknown architecture `mystery-net` (known: conv6, resnet18"),
+            "{e}"
+        );
     }
 
     #[test]

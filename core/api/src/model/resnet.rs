@@ -20,8 +20,6 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use super::Normalize;
-
 fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64) -> nn::Conv2D {
     let cfg = nn::ConvConfig {
         stride,
@@ -121,7 +119,6 @@ impl BasicBlock {
 /// Stem conv (3x3, stride 1) - BN - ReLU - stages of BasicBlocks - global average pool - fc.
 #[derive(Debug)]
 pub(super) struct ResNet {
-    norm: Normalize,
     conv1: nn::Conv2D,
     bn1: nn::BatchNorm,
     blocks: Vec<BasicBlock>,
@@ -131,7 +128,6 @@ pub(super) struct ResNet {
 impl ResNet {
     fn new(
         root: &nn::Path,
-        norm: Normalize,
         in_channels: i64,
         classes: i64,
         stages: &[(i64, i64, usize)],
@@ -152,7 +148,6 @@ impl ResNet {
         }
         let fc = nn::linear(root / "fc", cin, classes, Default::default());
         ResNet {
-            norm,
             conv1,
             bn1,
             blocks,
@@ -161,37 +156,21 @@ impl ResNet {
     }
 
     /// ResNet-18, CIFAR form: stages 64/128/256/512 of 2 blocks, torchvision downsample.
-    pub(super) fn resnet18(
-        root: &nn::Path,
-        norm: Normalize,
-        in_channels: i64,
-        classes: i64,
-    ) -> Self {
+    pub(super) fn resnet18(root: &nn::Path, in_channels: i64, classes: i64) -> Self {
         let stages = [(64, 1, 2), (128, 2, 2), (256, 2, 2), (512, 2, 2)];
-        Self::new(root, norm, in_channels, classes, &stages, Downsample::Conv)
+        Self::new(root, in_channels, classes, &stages, Downsample::Conv)
     }
 
     /// He et al.'s CIFAR ResNet-(6n+2): stages 16/32/64 of `n` blocks, option A shortcuts.
-    pub(super) fn cifar(
-        root: &nn::Path,
-        norm: Normalize,
-        in_channels: i64,
-        classes: i64,
-        n: usize,
-    ) -> Self {
+    pub(super) fn cifar(root: &nn::Path, in_channels: i64, classes: i64, n: usize) -> Self {
         let stages = [(16, 1, n), (32, 2, n), (64, 2, n)];
-        Self::new(root, norm, in_channels, classes, &stages, Downsample::PadA)
+        Self::new(root, in_channels, classes, &stages, Downsample::PadA)
     }
 }
 
 impl ModuleT for ResNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut h = self
-            .norm
-            .forward(x)
-            .apply(&self.conv1)
-            .apply_t(&self.bn1, train)
-            .relu();
+        let mut h = x.apply(&self.conv1).apply_t(&self.bn1, train).relu();
         for b in &self.blocks {
             h = b.forward_t(&h, train);
         }

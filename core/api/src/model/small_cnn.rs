@@ -5,13 +5,10 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use super::Normalize;
-
 /// A stack of 3x3 conv - BN - ReLU layers, then global average pooling and `fc`. Convs have no
 /// bias (BatchNorm follows), as in ResNets; names are `conv{i}`, `bn{i}` from 1.
 #[derive(Debug)]
 pub(super) struct PlainCnn {
-    norm: Normalize,
     convs: Vec<(nn::Conv2D, nn::BatchNorm)>,
     /// A 2x2 max-pool after this layer (0-based).
     pool_after: Option<usize>,
@@ -22,7 +19,6 @@ impl PlainCnn {
     /// `layers`: output width and stride of each conv layer.
     fn new(
         root: &nn::Path,
-        norm: Normalize,
         in_channels: i64,
         classes: i64,
         layers: &[(i64, i64)],
@@ -47,7 +43,6 @@ impl PlainCnn {
             .collect();
         let fc = nn::linear(root / "fc", width, classes, Default::default());
         PlainCnn {
-            norm,
             convs,
             pool_after,
             fc,
@@ -56,21 +51,21 @@ impl PlainCnn {
 
     /// conv(3x3, 32) - BN - ReLU - conv(3x3, 64) - BN - ReLU - maxpool 2 - conv(3x3, 128) - BN -
     /// ReLU - global average pool - fc.
-    pub(super) fn small(root: &nn::Path, norm: Normalize, in_channels: i64, classes: i64) -> Self {
+    pub(super) fn small(root: &nn::Path, in_channels: i64, classes: i64) -> Self {
         let layers = [(32, 1), (64, 1), (128, 1)];
-        PlainCnn::new(root, norm, in_channels, classes, &layers, Some(1))
+        PlainCnn::new(root, in_channels, classes, &layers, Some(1))
     }
 
     /// Six conv layers of widths 32-32-64-64-128-128, the third and fifth with stride 2.
-    pub(super) fn conv6(root: &nn::Path, norm: Normalize, in_channels: i64, classes: i64) -> Self {
+    pub(super) fn conv6(root: &nn::Path, in_channels: i64, classes: i64) -> Self {
         let layers = [(32, 1), (32, 1), (64, 2), (64, 1), (128, 2), (128, 1)];
-        PlainCnn::new(root, norm, in_channels, classes, &layers, None)
+        PlainCnn::new(root, in_channels, classes, &layers, None)
     }
 }
 
 impl ModuleT for PlainCnn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut h = self.norm.forward(x);
+        let mut h = x.shallow_clone();
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
             h = h.apply(conv).apply_t(bn, train).relu();
             if self.pool_after == Some(i) {

@@ -14,8 +14,6 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use super::Normalize;
-
 /// Configuration D without its last max-pool; 0 marks a 2x2 max-pool.
 const CFG: [i64; 17] = [
     64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512,
@@ -29,18 +27,12 @@ enum Layer {
 
 #[derive(Debug)]
 pub(super) struct Vgg {
-    norm: Normalize,
     features: Vec<Layer>,
     classifier: [nn::Linear; 3],
 }
 
 impl Vgg {
-    pub(super) fn vgg16_bn(
-        root: &nn::Path,
-        norm: Normalize,
-        in_channels: i64,
-        classes: i64,
-    ) -> Self {
+    pub(super) fn vgg16_bn(root: &nn::Path, in_channels: i64, classes: i64) -> Self {
         let f = root / "features";
         let conv_cfg = nn::ConvConfig {
             padding: 1,
@@ -69,7 +61,6 @@ impl Vgg {
             nn::linear(&c / 4, 256, classes, Default::default()),
         ];
         Vgg {
-            norm,
             features,
             classifier,
         }
@@ -78,7 +69,7 @@ impl Vgg {
 
 impl ModuleT for Vgg {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut h = self.norm.forward(x);
+        let mut h = x.shallow_clone();
         for layer in &self.features {
             h = match layer {
                 Layer::Conv(cb) => h.apply(&cb.0).apply_t(&cb.1, train).relu(),
