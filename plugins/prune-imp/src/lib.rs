@@ -115,7 +115,9 @@ pub struct OneShotConfig {
     /// Epoch of dense training whose weights the survivors are rewound to (SPEC: 8).
     pub rewind_epoch: usize,
     /// Which weights are pruned (globally, together): `conv` (every convolution weight, the
-    /// paper's), `linear` or `conv+linear`. Biases and BatchNorm stay dense.
+    /// paper's), `linear` or `conv+linear`. Biases and BatchNorm stay dense. (Left out of
+    /// the serialised config at its default, so the paper's configs keep their cache keys.)
+    #[serde(skip_serializing_if = "unlearn_api::train::is_default")]
     pub prunable: Prunable,
 }
 
@@ -259,7 +261,9 @@ pub struct ImpConfig {
     /// whole schedule).
     pub rewind_epoch: usize,
     /// Which weights are pruned (globally, together): `conv` (every convolution weight, the
-    /// paper's), `linear` or `conv+linear`. Biases and BatchNorm stay dense.
+    /// paper's), `linear` or `conv+linear`. Biases and BatchNorm stay dense. (Left out of
+    /// the serialised config at its default, so the paper's configs keep their cache keys.)
+    #[serde(skip_serializing_if = "unlearn_api::train::is_default")]
     pub prunable: Prunable,
 }
 

@@ -256,7 +256,9 @@ pub struct SynFlowConfig {
     #[schemars(range(min = 1))]
     pub rounds: usize,
     /// Which weights are pruned (globally, together): `conv` (every convolution weight, the
-    /// paper's), `linear` or `conv+linear`. Biases and BatchNorm stay dense.
+    /// paper's), `linear` or `conv+linear`. Biases and BatchNorm stay dense. (Left out of
+    /// the serialised config at its default, so the paper's configs keep their cache keys.)
+    #[serde(skip_serializing_if = "unlearn_api::train::is_default")]
     pub prunable: Prunable,
 }
 
