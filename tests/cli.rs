@@ -58,6 +58,7 @@ fn list_shows_every_builtin_with_kind_and_source() {
         ("unlearner", "l1-sparse", "unlearn-ft"),
         ("unlearner", "FT", "unlearn-ft"),
         ("unlearner", "retrain", "unlearn-ft"),
+        ("unlearner", "SCRUB", "unlearn-scrub"),
     ] {
         let line = out
             .lines()
