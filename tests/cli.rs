@@ -219,7 +219,7 @@ fn demo_config_is_printed_and_valid() {
     let o = unlearn(&["validate", p.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stdout(&o).contains("2 scenario(s), 6 unlearner(s), pruner OMP"),
+        stdout(&o).contains("2 scenario(s), 7 unlearner(s), pruner OMP"),
         "{}",
         stdout(&o)
     );
