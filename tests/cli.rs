@@ -58,6 +58,7 @@ fn list_shows_every_builtin_with_kind_and_source() {
         ("unlearner", "l1-sparse", "unlearn-ft"),
         ("unlearner", "FT", "unlearn-ft"),
         ("unlearner", "retrain", "unlearn-ft"),
+        ("unlearner", "SCRUB", "unlearn-scrub"),
     ] {
         let line = out
             .lines()
@@ -246,7 +247,7 @@ fn demo_config_is_printed_and_valid() {
     let o = unlearn(&["validate", p.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stdout(&o).contains("2 scenario(s), 6 unlearner(s), pruner OMP"),
+        stdout(&o).contains("2 scenario(s), 7 unlearner(s), pruner OMP"),
         "{}",
         stdout(&o)
     );

@@ -17,6 +17,7 @@ use unlearn_ft as _;
 use unlearn_ga as _;
 use unlearn_prune_imp as _;
 use unlearn_prune_synflow as _;
+use unlearn_scrub as _;
 
 #[test]
 fn every_builtin_method_conforms() {

@@ -23,6 +23,7 @@ use unlearn_ft as _;
 use unlearn_ga as _;
 use unlearn_prune_imp as _;
 use unlearn_prune_synflow as _;
+use unlearn_scrub as _;
 
 /// The built-in demo pipeline (embedded digits).
 const DEMO_CONFIG: &str = include_str!("../presets/demo.toml");

@@ -547,7 +547,8 @@ macro_rules! register_attack {
 }
 
 /// Defines the config of an iterative method: SGD settings (epochs, lr, batch size, momentum,
-/// weight decay, milestones, with the given defaults and SPEC's momentum 0.9 / wd 5e-4), plus
+/// weight decay, milestones, with the given defaults and SPEC's momentum 0.9 / wd 5e-4; the batch
+/// size defaults to 256 unless given as `batch_size: n,` before `milestones`), plus
 /// extra fields, with `MethodConfig` (milestones must increase) and `schedule()`.
 ///
 /// ```ignore
@@ -566,7 +567,9 @@ macro_rules! register_attack {
 #[macro_export]
 macro_rules! sgd_config {
     (
-        $(#[$doc:meta])* $name:ident { epochs: $epochs:expr, lr: $lr:expr, milestones: $ms:expr }
+        $(#[$doc:meta])* $name:ident {
+            epochs: $epochs:expr, lr: $lr:expr, $(batch_size: $bs:expr,)? milestones: $ms:expr
+        }
         $( extra { $( $(#[$fmeta:meta])* $field:ident : $fty:ty = $fdef:expr ),* $(,)? } )?
         $( rules($c:ident) $rules:block )?
     ) => {
@@ -613,7 +616,7 @@ macro_rules! sgd_config {
                 $name {
                     epochs: $epochs,
                     lr: $lr,
-                    batch_size: 256,
+                    batch_size: $crate::__sgd_default!($($bs)?; 256),
                     momentum: 0.9,
                     weight_decay: 5e-4,
                     milestones: $ms,
@@ -655,5 +658,17 @@ macro_rules! sgd_config {
                 }
             }
         }
+    };
+}
+
+/// The given value, or the default when none is given (for [`sgd_config!`]'s optional fields).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __sgd_default {
+    (; $default:expr) => {
+        $default
+    };
+    ($value:expr; $default:expr) => {
+        $value
     };
 }
