@@ -28,6 +28,7 @@ use unlearn_attack_badnets as _;
 use unlearn_ft as _;
 use unlearn_prune_imp as _;
 use unlearn_rl_salun as _;
+use unlearn_scrub as _;
 
 /// A library this package's dev-dependencies built.
 fn built(crate_name: &str) -> PathBuf {
@@ -667,5 +668,49 @@ fn pruners_and_attacks_through_the_abi_match_their_built_in_selves() {
     assert!(
         !ta.equal(&t.data.test.images),
         "the trigger changes the images"
+    );
+}
+
+#[test]
+fn scrub_as_a_cdylib_matches_scrub_built_in() {
+    // SCRUB's two phases (max-steps on D_f, min-steps on D_r) and tagged streams cross the ABI
+    // (2.2's run_phases); the library's copy must give the built-in's weights to the bit.
+    let mut registry = Registry::builtin().unwrap();
+    let loaded = plugin::host::extend(&mut registry, &[built(MISBEHAVING)]);
+    assert!(loaded.is_empty());
+    let problems = unlearn_pipeline::conformance::check(registry.get("SCRUB-dylib").unwrap());
+    assert!(problems.is_empty(), "{problems:#?}");
+    let t = TinyTask::new();
+    let (model, mask) = t.trained_sparse();
+    let config = serde_json::json!({"epochs": 3, "msteps": 2, "lr": 0.01, "batch_size": 16,
+                                    "forget_batch_size": 4});
+    let unlearn = |name: &str| {
+        let u = registry
+            .get(name)
+            .unwrap()
+            .build_unlearner(&config)
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let mut m = model.try_clone().unwrap();
+        let trainer = Trainer::new(Device::Cpu, false);
+        let mut ctx = unlearn_pipeline::method::UnlearnCtx {
+            model: &mut m,
+            mask: Some(&mask),
+            data: &t.data,
+            forget: &t.forget,
+            trainer: &trainer,
+            seed: 4,
+            label: name.into(),
+        };
+        u.unlearn(&mut ctx).unwrap_or_else(|e| panic!("{name}: {e}"));
+        m
+    };
+    let (a, b) = (unlearn("SCRUB"), unlearn("SCRUB-dylib"));
+    for (name, v) in a.var_store().variables() {
+        assert!(v.equal(&b.var_store().variables()[&name]), "{name}");
+    }
+    assert_eq!(mask.violations(&b), 0);
+    assert!(
+        !a.parameters()["fc.weight"].equal(&model.parameters()["fc.weight"]),
+        "SCRUB changed the model"
     );
 }
