@@ -58,6 +58,9 @@ fn list_shows_every_builtin_with_kind_and_source() {
         ("unlearner", "l1-sparse", "unlearn-ft"),
         ("unlearner", "FT", "unlearn-ft"),
         ("unlearner", "retrain", "unlearn-ft"),
+        ("scenario", "subclass", "unlearn-api"),
+        ("scenario", "class", "unlearn-api"),
+        ("metric", "forget_kl", "unlearn-api"),
     ] {
         let line = out
             .lines()
@@ -76,6 +79,18 @@ fn list_shows_every_builtin_with_kind_and_source() {
     assert_eq!(names, ["IMP", "OMP", "SynFlow", "random"]);
     assert!(v.as_array().unwrap().iter().all(|m| m["kind"] == "pruner"));
     assert_eq!(unlearn(&["list", "--kind", "nope"]).status.code(), Some(2));
+    let o = unlearn(&["list", "--kind", "scenario", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["class", "file", "random", "subclass"]);
+    let o = unlearn(&["schema", "--scenario", "subclass"]);
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(s["properties"]["fraction"].is_object(), "{s}");
 }
 
 #[test]

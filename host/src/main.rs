@@ -54,23 +54,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List registered methods.
+    /// List registered methods, forgetting scenarios and metrics.
     List {
-        /// Only methods of this kind: pruner, unlearner or attack.
+        /// Only this kind: pruner, unlearner, attack, scenario or metric.
         #[arg(long)]
-        kind: Option<Kind>,
+        kind: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Print the JSON Schema of a method's config (or of the pipeline config with --config).
     Schema {
-        /// A registered method name.
+        /// A registered method name (a scenario's with --scenario).
         #[arg(required_unless_present = "config")]
         method: Option<String>,
         /// The schema of `unlearn run` config files instead.
         #[arg(long, conflicts_with = "method")]
         config: bool,
+        /// The name is a forgetting scenario's: print the schema of its settings.
+        #[arg(long, conflicts_with = "config")]
+        scenario: bool,
     },
     /// Check a config file (TOML or JSON) without running it; reports every problem at once.
     Validate { config: PathBuf },
@@ -229,8 +232,15 @@ fn real_main() -> Result<()> {
     }
     match cli.command {
         Command::List { kind, json } => list(&registry, kind, json),
-        Command::Schema { method, config } => {
+        Command::Schema {
+            method,
+            config,
+            scenario,
+        } => {
             let schema = match method {
+                Some(name) if scenario => (unlearn_pipeline::scenario::find(&name)
+                    .map_err(|e| bad(anyhow::anyhow!(e)))?
+                    .schema)(),
                 Some(name) if !config => registry.get(&name).map_err(bad)?.schema.clone(),
                 _ => config::pipeline_schema(),
             };
@@ -429,37 +439,53 @@ fn data(command: DataCommand, quiet: bool) -> Result<()> {
     }
 }
 
-fn list(registry: &Registry, kind: Option<Kind>, json: bool) -> Result<()> {
-    let methods: Vec<_> = registry.list(kind).collect();
+fn list(registry: &Registry, kind: Option<String>, json: bool) -> Result<()> {
+    // (kind, name, source, summary) of every entry shown.
+    let mut entries: Vec<(String, String, String, String)> = Vec::new();
+    let method_kind = match kind.as_deref() {
+        None | Some("scenario" | "metric") => None,
+        Some(k) => Some(k.parse::<Kind>().map_err(|e| {
+            bad(anyhow::anyhow!(
+                "{}",
+                e.replace("or attack", "attack, scenario or metric")
+            ))
+        })?),
+    };
+    if !matches!(kind.as_deref(), Some("scenario" | "metric")) {
+        for m in registry.list(method_kind) {
+            let k = m.kind.name().to_string();
+            entries.push((k, m.name.clone(), m.source.to_string(), m.summary.clone()));
+        }
+    }
+    if matches!(kind.as_deref(), None | Some("scenario")) {
+        let all = unlearn_pipeline::scenario::registered().map_err(|e| anyhow::anyhow!(e))?;
+        for s in all.values() {
+            let source = format!("built-in ({})", s.krate);
+            entries.push(("scenario".into(), s.name.into(), source, s.summary.into()));
+        }
+    }
+    if matches!(kind.as_deref(), None | Some("metric")) {
+        let all = unlearn_pipeline::metric::registered().map_err(|e| anyhow::anyhow!(e))?;
+        for m in all.values() {
+            let source = format!("built-in ({})", m.krate);
+            entries.push(("metric".into(), m.name.into(), source, m.summary.into()));
+        }
+    }
     if json {
-        let v: Vec<serde_json::Value> = methods
+        let v: Vec<serde_json::Value> = entries
             .iter()
-            .map(|m| serde_json::json!({"kind": m.kind, "name": m.name, "summary": m.summary, "source": m.source.to_string()}))
+            .map(
+                |(k, n, s, d)| serde_json::json!({"kind": k, "name": n, "summary": d, "source": s}),
+            )
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let w = methods
-        .iter()
-        .map(|m| m.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let sw = methods
-        .iter()
-        .map(|m| m.source.to_string().len())
-        .max()
-        .unwrap_or(6)
-        .max(6);
+    let w = entries.iter().map(|e| e.1.len()).max().unwrap_or(4).max(4);
+    let sw = entries.iter().map(|e| e.2.len()).max().unwrap_or(6).max(6);
     println!("{:<9}  {:<w$}  {:<sw$}  SUMMARY", "KIND", "NAME", "SOURCE");
-    for m in methods {
-        println!(
-            "{:<9}  {:<w$}  {:<sw$}  {}",
-            m.kind.name(),
-            m.name,
-            m.source.to_string(),
-            m.summary
-        );
+    for (k, n, s, d) in entries {
+        println!("{k:<9}  {n:<w$}  {s:<sw$}  {d}");
     }
     Ok(())
 }
