@@ -284,6 +284,6 @@ mod tests {
             ..same
         };
         assert!(m.columns(&missing).unwrap_err().contains("add a `retrain`"));
-        assert!(find("nope").unwrap_err().contains("known: forget_kl"));
+        assert!(find("nope").err().unwrap().contains("known: forget_kl"));
     }
 }
