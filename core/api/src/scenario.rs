@@ -446,7 +446,7 @@ mod tests {
             e,
             "unknown forgetting scenario `clas`; known: class, file, random, subclass"
         );
-        assert!(find("class").unwrap().schema.clone()()["required"]
+        assert!((find("class").unwrap().schema)()["required"]
             .as_array()
             .unwrap()
             .contains(&json!("class")));
