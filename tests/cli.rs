@@ -59,6 +59,9 @@ fn list_shows_every_builtin_with_kind_and_source() {
         ("unlearner", "FT", "unlearn-ft"),
         ("unlearner", "retrain", "unlearn-ft"),
         ("unlearner", "SCRUB", "unlearn-scrub"),
+        ("scenario", "subclass", "unlearn-api"),
+        ("scenario", "class", "unlearn-api"),
+        ("metric", "forget_kl", "unlearn-api"),
     ] {
         let line = out
             .lines()
@@ -105,6 +108,19 @@ fn list_shows_every_builtin_with_kind_and_source() {
             "vgg16-bn"
         ]
     );
+    // Forgetting scenarios and metrics, likewise.
+    let o = unlearn(&["list", "--kind", "scenario", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["class", "file", "random", "subclass"]);
+    let o = unlearn(&["schema", "--scenario", "subclass"]);
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(s["properties"]["fraction"].is_object(), "{s}");
 }
 
 #[test]

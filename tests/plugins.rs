@@ -701,7 +701,8 @@ fn scrub_as_a_cdylib_matches_scrub_built_in() {
             seed: 4,
             label: name.into(),
         };
-        u.unlearn(&mut ctx).unwrap_or_else(|e| panic!("{name}: {e}"));
+        u.unlearn(&mut ctx)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         m
     };
     let (a, b) = (unlearn("SCRUB"), unlearn("SCRUB-dylib"));

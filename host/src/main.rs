@@ -55,9 +55,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List registered methods and architectures.
+    /// List registered methods, architectures, forgetting scenarios and metrics.
     List {
-        /// Only entries of this kind: pruner, unlearner, attack or arch (architectures).
+        /// Only entries of this kind: pruner, unlearner, attack, arch (architectures), scenario
+        /// or metric.
         #[arg(long)]
         kind: Option<ListKind>,
         /// Print JSON instead of a table.
@@ -66,12 +67,15 @@ enum Command {
     },
     /// Print the JSON Schema of a method's config (or of the pipeline config with --config).
     Schema {
-        /// A registered method name.
+        /// A registered method name (a scenario's with --scenario).
         #[arg(required_unless_present = "config")]
         method: Option<String>,
         /// The schema of `unlearn run` config files instead.
         #[arg(long, conflicts_with = "method")]
         config: bool,
+        /// The name is a forgetting scenario's: print the schema of its settings.
+        #[arg(long, conflicts_with = "config")]
+        scenario: bool,
     },
     /// Check a config file (TOML or JSON) without running it; reports every problem at once.
     Validate { config: PathBuf },
@@ -230,8 +234,15 @@ fn real_main() -> Result<()> {
     }
     match cli.command {
         Command::List { kind, json } => list(&registry, kind, json),
-        Command::Schema { method, config } => {
+        Command::Schema {
+            method,
+            config,
+            scenario,
+        } => {
             let schema = match method {
+                Some(name) if scenario => (unlearn_pipeline::scenario::find(&name)
+                    .map_err(|e| bad(anyhow::anyhow!(e)))?
+                    .schema)(),
                 Some(name) if !config => registry.get(&name).map_err(bad)?.schema.clone(),
                 _ => config::pipeline_schema(),
             };
@@ -434,11 +445,13 @@ fn data(command: DataCommand, quiet: bool) -> Result<()> {
     }
 }
 
-/// What `unlearn list --kind` selects: a kind of method, or architectures.
+/// What `unlearn list --kind` selects: a kind of method, or one of the other registries.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum ListKind {
     Method(Kind),
     Arch,
+    Scenario,
+    Metric,
 }
 
 impl std::str::FromStr for ListKind {
@@ -446,22 +459,27 @@ impl std::str::FromStr for ListKind {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "arch" => Ok(ListKind::Arch),
+            "scenario" => Ok(ListKind::Scenario),
+            "metric" => Ok(ListKind::Metric),
             _ => s.parse().map(ListKind::Method).map_err(|_| {
-                format!("unknown kind `{s}`: expected pruner, unlearner, attack or arch")
+                format!(
+                    "unknown kind `{s}`: expected pruner, unlearner, attack, arch, scenario or metric"
+                )
             }),
         }
     }
 }
 
-/// Registered methods (of a kind) and architectures, as a table or JSON (`kind`, `name`,
-/// `summary`, `source`).
+/// Registered methods (of a kind), architectures, scenarios and metrics, as a table or JSON
+/// (`kind`, `name`, `summary`, `source`).
 fn list(registry: &Registry, kind: Option<ListKind>, json: bool) -> Result<()> {
     // (kind, name, source, summary)
     let mut rows: Vec<(String, String, String, String)> = Vec::new();
+    let shows = |k: ListKind| kind.is_none() || kind == Some(k);
     let methods = match kind {
         None => Some(None),
         Some(ListKind::Method(k)) => Some(Some(k)),
-        Some(ListKind::Arch) => None,
+        Some(_) => None,
     };
     if let Some(k) = methods {
         rows.extend(registry.list(k).map(|m| {
@@ -474,10 +492,37 @@ fn list(registry: &Registry, kind: Option<ListKind>, json: bool) -> Result<()> {
             )
         }));
     }
-    if matches!(kind, None | Some(ListKind::Arch)) {
+    let built_in = |krate: &str| format!("built-in ({krate})");
+    if shows(ListKind::Arch) {
         rows.extend(Arch::registered().into_iter().map(|d| {
-            let source = format!("built-in ({})", d.krate);
-            ("arch".into(), d.name.into(), source, d.summary.into())
+            (
+                "arch".into(),
+                d.name.into(),
+                built_in(d.krate),
+                d.summary.into(),
+            )
+        }));
+    }
+    if shows(ListKind::Scenario) {
+        let all = unlearn_pipeline::scenario::registered().map_err(|e| anyhow::anyhow!(e))?;
+        rows.extend(all.values().map(|s| {
+            (
+                "scenario".into(),
+                s.name.into(),
+                built_in(s.krate),
+                s.summary.into(),
+            )
+        }));
+    }
+    if shows(ListKind::Metric) {
+        let all = unlearn_pipeline::metric::registered().map_err(|e| anyhow::anyhow!(e))?;
+        rows.extend(all.values().map(|m| {
+            (
+                "metric".into(),
+                m.name.into(),
+                built_in(m.krate),
+                m.summary.into(),
+            )
         }));
     }
     if json {

@@ -109,17 +109,22 @@ impl ForgetError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ForgetSet {
     pub name: String,
-    pub kind: ForgetKind,
-    /// The forgotten class, for class-wise forgetting (some methods treat it specially).
+    /// The registered scenario that drew it (`class`, `random`, `file`, `subclass`, or a
+    /// plugin's); serialised as that name, as the built-in kinds always were.
+    pub kind: String,
+    /// The class removed entirely: set only when `forget` is exactly every training sample of
+    /// that class (class-wise forgetting; the registry checks it). Class-wise TA leaves it out of
+    /// the test set, and some methods treat it specially. Scenarios that forget part of a class
+    /// (`subclass`) leave it `None`.
     pub class: Option<usize>,
     pub forget: Vec<usize>,
     pub retain: Vec<usize>,
 }
 
 impl ForgetSet {
-    fn from_forget(
+    pub(crate) fn from_forget(
         name: String,
-        kind: ForgetKind,
+        kind: String,
         class: Option<usize>,
         mut forget: Vec<usize>,
         train: usize,
@@ -181,6 +186,8 @@ impl ForgetSpec {
     }
 
     /// The forget set over a train split with these labels. `base_dir` resolves relative paths.
+    /// (The typed form of the built-in scenarios; a config names any registered scenario, see
+    /// [`crate::scenario`].)
     pub fn resolve(
         &self,
         train_labels: &[i64],
@@ -190,50 +197,91 @@ impl ForgetSpec {
         self.check_fields()?;
         let train = train_labels.len();
         let (name, class, forget) = match self.kind {
-            ForgetKind::Class => {
-                let c = self.class.expect("checked");
-                if c >= classes {
-                    return Err(ForgetError::ClassOutOfRange { class: c, classes });
-                }
-                let f: Vec<usize> = (0..train)
-                    .filter(|&i| train_labels[i] == c as i64)
-                    .collect();
-                if f.is_empty() {
-                    return Err(ForgetError::EmptyClass { class: c });
-                }
-                (format!("class-{c}"), Some(c), f)
-            }
-            ForgetKind::Random => {
-                let n = match (self.n, self.fraction) {
-                    (Some(n), _) => n,
-                    (_, Some(f)) => (f * train as f64).round() as usize,
-                    _ => unreachable!("checked"),
-                };
-                if n == 0 || n >= train {
-                    return Err(ForgetError::Size { n, train });
-                }
-                let mut f = permutation(train, self.seed, "forget");
-                f.truncate(n);
-                (format!("random-{n}"), None, f)
-            }
-            ForgetKind::File => {
-                let path = base_dir.join(self.path.as_ref().expect("checked"));
-                let f = read_index_file(&path, train)?;
-                if f.is_empty() || f.len() >= train {
-                    return Err(ForgetError::Size { n: f.len(), train });
-                }
-                let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
-                (format!("file-{}", stem.unwrap_or_default()), None, f)
-            }
+            ForgetKind::Class => select_class(self.class.expect("checked"), train_labels, classes)?,
+            ForgetKind::Random => select_random(self.n, self.fraction, self.seed, train)?,
+            ForgetKind::File => select_file(self.path.as_ref().expect("checked"), base_dir, train)?,
         };
         Ok(ForgetSet::from_forget(
             self.name.clone().unwrap_or(name),
-            self.kind,
+            self.kind.name().to_string(),
             class,
             forget,
             train,
         ))
     }
+}
+
+impl ForgetKind {
+    /// The scenario's registered name (`class`, `random`, `file`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ForgetKind::Class => "class",
+            ForgetKind::Random => "random",
+            ForgetKind::File => "file",
+        }
+    }
+}
+
+/// A default name, the class removed entirely (class-wise only), and the forget positions.
+pub(crate) type Selected = (String, Option<usize>, Vec<usize>);
+
+/// Class-wise forgetting: every training sample of class `c`.
+pub(crate) fn select_class(
+    c: usize,
+    train_labels: &[i64],
+    classes: usize,
+) -> Result<Selected, ForgetError> {
+    if c >= classes {
+        return Err(ForgetError::ClassOutOfRange { class: c, classes });
+    }
+    let f: Vec<usize> = (0..train_labels.len())
+        .filter(|&i| train_labels[i] == c as i64)
+        .collect();
+    if f.is_empty() {
+        return Err(ForgetError::EmptyClass { class: c });
+    }
+    Ok((format!("class-{c}"), Some(c), f))
+}
+
+/// Random forgetting: `n` (or `fraction` of train) positions of a seeded permutation.
+pub(crate) fn select_random(
+    n: Option<usize>,
+    fraction: Option<f64>,
+    seed: u64,
+    train: usize,
+) -> Result<Selected, ForgetError> {
+    let n = match (n, fraction) {
+        (Some(_), Some(_)) => return Err(ForgetError::Ambiguous),
+        (Some(n), _) => n,
+        (_, Some(f)) => (f * train as f64).round() as usize,
+        (None, None) => {
+            return Err(ForgetError::Missing {
+                field: "n",
+                kind: "random",
+            })
+        }
+    };
+    if n == 0 || n >= train {
+        return Err(ForgetError::Size { n, train });
+    }
+    let mut f = permutation(train, seed, "forget");
+    f.truncate(n);
+    Ok((format!("random-{n}"), None, f))
+}
+
+/// The positions listed in an index file (relative to `base_dir`).
+pub(crate) fn select_file(
+    path: &Path,
+    base_dir: &Path,
+    train: usize,
+) -> Result<Selected, ForgetError> {
+    let path = base_dir.join(path);
+    let f = read_index_file(&path, train)?;
+    if f.is_empty() || f.len() >= train {
+        return Err(ForgetError::Size { n: f.len(), train });
+    }
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+    Ok((format!("file-{}", stem.unwrap_or_default()), None, f))
 }
 
 /// Reads and validates an index file: every index within `0..train`, none twice.

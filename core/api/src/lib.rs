@@ -16,6 +16,7 @@ pub mod grad;
 pub mod io;
 pub mod mask;
 pub mod method;
+pub mod metric;
 pub mod model;
 pub mod objective;
 pub mod ops;
@@ -23,6 +24,7 @@ pub mod optim;
 pub mod plugin;
 pub mod registry;
 pub mod rng;
+pub mod scenario;
 pub mod testing;
 pub mod train;
 

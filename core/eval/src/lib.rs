@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::{index_tensor, Dataset};
-use crate::forget::{ForgetKind, ForgetSet};
+use crate::forget::ForgetSet;
 use crate::model::Model;
 
 pub use mia::{MiaError, MiaFeature, MiaScore};
@@ -145,6 +145,11 @@ pub struct EvalConfig {
     /// Batch size of evaluation forward passes.
     #[schemars(range(min = 1))]
     pub batch_size: usize,
+    /// Registered metrics to compute for every row besides UA, RA, TA and MIA (`unlearn list
+    /// --kind metric`), e.g. `["forget_kl"]`; each adds columns to the reports.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("uniqueItems" = true))]
+    pub metrics: Vec<String>,
 }
 
 impl Default for EvalConfig {
@@ -153,6 +158,7 @@ impl Default for EvalConfig {
             mia: true,
             mia_features: MiaFeature::ALL.to_vec(),
             batch_size: 1024,
+            metrics: Vec::new(),
         }
     }
 }
@@ -185,12 +191,33 @@ impl Metrics {
     }
 }
 
-/// The class that class-wise forgetting removes from the test set, if any.
-pub fn class_removed_from_test(forget: &ForgetSet) -> Option<usize> {
-    match forget.kind {
-        ForgetKind::Class => forget.class,
-        ForgetKind::Random | ForgetKind::File => None,
+impl Outputs {
+    /// As the metric registry's type (`unlearn_api::metric`), sharing the tensors.
+    pub fn to_set(&self) -> unlearn_api::metric::SetOutputs {
+        unlearn_api::metric::SetOutputs {
+            logits: self.logits.shallow_clone(),
+            labels: self.labels.shallow_clone(),
+        }
     }
+}
+
+/// A model's outputs on one forget set's rows, as the metric registry reads them: `D_f`, `D_r`,
+/// the whole test set, the validation set.
+pub fn metric_outputs(out: &SplitOutputs, forget: &ForgetSet) -> unlearn_api::metric::ModelOutputs {
+    unlearn_api::metric::ModelOutputs {
+        forget: out.train.select(&forget.forget).to_set(),
+        retain: out.train.select(&forget.retain).to_set(),
+        test: out.test.to_set(),
+        val: out.val.to_set(),
+    }
+}
+
+/// The class that class-wise forgetting removes from the test set, if any: the set's `class`,
+/// which a scenario may give only when it forgets every training sample of that class (the
+/// scenario registry checks it). Scenarios that forget part of a class (`subclass`), random
+/// samples or listed rows keep the whole test set.
+pub fn class_removed_from_test(forget: &ForgetSet) -> Option<usize> {
+    forget.class
 }
 
 /// All metrics for one model's outputs and one forget set. The test set of class-wise
@@ -299,7 +326,7 @@ mod tests {
         };
         let forget = ForgetSet {
             name: "class-2".into(),
-            kind: ForgetKind::Class,
+            kind: "class".into(),
             class: Some(2),
             forget: vec![6, 7, 8],
             retain: (0..6).collect(),
@@ -324,7 +351,7 @@ mod tests {
 
         // The same outputs under random forgetting of the same rows keep the whole test set.
         let random = ForgetSet {
-            kind: ForgetKind::Random,
+            kind: "random".into(),
             class: None,
             ..forget
         };

@@ -11,7 +11,7 @@ use crate::data::{
     self, Augment, DataError, Dataset, DatasetName, Split, SplitConfig, SyntheticConfig,
 };
 use crate::eval::EvalConfig;
-use crate::forget::{ForgetSet, ForgetSpec};
+use crate::forget::ForgetSet;
 use crate::method::{Kind, Pruner, Unlearner};
 use crate::model::Arch;
 use crate::registry::{Method, Registry};
@@ -44,7 +44,7 @@ pub struct PipelineConfig {
     pub prune: Option<OneOrMany<MethodSpec>>,
     /// Forgetting scenarios; every unlearner runs on each.
     #[schemars(length(min = 1))]
-    pub forget: Vec<ForgetSpec>,
+    pub forget: Vec<ForgetEntry>,
     /// Unlearning methods to run and compare (include `retrain` to get the gap to retrain).
     #[serde(default)]
     pub unlearn: Vec<MethodSpec>,
@@ -147,6 +147,19 @@ pub struct MethodSpec {
     pub label: Option<String>,
     #[serde(flatten)]
     pub params: Map<String, Value>,
+}
+
+/// A forgetting scenario: `kind` names a registered one (`unlearn list --kind scenario`), the
+/// other keys are its settings (`unlearn schema --scenario <kind>`), e.g. `kind = "class"`,
+/// `class = 3`.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ForgetEntry {
+    pub kind: String,
+    /// Name shown in reports (default: the scenario's, e.g. `class-<c>`, `random-<n>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(flatten)]
+    pub settings: Map<String, Value>,
 }
 
 pub use unlearn_api::method::ConfigIssue;
@@ -383,6 +396,24 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
         }
     }
 
+    // Registered metrics: known, and their needs met by the config.
+    if let Some(list) = raw.pointer("/eval/metrics").and_then(Value::as_array) {
+        let retrains = unlearners.iter().any(|u| u.method == "retrain");
+        for (i, v) in list.iter().enumerate() {
+            let Some(name) = v.as_str() else { continue };
+            let path = format!("/eval/metrics/{i}");
+            match crate::metric::find(name) {
+                Err(e) => issues.push(ConfigIssue::new(&path, Some(Value::from(name)), e)),
+                Ok(m) if m.needs.retrained && !retrains => issues.push(ConfigIssue::new(
+                    &path,
+                    Some(Value::from(name)),
+                    "this metric compares with the retrained model: add an unlearner with `method = \"retrain\"`",
+                )),
+                Ok(_) => {}
+            }
+        }
+    }
+
     // Sections checked one by one, so a mistake in one does not hide those in others.
     let section = |name: &str| raw.get(name).cloned().unwrap_or(Value::Object(Map::new()));
     if let Ok(train) = serde_json::from_value::<Schedule>(section("train")) {
@@ -431,11 +462,34 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
     {
         let all_labels = dataset.labels_vec();
         let train_labels: Vec<i64> = split.train.iter().map(|&i| all_labels[i]).collect();
+        let ctx = crate::scenario::ScenarioCtx {
+            labels: &train_labels,
+            classes: dataset.classes,
+            base_dir,
+        };
         for (i, v) in list.iter().enumerate() {
-            let Ok(spec) = serde_json::from_value::<ForgetSpec>(v.clone()) else {
+            let path = format!("/forget/{i}");
+            // A missing or non-string `kind`: the schema said so.
+            let Some((kind, name, settings)) = crate::scenario::split_entry(v) else {
                 continue;
             };
-            match spec.resolve(&train_labels, dataset.classes, base_dir) {
+            let scenario = match crate::scenario::find(&kind) {
+                Ok(s) => s,
+                Err(e) => {
+                    issues.push(ConfigIssue::new(
+                        &format!("{path}/kind"),
+                        Some(Value::from(kind)),
+                        e,
+                    ));
+                    continue;
+                }
+            };
+            let schema_issues = issues_from_schema(&(scenario.schema)(), &settings, &path);
+            if !schema_issues.is_empty() {
+                issues.extend(schema_issues);
+                continue;
+            }
+            match scenario.resolve(&settings, name, &ctx) {
                 Ok(set) => {
                     if forget.iter().any(|f: &ForgetSet| f.name == set.name) {
                         issues.push(ConfigIssue::new(
@@ -446,14 +500,7 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
                     }
                     forget.push(set);
                 }
-                Err(e) => {
-                    let field = e.field();
-                    issues.push(ConfigIssue::new(
-                        &format!("/forget/{i}/{field}"),
-                        v.get(field).cloned(),
-                        e.to_string(),
-                    ));
-                }
+                Err(errs) => issues.extend(errs.into_iter().map(|e| e.prefixed(&path))),
             }
         }
     }

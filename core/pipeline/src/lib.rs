@@ -11,11 +11,12 @@ pub mod report;
 
 pub use unlearn_api::conformance;
 pub use unlearn_api::{
-    checkpoint, device, forget, grad, io, mask, method, model, objective, ops, optim, plugin,
-    registry, rng, testing, train,
+    checkpoint, device, forget, grad, io, mask, method, metric, model, objective, ops, optim,
+    plugin, registry, rng, scenario, testing, train,
 };
 pub use unlearn_api::{
-    export_plugin, register_attack, register_pruner, register_unlearner, sgd_config,
+    export_plugin, register_arch, register_attack, register_metric, register_pruner,
+    register_scenario, register_unlearner, sgd_config,
 };
 pub use unlearn_api::{inventory, tch};
 pub use unlearn_data as data;

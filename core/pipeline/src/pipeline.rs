@@ -5,7 +5,7 @@
 //! [`Cache`] (default `<out>/cache/`) under a key computed from exactly what it depends on, so a
 //! re-run resumes where it stopped and a changed config recomputes only the stages it touches.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -40,6 +40,8 @@ pub enum PipelineError {
     NonFinite { label: String },
     #[error("evaluating {label}: {source}")]
     Eval { label: String, source: MiaError },
+    #[error("evaluating {label}: {message}")]
+    Metric { label: String, message: String },
     #[error("stage cache entry {path}: {message}")]
     State { path: PathBuf, message: String },
     #[error("{path}: {message}")]
@@ -93,6 +95,9 @@ pub struct Row {
     pub rte: Option<f64>,
     /// Gap to the `retrain` row of the same scenario and model.
     pub gap: Option<Gap>,
+    /// The registered metrics the config asked for (`[eval] metrics`): column -> value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -117,7 +122,8 @@ pub struct ModelSummary {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScenarioSummary {
     pub name: String,
-    pub kind: crate::forget::ForgetKind,
+    /// The registered scenario (`class`, `random`, `file`, `subclass`, a plugin's).
+    pub kind: String,
     pub class: Option<usize>,
     pub forget_size: usize,
     pub retain_size: usize,
@@ -276,7 +282,8 @@ impl StageKeys {
                 models
                     .iter()
                     .map(|model| {
-                        let base = json!({"model": model, "forget": forget, "eval": cfg.eval});
+                        let base =
+                            json!({"model": model, "forget": forget, "eval": eval_key(&cfg.eval)});
                         let original = StageKey::of(StageKind::Row, &base);
                         std::iter::once(original)
                             .chain(plan.unlearners.iter().map(|u| {
@@ -302,6 +309,96 @@ impl StageKeys {
             rows,
         })
     }
+}
+
+/// What of the evaluation settings a row depends on: all of them but the names of registered
+/// metrics (computed from the rows' outputs after the rows); asking for any keeps each row's
+/// outputs in its cache entry, which is another entry. Without metrics, the key is as before.
+fn eval_key(e: &crate::eval::EvalConfig) -> Value {
+    let mut v = serde_json::to_value(crate::eval::EvalConfig {
+        metrics: Vec::new(),
+        ..e.clone()
+    })
+    .expect("configs serialise");
+    if !e.metrics.is_empty() {
+        v["outputs"] = Value::Bool(true);
+    }
+    v
+}
+
+/// The file of a row's cache entry holding its model's logits (kept when metrics are asked for).
+const OUTPUTS_FILE: &str = "outputs.safetensors";
+
+fn save_outputs(o: &SplitOutputs, path: &Path) -> Result<(), tch::TchError> {
+    tch::Tensor::write_safetensors(
+        &[
+            ("train", &o.train.logits),
+            ("val", &o.val.logits),
+            ("test", &o.test.logits),
+        ],
+        path,
+    )
+}
+
+/// A row's outputs from its cache entry, with the labels of `data`.
+fn load_outputs(path: &Path, data: &TaskData) -> Result<SplitOutputs, String> {
+    let tensors = tch::Tensor::read_safetensors(path).map_err(|e| e.to_string())?;
+    let get = |name: &str, d: &crate::data::Dataset| {
+        let logits = tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.shallow_clone())
+            .ok_or(format!("{} has no `{name}` logits", path.display()))?;
+        if logits.size().first() != Some(&(d.len() as i64)) {
+            return Err(format!(
+                "{}: `{name}` logits do not fit the data",
+                path.display()
+            ));
+        }
+        Ok(crate::eval::Outputs {
+            logits,
+            labels: d.labels.to_device(Device::Cpu),
+        })
+    };
+    Ok(SplitOutputs {
+        train: get("train", &data.train)?,
+        val: get("val", &data.val)?,
+        test: get("test", &data.test)?,
+    })
+}
+
+/// Adds the registered metrics' columns to a group's rows (the original row first, then one per
+/// unlearner in config order, `outputs` likewise).
+fn add_metrics(
+    group: &mut [Row],
+    outputs: &[&SplitOutputs],
+    forget: &ForgetSet,
+    names: &[String],
+    label: &str,
+) -> Result<(), PipelineError> {
+    let outs: Vec<crate::metric::ModelOutputs> = outputs
+        .iter()
+        .map(|o| crate::eval::metric_outputs(o, forget))
+        .collect();
+    let retrained = group.iter().position(|r| r.method == "retrain");
+    for (k, row) in group.iter_mut().enumerate() {
+        for name in names {
+            let failed = |message: String| PipelineError::Metric {
+                label: format!("{} ({label})", row.label),
+                message,
+            };
+            let metric = crate::metric::find(name).map_err(failed)?;
+            let input = crate::metric::MetricInput {
+                unlearned: &outs[k],
+                original: Some(&outs[0]),
+                retrained: retrained.map(|j| &outs[j]),
+                forget,
+            };
+            let values = metric.columns(&input).map_err(failed)?;
+            row.extra.extend(values);
+        }
+    }
+    Ok(())
 }
 
 /// What identifies the data a run sees: the set's name, a hash of its pixels and labels, the
@@ -619,22 +716,26 @@ fn run_seed(
                 metrics,
                 rte,
                 gap: None,
+                extra: BTreeMap::new(),
             };
             let label = seeded(format!("original on {} ({model_label})", forget.name));
-            let (metrics, _, report) = stage.row(&group_keys[0], &label, |_| {
+            // The original's outputs are its model's; no need to keep them in the row.
+            let (metrics, _, report, _) = stage.row(&group_keys[0], &label, None, |_| {
                 let outputs = v.outputs(data, eval_batch);
                 let metrics =
                     evaluate(outputs, forget, &cfg.eval).map_err(|source| PipelineError::Eval {
                         label: label.clone(),
                         source,
                     })?;
-                Ok((metrics, None))
+                Ok((metrics, None, None))
             })?;
             all.stages.push(report);
             all.rows.push(row("original", "original", metrics, None));
+            let keep = (!cfg.eval.metrics.is_empty()).then_some(data);
+            let mut kept: Vec<SplitOutputs> = Vec::new();
             for (u, key) in plan.unlearners.iter().zip(&group_keys[1..]) {
                 let label = seeded(format!("{} on {} ({model_label})", u.label, forget.name));
-                let (metrics, rte, report) = stage.row(key, &label, |trainer| {
+                let (metrics, rte, report, outputs) = stage.row(key, &label, keep, |trainer| {
                     (opts.notify)(&format!("unlearning: {label}"));
                     let (model, rte) = unlearn_one(
                         v,
@@ -659,12 +760,25 @@ fn run_seed(
                             source,
                         }
                     })?;
-                    Ok((metrics, Some(rte)))
+                    Ok((metrics, Some(rte), Some(outputs)))
                 })?;
                 all.stages.push(report);
                 all.rows.push(row(&u.method, &u.label, metrics, rte));
+                kept.extend(outputs);
             }
             add_gaps(&mut all.rows[group_start..]);
+            if keep.is_some() {
+                let outputs: Vec<&SplitOutputs> = std::iter::once(v.outputs(data, eval_batch))
+                    .chain(&kept)
+                    .collect();
+                add_metrics(
+                    &mut all.rows[group_start..],
+                    &outputs,
+                    forget,
+                    &cfg.eval.metrics,
+                    &seeded(format!("{} ({model_label})", forget.name)),
+                )?;
+            }
         }
     }
     all.models.extend(variants.into_iter().map(|v| v.summary));
@@ -1000,16 +1114,32 @@ impl StageRunner<'_> {
         ))
     }
 
-    /// The row stage `key`: its metrics and RTE from the cache, or computed and stored.
+    /// The row stage `key`: its metrics and RTE from the cache, or computed and stored. With
+    /// `keep` (the run's data), the row's model outputs `compute` returns are kept in the entry
+    /// and returned, from the cache too.
     fn row(
         &self,
         key: &StageKey,
         label: &str,
-        compute: impl FnOnce(&Trainer) -> Result<(Metrics, Option<f64>), PipelineError>,
-    ) -> Result<(Metrics, Option<f64>, StageReport), PipelineError> {
+        keep: Option<&TaskData>,
+        compute: impl FnOnce(
+            &Trainer,
+        )
+            -> Result<(Metrics, Option<f64>, Option<SplitOutputs>), PipelineError>,
+    ) -> Result<(Metrics, Option<f64>, StageReport, Option<SplitOutputs>), PipelineError> {
         let kind = StageKind::Row;
-        let cached = || -> Result<Option<CachedRow>, PipelineError> {
-            match self.cache.meta::<CachedRow>(kind, key) {
+        let cached = || -> Result<Option<(CachedRow, Option<SplitOutputs>)>, PipelineError> {
+            let loaded = self
+                .cache
+                .meta::<CachedRow>(kind, key)
+                .and_then(|r| match (r, keep) {
+                    (Some(r), Some(data)) => {
+                        let path = self.cache.entry(kind, key).join(OUTPUTS_FILE);
+                        load_outputs(&path, data).map(|o| Some((r, Some(o))))
+                    }
+                    (r, _) => Ok(r.map(|r| (r, None))),
+                });
+            match loaded {
                 Ok(r) => Ok(r),
                 Err(why) => {
                     self.corrupt(kind, key, &why)?;
@@ -1017,9 +1147,9 @@ impl StageRunner<'_> {
                 }
             }
         };
-        let report = |r: CachedRow, cached| {
+        let report = |(r, o): (CachedRow, Option<SplitOutputs>), cached| {
             let stage = StageReport::new(kind, key, label, cached, r.seconds);
-            (r.metrics, r.rte, stage.with_training(r.training))
+            (r.metrics, r.rte, stage.with_training(r.training), o)
         };
         if let Some(r) = cached()? {
             self.progress.cached(kind);
@@ -1033,7 +1163,8 @@ impl StageRunner<'_> {
         (self.notify)(&self.progress.starting(label));
         let t0 = Instant::now();
         let (trainer, scope) = self.trainer.for_stage(self.cache.partial(kind, key));
-        let (metrics, rte) = compute(&trainer)?;
+        let (metrics, rte, outputs) = compute(&trainer)?;
+        let outputs = outputs.filter(|_| keep.is_some());
         // Epochs restored from an interrupted run count as they did when they ran.
         let restored = scope.restored_seconds();
         let row = CachedRow {
@@ -1043,10 +1174,18 @@ impl StageRunner<'_> {
             training: scope.logs(),
         };
         self.progress.finished(kind, row.seconds);
-        self.cache
-            .put::<PipelineError>(kind, key, &row, |_| Ok(()))?;
+        self.cache.put::<PipelineError>(kind, key, &row, |dir| {
+            if let Some(o) = &outputs {
+                let path = dir.join(OUTPUTS_FILE);
+                save_outputs(o, &path).map_err(|e| PipelineError::State {
+                    path,
+                    message: e.to_string(),
+                })?;
+            }
+            Ok(())
+        })?;
         self.cache.drop_partial(kind, key);
-        Ok(report(row, false))
+        Ok(report((row, outputs), false))
     }
 }
 
@@ -1266,7 +1405,7 @@ fn add_gaps(group: &mut [Row]) {
 fn scenario_summary(f: &ForgetSet) -> ScenarioSummary {
     ScenarioSummary {
         name: f.name.clone(),
-        kind: f.kind,
+        kind: f.kind.clone(),
         class: f.class,
         forget_size: f.forget.len(),
         retain_size: f.retain.len(),

@@ -66,10 +66,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 /// class-wise scenario also the accuracy on the whole test set ("TA all"), beside the headline TA
 /// on the other classes.
 pub fn results_table(results: &RunResults) -> String {
-    let class_wise = results
-        .scenarios
-        .iter()
-        .any(|s| s.kind == crate::forget::ForgetKind::Class);
+    let class_wise = results.scenarios.iter().any(|s| s.class.is_some());
     let several = several_pruners(results);
     let seeds = results.seeds.len() > 1;
     let rows: Vec<Vec<String>> = results
@@ -111,6 +108,16 @@ pub fn results_table(results: &RunResults) -> String {
         header.push("TA all");
     }
     header.extend(["RTE (s)", "Avg. Gap"]);
+    let extra = extra_columns(results);
+    header.extend(extra.iter().map(String::as_str));
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .zip(&results.rows)
+        .map(|(mut cells, r)| {
+            cells.extend(extra.iter().map(|c| extra_cell(r.extra.get(c).copied())));
+            cells
+        })
+        .collect();
     let mut out = table(&header, &rows);
     if results
         .rows
@@ -123,6 +130,32 @@ pub fn results_table(results: &RunResults) -> String {
         );
     }
     out
+}
+
+/// `mean ± std` with four decimals (registered metrics).
+fn mean_std_precise(values: &[f64]) -> String {
+    if values.is_empty() {
+        return "-".into();
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    if values.len() == 1 {
+        return format!("{mean:.4}");
+    }
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    format!("{mean:.4} ± {:.4}", var.sqrt())
+}
+
+/// The columns of registered metrics (`[eval] metrics`), in name order; none by default.
+fn extra_columns(results: &RunResults) -> Vec<String> {
+    let names: std::collections::BTreeSet<&String> =
+        results.rows.iter().flat_map(|r| r.extra.keys()).collect();
+    names.into_iter().cloned().collect()
+}
+
+/// A registered metric's value: four significant decimals (they are not percentages).
+fn extra_cell(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.4}"))
 }
 
 /// `mean ± std` of the values (sample std, n - 1; `-` for none).
@@ -144,6 +177,7 @@ fn mean_std(values: &[f64]) -> String {
 /// and says how many seeds had one.
 pub fn mean_std_table(results: &RunResults) -> String {
     let several = several_pruners(results);
+    let extra = extra_columns(results);
     let key = |r: &Row| (r.scenario.clone(), model_name(r, several), r.label.clone());
     let mut order: Vec<(String, String, String)> = Vec::new();
     for r in &results.rows {
@@ -184,22 +218,30 @@ pub fn mean_std_table(results: &RunResults) -> String {
                 col(&|r| r.rte),
                 col(&|r| r.gap.as_ref().map(|g| g.avg)),
             ]
+            .into_iter()
+            .chain(extra.iter().map(|c| {
+                let v: Vec<f64> = group
+                    .iter()
+                    .filter_map(|r| r.extra.get(c).copied())
+                    .collect();
+                mean_std_precise(&v)
+            }))
+            .collect()
         })
         .collect();
-    table(
-        &[
-            "Scenario",
-            "Model",
-            "Method",
-            "UA",
-            "MIA-Efficacy",
-            "RA",
-            "TA",
-            "RTE (s)",
-            "Avg. Gap",
-        ],
-        &rows,
-    )
+    let mut header = vec![
+        "Scenario",
+        "Model",
+        "Method",
+        "UA",
+        "MIA-Efficacy",
+        "RA",
+        "TA",
+        "RTE (s)",
+        "Avg. Gap",
+    ];
+    header.extend(extra.iter().map(String::as_str));
+    table(&header, &rows)
 }
 
 /// `results.csv`: one line per seed x model x scenario x method x metric (a tidy table).
@@ -232,6 +274,7 @@ pub fn csv(results: &RunResults) -> String {
         if let Some(g) = &r.gap {
             metrics.push(("gap_avg".into(), g.avg));
         }
+        metrics.extend(r.extra.iter().map(|(k, v)| (k.clone(), *v)));
         for (metric, value) in metrics {
             let _ = writeln!(
                 out,
@@ -333,6 +376,28 @@ pub fn markdown(results: &RunResults) -> String {
     );
     let _ = writeln!(out, "\n## Unlearning\n");
     let _ = writeln!(out, "UA = 100 - accuracy on the forget set; RA, TA: accuracy on the retain and test sets (in class-wise forgetting TA counts the test samples of the other classes, as the paper's code does; \"TA all\" the whole test set); MIA-Efficacy: share of the forget set a confidence-based membership attack calls non-member; RTE: seconds of the unlearning step; Avg. Gap: mean |difference| to `retrain` on the same scenario and model (lower is better). All in percent except RTE.\n");
+
+    // The registered metrics the config asked for, each with its summary.
+    let asked: Vec<&str> = results
+        .config
+        .pointer("/eval/metrics")
+        .and_then(serde_json::Value::as_array)
+        .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default();
+    if !asked.is_empty() {
+        let described: Vec<String> = asked
+            .iter()
+            .map(|m| match crate::metric::find(m) {
+                Ok(metric) => format!("`{m}`: {}", metric.summary),
+                Err(_) => format!("`{m}`"),
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "Registered metrics (`[eval] metrics`): {}.\n",
+            described.join("; ")
+        );
+    }
     if results.seeds.len() > 1 {
         let _ = writeln!(
             out,

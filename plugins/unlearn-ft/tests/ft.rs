@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use unlearn_api::mask::Mask;
 use unlearn_api::method::UnlearnMethod;
 use unlearn_api::model::Model;
+use unlearn_api::optim::OptimizerKind;
 use unlearn_api::registry::Registry;
 use unlearn_api::tch::{Device, Kind, Tensor};
 use unlearn_api::testing::TinyTask;
@@ -32,8 +33,8 @@ const EPOCHS: usize = 4;
 const LR: f64 = 0.05;
 const BATCH: usize = 16;
 
-/// The SGD schedule an sgd_config with these settings must run: SPEC's momentum 0.9, weight
-/// decay 5e-4, gamma 0.1, no warm-up.
+/// The SGD schedule an sgd_config with these settings must run: the paper's momentum 0.9,
+/// weight decay 5e-4, gamma 0.1, no warm-up, plain (not Nesterov) SGD.
 fn schedule(epochs: usize, lr: f64, batch_size: usize, milestones: Vec<usize>) -> Schedule {
     Schedule {
         epochs,
@@ -44,6 +45,10 @@ fn schedule(epochs: usize, lr: f64, batch_size: usize, milestones: Vec<usize>) -
         milestones,
         gamma: 0.1,
         warmup_epochs: 0,
+        optimizer: OptimizerKind::Sgd,
+        nesterov: false,
+        betas: vec![0.9, 0.999],
+        eps: 1e-8,
     }
 }
 

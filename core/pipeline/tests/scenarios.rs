@@ -1,0 +1,204 @@
+//! Forgetting scenarios through the registry: the built-ins select exactly the rows (and give
+//! exactly the row cache keys) they did before scenarios became a registry, on the digits.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+use unlearn_pipeline::config::plan;
+use unlearn_pipeline::pipeline::StageKeys;
+use unlearn_pipeline::registry::Registry;
+
+fn digits_config(forget: Value) -> Value {
+    json!({
+        "data": {"dataset": "digits"},
+        "train": {"epochs": 1},
+        "forget": forget,
+    })
+}
+
+/// Recorded with the code before the scenario registry (commit b46b137): per scenario, the
+/// SHA-256 of its forget indices, its size, and the row key of its `original` row.
+const GOLDEN: &[(&str, &str, usize, &str)] = &[
+    (
+        "class-3",
+        "34d32ada729a8bd1eceaef352124e641fe19cbdbfa9e6143fb84a4dc9ddfc31a",
+        131,
+        "d770e48913726380076bf391ce5aa1b5581ed50d3d8ceebcf5b28c891127cff0",
+    ),
+    (
+        "random-100",
+        "5899b30eae1e9ce567d8a80f2acf30a3f4ddde39a6de9be19eea2b9121b97c81",
+        100,
+        "819c723c13571961476ed57406abb13268a850b4225bc1f0e0c55cb7884a0468",
+    ),
+    (
+        "random-129",
+        "a844ff6910767e4c7a1535bbb6edf14ad177934af8c6c3848244e4097307f1f0",
+        129,
+        "b8a459e75f43fc26f125c2a8837debaa60523b777ed0c95d07cca87724f935f4",
+    ),
+    (
+        "listed",
+        "82744994d3f1518029a228531be42b45407b72737623a2de434278c1dfe478e0",
+        4,
+        "1ded79ccd01ff9676fd082bfe2b03ef3eae55463eb2c6400ec8d9c47c72c3721",
+    ),
+];
+
+#[test]
+fn builtin_scenarios_select_the_same_rows_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("idx.txt"), "3\n1\n40\n# c\n7\n").unwrap();
+    let cfg = digits_config(json!([
+        {"kind": "class", "class": 3},
+        {"kind": "random", "n": 100, "seed": 7},
+        {"kind": "random", "fraction": 0.1},
+        {"kind": "file", "path": "idx.txt", "name": "listed"},
+    ]));
+    let registry = Registry::from_methods([]).unwrap();
+    let p = plan(&cfg, &registry, dir.path()).unwrap_or_else(|e| panic!("{e:?}"));
+    let keys = StageKeys::new(&p, 0, &json!("fixed data identity")).unwrap();
+    let got: Vec<(String, String, usize, String)> = p
+        .forget
+        .iter()
+        .zip(&keys.rows)
+        .map(|(f, k)| (f.name.clone(), f.hash(), f.forget.len(), k[0][0].0.clone()))
+        .collect();
+    let want: Vec<(String, String, usize, String)> = GOLDEN
+        .iter()
+        .map(|(a, b, c, d)| (a.to_string(), b.to_string(), *c, d.to_string()))
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// A stand-in `retrain` for this test: a fresh initialisation, no training (cheap, and a model
+/// whose predictions differ from the original's).
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoConfig {}
+impl unlearn_pipeline::method::MethodConfig for NoConfig {}
+
+pub struct FreshInit;
+impl unlearn_pipeline::method::Unlearner for FreshInit {
+    fn unlearn(
+        &self,
+        ctx: &mut unlearn_pipeline::method::UnlearnCtx<'_>,
+    ) -> Result<(), unlearn_pipeline::method::MethodError> {
+        ctx.reinitialise()?;
+        Ok(())
+    }
+}
+impl unlearn_pipeline::method::UnlearnMethod for FreshInit {
+    type Config = NoConfig;
+    const NAME: &'static str = "retrain";
+    const SUMMARY: &'static str = "test stand-in: fresh initialisation";
+    fn new(_: NoConfig) -> Self {
+        FreshInit
+    }
+}
+unlearn_pipeline::register_unlearner!(FreshInit);
+
+fn run_config(forget: Value, eval: Value, out: &Path) -> unlearn_pipeline::pipeline::RunResults {
+    let cfg = json!({
+        "data": {"dataset": "digits"},
+        "train": {"epochs": 1, "batch_size": 64, "lr": 0.05, "milestones": []},
+        "forget": forget,
+        "unlearn": [{"method": "retrain"}],
+        "eval": eval,
+    });
+    let registry = Registry::builtin().unwrap();
+    let p = plan(&cfg, &registry, out).unwrap_or_else(|e| panic!("{e:?}"));
+    let notify = |_: &str| {};
+    unlearn_pipeline::pipeline::run(
+        &p,
+        &unlearn_pipeline::pipeline::RunOptions {
+            device: tch::Device::Cpu,
+            out_dir: out.join("run"),
+            cache_dir: Some(out.join("cache")),
+            trainer: unlearn_pipeline::train::Trainer::new(tch::Device::Cpu, false),
+            notify: &notify,
+        },
+    )
+    .unwrap()
+}
+
+/// Sub-class forgetting keeps the class in the test set (TA = TA all); class-wise drops it.
+/// Registered metrics appear only when asked for, in results.json, results.csv and report.md,
+/// and the same from the cache.
+#[test]
+fn subclass_and_registered_metrics_in_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let forget = json!([
+        {"kind": "subclass", "class": 3, "fraction": 0.5, "seed": 1},
+        {"kind": "class", "class": 3},
+    ]);
+    let plain = run_config(forget.clone(), json!({"mia": false}), &dir.path().join("a"));
+    assert_eq!(plain.scenarios[0].kind, "subclass");
+    assert_eq!(plain.scenarios[0].class, None);
+    for r in &plain.rows {
+        assert!(r.extra.is_empty());
+        if r.scenario.starts_with("subclass") {
+            assert_eq!(r.metrics.ta, r.metrics.ta_full, "{r:?}");
+        }
+    }
+    let csv = std::fs::read_to_string(dir.path().join("a/run/results.csv")).unwrap();
+    assert!(!csv.contains("forget_kl"));
+
+    let asked = json!({"mia": false, "metrics": ["forget_kl"]});
+    let out = dir.path().join("b");
+    let with = run_config(forget.clone(), asked.clone(), &out);
+    // The built-in numbers are the same as without metrics.
+    for (a, b) in plain.rows.iter().zip(&with.rows) {
+        assert_eq!((a.metrics.ua, a.metrics.ta), (b.metrics.ua, b.metrics.ta));
+        assert_eq!(a.label, b.label);
+    }
+    for r in &with.rows {
+        let kl = r.extra["forget_kl"];
+        match r.method.as_str() {
+            "retrain" => assert!(kl.abs() < 1e-9, "{r:?}"),
+            _ => assert!(kl > 0.0, "{r:?}"),
+        }
+    }
+    let csv = std::fs::read_to_string(out.join("run/results.csv")).unwrap();
+    assert_eq!(csv.matches(",forget_kl,").count(), with.rows.len());
+    let md = std::fs::read_to_string(out.join("run/report.md")).unwrap();
+    assert!(
+        md.contains("| forget_kl") && md.contains("`forget_kl`: mean KL"),
+        "{md}"
+    );
+    let json: Value =
+        serde_json::from_slice(&std::fs::read(out.join("run/results.json")).unwrap()).unwrap();
+    assert!(json["rows"][0]["extra"]["forget_kl"].is_number());
+
+    // Again, every row from the cache (their outputs kept there): the same values.
+    let again = run_config(forget, asked, &out);
+    assert!(again.stages.iter().all(|s| s.cached));
+    for (a, b) in with.rows.iter().zip(&again.rows) {
+        assert_eq!(a.extra, b.extra);
+    }
+}
+
+#[test]
+fn scenario_and_metric_errors_have_paths() {
+    let registry = Registry::builtin().unwrap();
+    let cfg = json!({
+        "forget": [
+            {"kind": "subclas", "class": 3},
+            {"kind": "subclass", "class": 3, "fraction": 2.0},
+            {"kind": "class", "class": 1, "n": 3},
+        ],
+        "eval": {"metrics": ["forget_kl", "nope"]},
+    });
+    let issues = plan(&cfg, &registry, Path::new(".")).err().unwrap();
+    let text: Vec<String> = issues.iter().map(|i| i.to_string()).collect();
+    let text = text.join("\n");
+    for needle in [
+        "/forget/0/kind = \"subclas\": unknown forgetting scenario `subclas`; known: class, file, random, subclass",
+        "/forget/1/fraction: 2.0 is greater than the maximum of 1.0",
+        "/forget/2: Additional properties are not allowed ('n' was unexpected)",
+        "/eval/metrics/0 = \"forget_kl\": this metric compares with the retrained model",
+        "/eval/metrics/1 = \"nope\": unknown metric `nope`; known: forget_kl",
+    ] {
+        assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
+    }
+}
