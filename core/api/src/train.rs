@@ -1414,7 +1414,6 @@ mod tests {
     /// weight decay, momentum, augmentation and an lr milestone, every variable ends bit-identical.
     #[test]
     fn the_loop_trains_as_with_libtorchs_optimizer() {
-        use tch::nn::OptimizerConfig;
         let (d, m0) = setup();
         let mask = Mask::from_scores(&magnitude_scores(&m0), None, 0.7).unwrap();
         let rows: Vec<usize> = (0..d.len()).collect();
@@ -1438,14 +1437,7 @@ mod tests {
             .unwrap();
 
         let theirs = m0.try_clone().unwrap();
-        let mut opt = tch::nn::Sgd {
-            momentum: s.momentum,
-            dampening: 0.0,
-            wd: s.weight_decay,
-            nesterov: false,
-        }
-        .build(theirs.var_store(), s.lr)
-        .unwrap();
+        let mut opt = libtorch_sgd(&theirs, &s);
         mask.apply(&theirs);
         let n = stream.len();
         for epoch in 0..s.epochs {
@@ -1482,6 +1474,19 @@ mod tests {
         }
     }
 
+    /// libtorch's own SGD (through tch) with `s`'s settings: the independent reference.
+    fn libtorch_sgd(model: &Model, s: &Schedule) -> tch::nn::Optimizer {
+        use tch::nn::OptimizerConfig;
+        tch::nn::Sgd {
+            momentum: s.momentum,
+            dampening: 0.0,
+            wd: s.weight_decay,
+            nesterov: false,
+        }
+        .build(model.var_store(), s.lr)
+        .unwrap()
+    }
+
     /// What a two-phase objective saw of each batch: (phase, step, epoch, rows, tags, labels).
     type Seen = (usize, usize, usize, Vec<i64>, Vec<bool>, Vec<i64>);
 
@@ -1505,7 +1510,6 @@ mod tests {
 
     #[test]
     fn phases_share_one_optimizer_and_tag_their_batches() {
-        use tch::nn::OptimizerConfig;
         let (d, m0) = setup();
         let forget: Vec<usize> = (0..30).collect();
         let retain: Vec<usize> = (30..d.len()).collect();
@@ -1543,14 +1547,7 @@ mod tests {
 
         // Independently: libtorch's SGD, built once, over the same batches in the same order.
         let theirs = m0.try_clone().unwrap();
-        let mut opt = tch::nn::Sgd {
-            momentum: s.momentum,
-            dampening: 0.0,
-            wd: s.weight_decay,
-            nesterov: false,
-        }
-        .build(theirs.var_store(), s.lr)
-        .unwrap();
+        let mut opt = libtorch_sgd(&theirs, &s);
         let mut expected_batches = 0;
         for epoch in 0..s.epochs {
             opt.set_lr(s.lr_at(epoch, 0));
