@@ -1285,16 +1285,36 @@ mod tests {
     /// the step count and the epoch log (but for its timings).
     #[test]
     fn an_interrupted_run_resumes_to_the_same_bits() {
-        let (d, m0) = setup();
-        let rows: Vec<usize> = (0..d.len()).collect();
-        let stream = Stream::new(&d, &rows).with_labels(d.labels.shallow_clone());
-        let s = Schedule {
+        resumes_to_the_same_bits(Schedule {
             epochs: 5,
             lr: 0.05,
             batch_size: 16,
             milestones: vec![3],
             ..Default::default()
-        };
+        });
+    }
+
+    #[test]
+    fn an_interrupted_adamw_run_resumes_to_the_same_bits() {
+        // Adam's moments and per-parameter step counts (0-d tensors) travel in the checkpoint.
+        resumes_to_the_same_bits(Schedule {
+            epochs: 5,
+            lr: 0.01,
+            weight_decay: 0.01,
+            batch_size: 16,
+            milestones: vec![3],
+            optimizer: OptimizerKind::Adamw,
+            betas: vec![0.8, 0.99],
+            ..Default::default()
+        });
+    }
+
+    /// Kills a run of `s` mid-epoch, resumes it from its checkpoint, and compares everything
+    /// with an uninterrupted run.
+    fn resumes_to_the_same_bits(s: Schedule) {
+        let (d, m0) = setup();
+        let rows: Vec<usize> = (0..d.len()).collect();
+        let stream = Stream::new(&d, &rows).with_labels(d.labels.shallow_clone());
         let run = || {
             Run::new("t".into(), &s, &stream, None, 4)
                 .keeping(Some(RewindPoint::BestValidation), &d)
