@@ -1,4 +1,4 @@
-//! Sparsity masks (SPEC §4): a 0/1 tensor per pruned parameter. Which parameters a pruner prunes
+//! Sparsity masks: a 0/1 tensor per pruned parameter. Which parameters a pruner prunes
 //! is its [`Prunable`] selection: every convolution weight by default (the paper's), or linear
 //! weights too; biases and BatchNorm (1-D) always stay dense. While a mask is active, core
 //! re-applies it after every optimizer step, so masked weights stay exactly 0 whatever a method
@@ -34,7 +34,7 @@ pub enum MaskError {
 /// parameters (1-D) are never selected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub enum Prunable {
-    /// Every convolution weight (SPEC §4; the paper's default).
+    /// Every convolution weight (the paper's default).
     #[default]
     #[serde(rename = "conv")]
     Conv,

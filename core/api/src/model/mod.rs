@@ -179,7 +179,7 @@ impl Model {
             .collect()
     }
 
-    /// The parameters that pruning applies by default: convolution weights (SPEC §4). A pruner
+    /// The parameters that pruning applies by default: convolution weights (the paper's setting). A pruner
     /// may select others ([`crate::mask::Prunable`]).
     pub fn prunable(&self) -> BTreeMap<String, Tensor> {
         crate::mask::Prunable::Conv.select(self)
