@@ -122,7 +122,9 @@ pub struct ForgetSet {
 }
 
 impl ForgetSet {
-    pub(crate) fn from_forget(
+    /// The set forgetting `forget` (positions in a training split of `train` samples; sorted
+    /// here), retaining the rest.
+    pub fn from_forget(
         name: String,
         kind: String,
         class: Option<usize>,

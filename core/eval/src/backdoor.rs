@@ -1,4 +1,4 @@
-//! Backdoor metrics and data (SPEC §7): the attack success rate of a triggered test set, and the
+//! Backdoor metrics and data (the paper's Trojan cleanse): the attack success rate of a triggered test set, and the
 //! training set with an attack's poisoned rows in place.
 
 use serde::{Deserialize, Serialize};
@@ -90,6 +90,15 @@ pub fn attack_success_rate(
 }
 
 pub use unlearn_api::method::poisoning_issues;
+
+impl Asr {
+    /// Into `metrics` (percentages; an undefined rate, NaN, is left out).
+    pub fn record(&self, metrics: &mut crate::Metrics) {
+        let finite = |v: f64| v.is_finite().then_some(v);
+        metrics.asr = finite(self.all);
+        metrics.asr_non_target = finite(self.non_target);
+    }
+}
 
 /// A copy of `train` with the rows of `p` replaced by the poisoned images and labels (same
 /// metadata, same device; `train` itself is unchanged).

@@ -72,6 +72,8 @@ mod tests {
             val: 0.0,
             mia_efficacy: e,
             mia_privacy: BTreeMap::new(),
+            asr: None,
+            asr_non_target: None,
         }
     }
 

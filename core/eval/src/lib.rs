@@ -182,6 +182,13 @@ pub struct Metrics {
     pub mia_efficacy: BTreeMap<MiaFeature, MiaScore>,
     /// MIA-Privacy per feature: mean of target-member and target-non-member accuracy.
     pub mia_privacy: BTreeMap<MiaFeature, MiaScore>,
+    /// With an `[attack]`: the attack success rate over every triggered test image (as the
+    /// reference code reports it), in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asr: Option<f64>,
+    /// The same over the test images whose true class is not the attack's target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asr_non_target: Option<f64>,
 }
 
 impl Metrics {
@@ -246,6 +253,8 @@ pub fn evaluate(
         val: out.val.accuracy(),
         mia_efficacy: BTreeMap::new(),
         mia_privacy: BTreeMap::new(),
+        asr: None,
+        asr_non_target: None,
     };
     if cfg.mia {
         for &feat in &cfg.mia_features {

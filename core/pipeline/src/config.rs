@@ -42,9 +42,16 @@ pub struct PipelineConfig {
     /// one sparse model per value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune: Option<OneOrMany<MethodSpec>>,
-    /// Forgetting scenarios; every unlearner runs on each.
-    #[schemars(length(min = 1))]
+    /// Forgetting scenarios; every unlearner runs on each. With an `[attack]`, leave it out (or
+    /// give one `kind = "poisoned"`): the forget set is then the poisoned rows.
+    #[serde(default)]
     pub forget: Vec<ForgetEntry>,
+    /// A poisoning attack (`method` names a registered attack, e.g. `BadNets`; the other keys
+    /// are its settings, plus `seed`, which draws the poisoned rows, 0 by default): the training
+    /// set is poisoned before dense training, the poisoned rows are the forget set, and every
+    /// row reports the attack success rate (the Trojan cleanse).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attack: Option<MethodSpec>,
     /// Unlearning methods to run and compare (include `retrain` to get the gap to retrain).
     #[serde(default)]
     pub unlearn: Vec<MethodSpec>,
@@ -230,6 +237,8 @@ pub struct Planned<T> {
 /// methods built. Nothing has been trained yet.
 pub struct Plan {
     pub config: PipelineConfig,
+    /// The `[attack]`, with the poisoning it made of the training split.
+    pub attack: Option<PlannedAttack>,
     /// `model.checkpoint`, resolved against the config's folder.
     pub checkpoint: Option<PathBuf>,
     /// The data set the split indexes (on the CPU).
@@ -241,6 +250,14 @@ pub struct Plan {
     pub unlearners: Vec<Planned<Box<dyn Unlearner>>>,
     /// The seeds to run (`seeds`, or `[seed]`).
     pub seeds: Vec<u64>,
+}
+
+/// An `[attack]` resolved: the attack, the seed that drew its rows, and its poisoning of the
+/// training split (on the CPU; its rows are the `poisoned` forget set).
+pub struct PlannedAttack {
+    pub planned: Planned<Box<dyn crate::method::Attack>>,
+    pub seed: u64,
+    pub poisoning: crate::method::Poisoning,
 }
 
 impl Plan {
@@ -457,6 +474,8 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
             }
         });
     let mut forget = Vec::new();
+    // The name of the `poisoned` scenario, when the config gives one.
+    let mut poisoned_name: Option<String> = None;
     if let (Some((dataset, split)), Some(list)) =
         (&loaded, raw.get("forget").and_then(Value::as_array))
     {
@@ -469,10 +488,42 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
         };
         for (i, v) in list.iter().enumerate() {
             let path = format!("/forget/{i}");
+            let poisoned_name = &mut poisoned_name;
             // A missing or non-string `kind`: the schema said so.
             let Some((kind, name, settings)) = crate::scenario::split_entry(v) else {
                 continue;
             };
+            // An attack's poisoned rows (see `plan_attack`); every other scenario is ambiguous
+            // beside an attack: which rows would "forget the poisoning" mean?
+            let attacked = raw.get("attack").is_some();
+            if kind == POISONED || attacked {
+                if kind != POISONED {
+                    issues.push(ConfigIssue::new(
+                        &format!("{path}/kind"),
+                        Some(Value::from(kind)),
+                        "with an [attack], the forget set is its poisoned rows: remove this scenario (or use kind = \"poisoned\"), and run other scenarios in a config without the attack",
+                    ));
+                } else if !attacked {
+                    issues.push(ConfigIssue::new(
+                        &format!("{path}/kind"),
+                        Some(Value::from(kind)),
+                        "`poisoned` forgets the rows an attack poisoned: add an [attack] section",
+                    ));
+                } else if !settings.as_object().is_none_or(|o| o.is_empty()) {
+                    issues.push(ConfigIssue::new(
+                        &path,
+                        Some(settings.clone()),
+                        "`poisoned` takes no settings besides `name` (the [attack] decides the rows)",
+                    ));
+                } else if poisoned_name.replace(name.unwrap_or_else(|| POISONED.into())).is_some() {
+                    issues.push(ConfigIssue::new(
+                        &path,
+                        None,
+                        "the poisoned rows are already a scenario: give them once",
+                    ));
+                }
+                continue;
+            }
             let scenario = match crate::scenario::find(&kind) {
                 Ok(s) => s,
                 Err(e) => {
@@ -505,6 +556,15 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
         }
     }
 
+    let attack = plan_attack(raw, registry, loaded.as_ref(), &mut forget, &mut issues);
+    if forget.is_empty() && raw.get("attack").is_none() {
+        issues.push(ConfigIssue::new(
+            "/forget",
+            None,
+            "no forgetting scenario: add a [[forget]] entry (or an [attack], whose poisoned rows are then forgotten)",
+        ));
+    }
+
     if !issues.is_empty() {
         return Err(issues);
     }
@@ -518,6 +578,7 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
     let seeds = config.seeds.clone().unwrap_or(vec![config.seed]);
     Ok(Plan {
         config,
+        attack,
         checkpoint,
         dataset,
         split,
@@ -525,6 +586,121 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
         pruners,
         unlearners,
         seeds,
+    })
+}
+
+/// The forgetting scenario of a Trojan cleanse: the rows an `[attack]` poisoned.
+pub const POISONED: &str = "poisoned";
+
+/// Builds the `[attack]` and poisons the training split with it, then adds its poisoned rows as
+/// the forget set. Every problem is an issue under `/attack` (or `/forget`): an unknown attack,
+/// bad settings, a target that is not a class, a poisoning the data cannot take (a trigger
+/// larger than the images, more rows than the training set has).
+fn plan_attack(
+    raw: &Value,
+    registry: &Registry,
+    loaded: Option<&(Dataset, Split)>,
+    forget: &mut Vec<ForgetSet>,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<PlannedAttack> {
+    let entry = raw.get("attack")?;
+    let mut entry = entry.as_object()?.clone(); // not a table: the schema said so
+    let seed = match entry.remove("seed") {
+        None => 0,
+        Some(v) => match v.as_u64() {
+            Some(s) => s,
+            None => {
+                issues.push(ConfigIssue::new(
+                    "/attack/seed",
+                    Some(v),
+                    "the seed that draws the poisoned rows must be a non-negative integer",
+                ));
+                return None;
+            }
+        },
+    };
+    let planned = plan_method(
+        &Value::Object(entry),
+        "/attack",
+        Kind::Attack,
+        registry,
+        issues,
+        |m, p| m.build_attack(p),
+    )?;
+    let (dataset, split) = loaded?;
+    let target = planned.instance.target();
+    if target >= dataset.classes {
+        issues.push(ConfigIssue::new(
+            "/attack/target",
+            Some(Value::from(target)),
+            format!(
+                "the target class must be one of the data set's {} classes (0 to {})",
+                dataset.classes,
+                dataset.classes - 1
+            ),
+        ));
+        return None;
+    }
+    let data = crate::method::TaskData {
+        train: dataset.subset(&split.train),
+        val: dataset.subset(&split.val),
+        test: dataset.subset(&split.test),
+    };
+    let ctx = crate::method::AttackCtx {
+        data: &data,
+        seed,
+        label: planned.label.clone(),
+    };
+    let poisoning = match planned.instance.poison(&ctx) {
+        Ok(p) => p,
+        Err(e) => {
+            issues.push(ConfigIssue::new(
+                "/attack",
+                None,
+                format!("{} cannot poison this training set: {e}", planned.label),
+            ));
+            return None;
+        }
+    };
+    let problems = crate::method::poisoning_issues(&data.train, &poisoning);
+    if !problems.is_empty() {
+        issues.push(ConfigIssue::new(
+            "/attack",
+            None,
+            format!("{} made an invalid poisoning: {}", planned.label, problems.join("; ")),
+        ));
+        return None;
+    }
+    if poisoning.rows.len() == data.train.len() {
+        issues.push(ConfigIssue::new(
+            "/attack",
+            None,
+            "every training sample is poisoned: nothing would be left to retain",
+        ));
+        return None;
+    }
+    let name = raw
+        .get("forget")
+        .and_then(Value::as_array)
+        .and_then(|l| {
+            l.iter()
+                .find(|e| e.get("kind").and_then(Value::as_str) == Some(POISONED))
+        })
+        .and_then(|e| e.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or(POISONED)
+        .to_string();
+    forget.push(ForgetSet::from_forget(
+        name,
+        POISONED.into(),
+        None,
+        poisoning.rows.clone(),
+        data.train.len(),
+    ));
+    Some(PlannedAttack {
+        planned,
+        seed,
+        poisoning,
     })
 }
 

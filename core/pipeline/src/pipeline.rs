@@ -18,6 +18,7 @@ use crate::cache::{file_sha256, hex, Cache, CacheError, StageKey, StageKind};
 use crate::checkpoint::Provenance;
 use crate::config::Plan;
 use crate::device::{device_name, synchronize};
+use crate::eval::backdoor::{apply_poisoning, attack_success_rate};
 use crate::eval::gap::{gap, Gap};
 use crate::eval::{evaluate, Metrics, MiaError, SplitOutputs};
 use crate::forget::ForgetSet;
@@ -119,6 +120,21 @@ pub struct ModelSummary {
     pub test_accuracy: f64,
 }
 
+/// The attack a run poisoned its training set with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttackSummary {
+    pub method: String,
+    pub label: String,
+    /// Its settings, every default filled in.
+    pub config: serde_json::Value,
+    /// The seed that drew the poisoned rows.
+    pub seed: u64,
+    /// The class triggered images should be classified as.
+    pub target: usize,
+    /// The poisoned rows: positions in the train split (the `poisoned` forget set).
+    pub poisoned: Vec<usize>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScenarioSummary {
     pub name: String,
@@ -143,6 +159,9 @@ pub struct RunResults {
     pub split: crate::data::Split,
     /// The seeds run; every model and row names its own.
     pub seeds: Vec<u64>,
+    /// The `[attack]` of a Trojan cleanse, with the rows it poisoned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attack: Option<AttackSummary>,
     pub models: Vec<ModelSummary>,
     pub scenarios: Vec<ScenarioSummary>,
     pub rows: Vec<Row>,
@@ -416,12 +435,22 @@ fn data_identity(plan: &Plan) -> Value {
         h.update(l.to_le_bytes());
     }
     let split = serde_json::to_vec(&plan.split).expect("splits serialise");
-    json!({
+    let mut id = json!({
         "name": d.name,
         "content": hex(&h.finalize()),
         "split": hex(&Sha256::digest(&split)),
         "augment": d.augment,
-    })
+    });
+    // A poisoned training set is other data: every stage's key changes with the attack.
+    if let Some(a) = &plan.attack {
+        id["attack"] = json!({
+            "method": a.planned.method,
+            "config": a.planned.full_config,
+            "build": a.planned.build,
+            "seed": a.seed,
+        });
+    }
+    id
 }
 
 /// What the cache keeps beside a dense or sparse model.
@@ -442,11 +471,19 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
     let cache_dir = opts.cache_dir.clone().unwrap_or_else(|| out.join("cache"));
     let cache = Cache::open(&cache_dir)?;
     let data_id = data_identity(plan);
+    let clean_train = plan.dataset.subset(&plan.split.train);
+    let train = match &plan.attack {
+        // The Trojan model trains on clean + poisoned data.
+        Some(a) => apply_poisoning(&clean_train, &a.poisoning).map_err(|source| {
+            PipelineError::Method {
+                label: a.planned.label.clone(),
+                source,
+            }
+        })?,
+        None => clean_train,
+    };
     let data = TaskData {
-        train: plan
-            .dataset
-            .subset(&plan.split.train)
-            .to_device(opts.device),
+        train: train.to_device(opts.device),
         val: plan.dataset.subset(&plan.split.val).to_device(opts.device),
         test: plan.dataset.subset(&plan.split.test).to_device(opts.device),
     };
@@ -470,6 +507,14 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
         config: serde_json::to_value(&plan.config).expect("configs serialise"),
         split: plan.split.clone(),
         seeds: plan.seeds.clone(),
+        attack: plan.attack.as_ref().map(|a| AttackSummary {
+            method: a.planned.method.clone(),
+            label: a.planned.label.clone(),
+            config: a.planned.full_config.clone(),
+            seed: a.seed,
+            target: a.planned.instance.target(),
+            poisoned: a.poisoning.rows.clone(),
+        }),
         models: all.models,
         scenarios: plan.forget.iter().map(scenario_summary).collect(),
         rows: all.rows,
@@ -722,11 +767,12 @@ fn run_seed(
             // The original's outputs are its model's; no need to keep them in the row.
             let (metrics, _, report, _) = stage.row(&group_keys[0], &label, None, |_| {
                 let outputs = v.outputs(data, eval_batch);
-                let metrics =
+                let mut metrics =
                     evaluate(outputs, forget, &cfg.eval).map_err(|source| PipelineError::Eval {
                         label: label.clone(),
                         source,
                     })?;
+                backdoor(plan, &v.model, data, eval_batch, &label, &mut metrics)?;
                 Ok((metrics, None, None))
             })?;
             all.stages.push(report);
@@ -754,12 +800,13 @@ fn run_seed(
                         &data.test,
                         eval_batch,
                     );
-                    let metrics = evaluate(&outputs, forget, &cfg.eval).map_err(|source| {
+                    let mut metrics = evaluate(&outputs, forget, &cfg.eval).map_err(|source| {
                         PipelineError::Eval {
                             label: label.clone(),
                             source,
                         }
                     })?;
+                    backdoor(plan, &model, data, eval_batch, &label, &mut metrics)?;
                     Ok((metrics, Some(rte), Some(outputs)))
                 })?;
                 all.stages.push(report);
@@ -785,6 +832,27 @@ fn run_seed(
     for s in &mut all.stages[first_stage..] {
         s.seed = Some(seed);
     }
+    Ok(())
+}
+
+/// With an `[attack]`: `model`'s attack success rate on the triggered test set, into `metrics`.
+fn backdoor(
+    plan: &Plan,
+    model: &Model,
+    data: &TaskData,
+    batch: usize,
+    label: &str,
+    metrics: &mut Metrics,
+) -> Result<(), PipelineError> {
+    let Some(a) = &plan.attack else {
+        return Ok(());
+    };
+    let asr = attack_success_rate(model, &data.test, a.planned.instance.as_ref(), batch)
+        .map_err(|source| PipelineError::Method {
+            label: format!("{label}: attack success rate"),
+            source,
+        })?;
+    asr.record(metrics);
     Ok(())
 }
 

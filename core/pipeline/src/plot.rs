@@ -41,6 +41,14 @@ const METRICS: [Metric; 5] = [
     ("Avg. Gap to retrain (%)", |r| r.gap.as_ref().map(|g| g.avg)),
 ];
 
+/// The Trojan cleanse's figure: attack success rate (over every test image, and over those
+/// whose true class is not the target) and clean TA against sparsity.
+const BACKDOOR_METRICS: [Metric; 3] = [
+    ("ASR (%)", |r| r.metrics.asr),
+    ("ASR, non-target classes (%)", |r| r.metrics.asr_non_target),
+    ("Clean TA (%)", |r| Some(r.metrics.ta)),
+];
+
 /// A pruner's label without a sweep's ` 95%` suffix: the family its sparse models belong to.
 fn family(pruner: &str) -> &str {
     match pruner.rsplit_once(' ') {
@@ -53,6 +61,15 @@ fn family(pruner: &str) -> &str {
 
 /// The panels of one scenario's figure.
 pub fn panels(results: &RunResults, scenario: &str) -> Vec<Panel> {
+    panels_of(results, scenario, &METRICS)
+}
+
+/// The panels of one scenario's backdoor figure (a run with an `[attack]`).
+pub fn backdoor_panels(results: &RunResults, scenario: &str) -> Vec<Panel> {
+    panels_of(results, scenario, &BACKDOOR_METRICS)
+}
+
+fn panels_of(results: &RunResults, scenario: &str, metrics: &[Metric]) -> Vec<Panel> {
     let rows: Vec<&Row> = results
         .rows
         .iter()
@@ -89,7 +106,7 @@ pub fn panels(results: &RunResults, scenario: &str) -> Vec<Panel> {
             }
         }
     }
-    METRICS
+    metrics
         .iter()
         .map(|(title, value)| {
             let series = order
@@ -162,6 +179,20 @@ pub fn write_all(results: &RunResults, dir: &Path) -> Result<Vec<PathBuf>, PlotE
         );
         let stem = format!("unlearning-vs-sparsity-{}", i + 1);
         written.extend(write_figure(dir, &stem, SIZE, &Sparsity { title, panels })?);
+        if let Some(a) = &results.attack {
+            let title = format!(
+                "Backdoor vs sparsity: {} rows poisoned by {} ({}, {} seed{}{})",
+                a.poisoned.len(),
+                a.label,
+                results.dataset,
+                seeds,
+                if seeds == 1 { "" } else { "s" },
+                if seeds > 1 { ", mean ± std" } else { "" }
+            );
+            let panels = backdoor_panels(results, &s.name);
+            let stem = format!("backdoor-vs-sparsity-{}", i + 1);
+            written.extend(write_figure(dir, &stem, SIZE, &Sparsity { title, panels })?);
+        }
     }
     let curves = training_curves(results);
     if !curves.is_empty() {

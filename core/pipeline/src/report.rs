@@ -67,6 +67,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 /// on the other classes.
 pub fn results_table(results: &RunResults) -> String {
     let class_wise = results.scenarios.iter().any(|s| s.class.is_some());
+    let attacked = results.attack.is_some();
     let several = several_pruners(results);
     let seeds = results.seeds.len() > 1;
     let rows: Vec<Vec<String>> = results
@@ -89,6 +90,9 @@ pub fn results_table(results: &RunResults) -> String {
             if class_wise {
                 cells.push(num(Some(r.metrics.ta_full)));
             }
+            if attacked {
+                cells.push(num(r.metrics.asr));
+            }
             cells.push(num(r.rte));
             cells.push(num(r.gap.as_ref().map(|g| g.avg)));
             cells
@@ -106,6 +110,9 @@ pub fn results_table(results: &RunResults) -> String {
     ]);
     if class_wise {
         header.push("TA all");
+    }
+    if attacked {
+        header.push("ASR");
     }
     header.extend(["RTE (s)", "Avg. Gap"]);
     let extra = extra_columns(results);
@@ -177,6 +184,7 @@ fn mean_std(values: &[f64]) -> String {
 /// and says how many seeds had one.
 pub fn mean_std_table(results: &RunResults) -> String {
     let several = several_pruners(results);
+    let attacked = results.attack.is_some();
     let extra = extra_columns(results);
     let key = |r: &Row| (r.scenario.clone(), model_name(r, several), r.label.clone());
     let mut order: Vec<(String, String, String)> = Vec::new();
@@ -215,10 +223,10 @@ pub fn mean_std_table(results: &RunResults) -> String {
                 mia,
                 col(&|r| Some(r.metrics.ra)),
                 col(&|r| Some(r.metrics.ta)),
-                col(&|r| r.rte),
-                col(&|r| r.gap.as_ref().map(|g| g.avg)),
             ]
             .into_iter()
+            .chain(attacked.then(|| col(&|r| r.metrics.asr)))
+            .chain([col(&|r| r.rte), col(&|r| r.gap.as_ref().map(|g| g.avg))])
             .chain(extra.iter().map(|c| {
                 let v: Vec<f64> = group
                     .iter()
@@ -229,19 +237,78 @@ pub fn mean_std_table(results: &RunResults) -> String {
             .collect()
         })
         .collect();
-    let mut header = vec![
-        "Scenario",
-        "Model",
-        "Method",
-        "UA",
-        "MIA-Efficacy",
-        "RA",
-        "TA",
-        "RTE (s)",
-        "Avg. Gap",
-    ];
+    let mut header = vec!["Scenario", "Model", "Method", "UA", "MIA-Efficacy", "RA", "TA"];
+    if attacked {
+        header.push("ASR");
+    }
+    header.extend(["RTE (s)", "Avg. Gap"]);
     header.extend(extra.iter().map(String::as_str));
     table(&header, &rows)
+}
+
+/// The Trojan cleanse's table: per model and method, clean TA and attack success rate before
+/// (the Trojan model, the scenario's `original` row of the same seed and model) and after
+/// unlearning the poisoned rows; mean ± std over seeds.
+pub fn backdoor_table(results: &RunResults) -> String {
+    let several = several_pruners(results);
+    let key = |r: &Row| (r.scenario.clone(), model_name(r, several), r.label.clone());
+    let before = |r: &Row| {
+        results.rows.iter().find(|o| {
+            o.method == "original"
+                && o.seed == r.seed
+                && o.scenario == r.scenario
+                && o.model == r.model
+                && o.pruner == r.pruner
+        })
+    };
+    let mut order: Vec<(String, String, String)> = Vec::new();
+    for r in results.rows.iter().filter(|r| r.method != "original") {
+        let k = key(r);
+        if !order.contains(&k) {
+            order.push(k);
+        }
+    }
+    let rows: Vec<Vec<String>> = order
+        .iter()
+        .map(|k| {
+            let group: Vec<&Row> = results
+                .rows
+                .iter()
+                .filter(|r| r.method != "original" && key(r) == *k)
+                .collect();
+            let col = |f: &dyn Fn(&Row) -> Option<f64>, of_original: bool| {
+                let v: Vec<f64> = group
+                    .iter()
+                    .filter_map(|r| if of_original { before(r) } else { Some(*r) })
+                    .filter_map(f)
+                    .collect();
+                mean_std(&v)
+            };
+            vec![
+                k.1.clone(),
+                k.2.clone(),
+                col(&|r| Some(r.metrics.ta), true),
+                col(&|r| Some(r.metrics.ta), false),
+                col(&|r| r.metrics.asr, true),
+                col(&|r| r.metrics.asr, false),
+                col(&|r| r.metrics.asr_non_target, true),
+                col(&|r| r.metrics.asr_non_target, false),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "Model",
+            "Method",
+            "TA before",
+            "TA after",
+            "ASR before",
+            "ASR after",
+            "ASR non-target before",
+            "ASR non-target after",
+        ],
+        &rows,
+    )
 }
 
 /// `results.csv`: one line per seed x model x scenario x method x metric (a tidy table).
@@ -267,6 +334,12 @@ pub fn csv(results: &RunResults) -> String {
                     if score.informative { 1.0 } else { 0.0 },
                 ));
             }
+        }
+        if let Some(v) = r.metrics.asr {
+            metrics.push(("asr".into(), v));
+        }
+        if let Some(v) = r.metrics.asr_non_target {
+            metrics.push(("asr_non_target".into(), v));
         }
         if let Some(rte) = r.rte {
             metrics.push(("rte".into(), rte));
@@ -445,6 +518,25 @@ pub fn markdown(results: &RunResults) -> String {
         let header: Vec<&str> = header.iter().map(|s| s.as_str()).collect();
         out += &table(&header, &rows);
     }
+    if let Some(a) = &results.attack {
+        let _ = writeln!(out, "\n## Backdoor (Trojan cleanse)\n");
+        let _ = writeln!(
+            out,
+            "`{}` ({}) poisoned {} training samples (drawn with seed {}; relabelled to class {}); the models trained on them are the Trojan models, and every unlearner forgets exactly those rows (scenario `poisoned`). TA: accuracy on the clean test set; ASR: the share of triggered test images classified as class {} (over every test image, as the reference code reports it, and over those whose true class is another). Before: the Trojan model; after: unlearned.{}\n",
+            a.label,
+            a.method,
+            a.poisoned.len(),
+            a.seed,
+            a.target,
+            a.target,
+            if results.seeds.len() > 1 {
+                format!(" Mean ± std over {} seeds.", results.seeds.len())
+            } else {
+                String::new()
+            }
+        );
+        out += &backdoor_table(results);
+    }
     let _ = writeln!(out, "\n## Forget sets\n");
     let sets: Vec<Vec<String>> = results
         .scenarios
@@ -452,7 +544,7 @@ pub fn markdown(results: &RunResults) -> String {
         .map(|s| {
             vec![
                 s.name.clone(),
-                format!("{:?}", s.kind).to_lowercase(),
+                s.kind.to_lowercase(),
                 s.forget_size.to_string(),
                 s.retain_size.to_string(),
                 s.forget_sha256[..16].to_string(),
