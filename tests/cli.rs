@@ -59,6 +59,8 @@ fn list_shows_every_builtin_with_kind_and_source() {
         ("unlearner", "FT", "unlearn-ft"),
         ("unlearner", "retrain", "unlearn-ft"),
         ("unlearner", "SCRUB", "unlearn-scrub"),
+        ("attack", "BadNets", "unlearn-attack-badnets"),
+        ("attack", "Blended", "unlearn-attack-blended"),
         ("scenario", "subclass", "unlearn-api"),
         ("scenario", "class", "unlearn-api"),
         ("metric", "forget_kl", "unlearn-api"),

@@ -12,6 +12,7 @@ use unlearn_pipeline::tch::{Kind as DType, Tensor};
 
 // Link the built-in plugins (their registrations vanish otherwise).
 use unlearn_attack_badnets as _;
+use unlearn_attack_blended as _;
 use unlearn_fisher as _;
 use unlearn_ft as _;
 use unlearn_ga as _;

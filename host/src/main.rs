@@ -18,6 +18,7 @@ mod scaffold;
 
 // Built-in plugins register themselves when linked; naming them here links them.
 use unlearn_attack_badnets as _;
+use unlearn_attack_blended as _;
 use unlearn_fisher as _;
 use unlearn_ft as _;
 use unlearn_ga as _;
