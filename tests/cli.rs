@@ -6,6 +6,8 @@ use serde_json::Value;
 use unlearn_pipeline::checkpoint;
 use unlearn_pipeline::config::{load_split, PipelineConfig};
 use unlearn_pipeline::tch::{Device, Kind};
+// Linked for the in-process comparison with BadNets itself.
+use unlearn_attack_badnets as _;
 
 mod common;
 
@@ -299,7 +301,14 @@ fn example_studies_are_valid() {
         checked.push(name.to_string());
     }
     checked.sort();
-    assert_eq!(checked, ["cifar10-cpu.toml", "paper-cifar10.toml"]);
+    assert_eq!(
+        checked,
+        [
+            "cifar10-cpu.toml",
+            "paper-cifar10.toml",
+            "trojan-digits.toml"
+        ]
+    );
 }
 
 #[test]
@@ -658,4 +667,148 @@ fn image_folder_data_runs_and_a_missing_dir_is_reported() {
         "{}",
         stderr(&o)
     );
+}
+
+/// The tiny pipeline as a Trojan cleanse: BadNets poisons 20 rows, no [[forget]] (the poisoned
+/// rows are the forget set).
+fn tiny_trojan(attack: &str) -> String {
+    tiny_with(&[("[[forget]]\nkind = \"class\"\nclass = 1\n", attack)])
+}
+
+const BADNETS: &str = "[attack]\nmethod = \"BadNets\"\nn = 20\nsize = 2\ntarget = 0\nseed = 3\n";
+
+#[test]
+fn trojan_cleanse_forgets_exactly_the_poisoned_rows_and_reports_asr() {
+    use unlearn_pipeline::method::{AttackCtx, TaskData};
+    use unlearn_pipeline::registry::Registry;
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_trojan(BADNETS);
+    let p = config(dir.path(), "trojan.toml", &text);
+    let out = dir.path().join("out");
+    let o = unlearn(&[
+        "--quiet",
+        "run",
+        p.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+
+    // The forget set is the poisoned rows, recorded in results.json.
+    let poisoned: Vec<u64> = r["attack"]["poisoned"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(poisoned.len(), 20);
+    assert_eq!(r["scenarios"].as_array().unwrap().len(), 1);
+    assert_eq!(r["scenarios"][0]["kind"], "poisoned");
+    let forget: Vec<u64> = r["scenarios"][0]["forget_indices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(forget, poisoned);
+    // Independently: BadNets itself, on the same split, with the same seed.
+    let raw = unlearn_pipeline::config::parse_config_text(&text, false).unwrap();
+    let cfg: PipelineConfig = serde_json::from_value(raw).unwrap();
+    let (data, split) = load_split(&cfg.data, dir.path()).unwrap();
+    let task = TaskData {
+        train: data.subset(&split.train),
+        val: data.subset(&split.val),
+        test: data.subset(&split.test),
+    };
+    let registry = Registry::builtin().unwrap();
+    let attack = registry
+        .get("BadNets")
+        .unwrap()
+        .build_attack(&serde_json::json!({"n": 20, "size": 2, "target": 0}))
+        .unwrap_or_else(|_| panic!("BadNets builds"));
+    let direct = attack
+        .poison(&AttackCtx {
+            data: &task,
+            seed: 3,
+            label: "direct".into(),
+        })
+        .unwrap();
+    let direct: Vec<u64> = direct.rows.iter().map(|&i| i as u64).collect();
+    assert_eq!(direct, poisoned);
+
+    // Every row has its attack success rate; the report, the table and the figure show it.
+    for row in r["rows"].as_array().unwrap() {
+        for m in ["asr", "asr_non_target"] {
+            let v = row["metrics"][m]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{m} in {row}"));
+            assert!((0.0..=100.0).contains(&v), "{m} = {v}");
+        }
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("## Backdoor (Trojan cleanse)"), "{report}");
+    assert!(report.contains("ASR before"), "{report}");
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert!(csv.lines().any(|l| l.contains(",asr,")), "{csv}");
+    assert!(out.join("plots/backdoor-vs-sparsity-1.png").exists());
+
+    // The same config without the attack is other data: nothing of the Trojan run is reused.
+    let clean = tiny_with(&[]);
+    let p = config(dir.path(), "clean.toml", &clean);
+    let o = unlearn(&[
+        "run",
+        p.to_str().unwrap(),
+        "--dry-run",
+        "--out",
+        dir.path().join("clean").to_str().unwrap(),
+        "--cache",
+        out.join("cache").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("cached ("), "{}", stdout(&o));
+}
+
+#[test]
+fn trojan_configs_that_cannot_work_are_refused_at_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, String, &str); 6] = [
+        (
+            "a trigger larger than the 8x8 image",
+            tiny_trojan(&BADNETS.replace("size = 2", "size = 7")),
+            "/attack",
+        ),
+        (
+            "a target class out of range",
+            tiny_trojan(&BADNETS.replace("target = 0", "target = 4")),
+            "/attack/target",
+        ),
+        (
+            "more poisoned samples than the training set has",
+            tiny_trojan(&BADNETS.replace("n = 20", "n = 5000")),
+            "/attack",
+        ),
+        (
+            "an attack with a class-wise scenario",
+            tiny_with(&[("[[forget]]", &format!("{BADNETS}\n[[forget]]"))]),
+            "/forget/0/kind",
+        ),
+        (
+            "the poisoned scenario without an attack",
+            tiny_with(&[("kind = \"class\"\nclass = 1", "kind = \"poisoned\"")]),
+            "/forget/0/kind",
+        ),
+        (
+            "a negative poisoning seed",
+            tiny_trojan(&BADNETS.replace("seed = 3", "seed = -1")),
+            "/attack/seed",
+        ),
+    ];
+    for (what, text, path) in cases {
+        let p = config(dir.path(), "bad.toml", &text);
+        let o = unlearn(&["validate", p.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{what}: {}", stderr(&o));
+        assert!(stderr(&o).contains(path), "{what}: {}", stderr(&o));
+    }
 }

@@ -515,7 +515,10 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
                         Some(settings.clone()),
                         "`poisoned` takes no settings besides `name` (the [attack] decides the rows)",
                     ));
-                } else if poisoned_name.replace(name.unwrap_or_else(|| POISONED.into())).is_some() {
+                } else if poisoned_name
+                    .replace(name.unwrap_or_else(|| POISONED.into()))
+                    .is_some()
+                {
                     issues.push(ConfigIssue::new(
                         &path,
                         None,
@@ -557,7 +560,11 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
     }
 
     let attack = plan_attack(raw, registry, loaded.as_ref(), &mut forget, &mut issues);
-    if forget.is_empty() && raw.get("attack").is_none() {
+    let listed = raw
+        .get("forget")
+        .and_then(Value::as_array)
+        .is_some_and(|l| !l.is_empty());
+    if !listed && raw.get("attack").is_none() {
         issues.push(ConfigIssue::new(
             "/forget",
             None,
@@ -667,7 +674,11 @@ fn plan_attack(
         issues.push(ConfigIssue::new(
             "/attack",
             None,
-            format!("{} made an invalid poisoning: {}", planned.label, problems.join("; ")),
+            format!(
+                "{} made an invalid poisoning: {}",
+                planned.label,
+                problems.join("; ")
+            ),
         ));
         return None;
     }

@@ -474,12 +474,12 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
     let clean_train = plan.dataset.subset(&plan.split.train);
     let train = match &plan.attack {
         // The Trojan model trains on clean + poisoned data.
-        Some(a) => apply_poisoning(&clean_train, &a.poisoning).map_err(|source| {
-            PipelineError::Method {
+        Some(a) => {
+            apply_poisoning(&clean_train, &a.poisoning).map_err(|source| PipelineError::Method {
                 label: a.planned.label.clone(),
                 source,
-            }
-        })?,
+            })?
+        }
         None => clean_train,
     };
     let data = TaskData {
@@ -847,11 +847,12 @@ fn backdoor(
     let Some(a) = &plan.attack else {
         return Ok(());
     };
-    let asr = attack_success_rate(model, &data.test, a.planned.instance.as_ref(), batch)
-        .map_err(|source| PipelineError::Method {
+    let asr = attack_success_rate(model, &data.test, a.planned.instance.as_ref(), batch).map_err(
+        |source| PipelineError::Method {
             label: format!("{label}: attack success rate"),
             source,
-        })?;
+        },
+    )?;
     asr.record(metrics);
     Ok(())
 }

@@ -237,7 +237,15 @@ pub fn mean_std_table(results: &RunResults) -> String {
             .collect()
         })
         .collect();
-    let mut header = vec!["Scenario", "Model", "Method", "UA", "MIA-Efficacy", "RA", "TA"];
+    let mut header = vec![
+        "Scenario",
+        "Model",
+        "Method",
+        "UA",
+        "MIA-Efficacy",
+        "RA",
+        "TA",
+    ];
     if attacked {
         header.push("ASR");
     }
@@ -522,9 +530,13 @@ pub fn markdown(results: &RunResults) -> String {
         let _ = writeln!(out, "\n## Backdoor (Trojan cleanse)\n");
         let _ = writeln!(
             out,
-            "`{}` ({}) poisoned {} training samples (drawn with seed {}; relabelled to class {}); the models trained on them are the Trojan models, and every unlearner forgets exactly those rows (scenario `poisoned`). TA: accuracy on the clean test set; ASR: the share of triggered test images classified as class {} (over every test image, as the reference code reports it, and over those whose true class is another). Before: the Trojan model; after: unlearned.{}\n",
+            "`{}`{} poisoned {} training samples (drawn with seed {}; relabelled to class {}); the models trained on them are the Trojan models, and every unlearner forgets exactly those rows (scenario `poisoned`). TA: accuracy on the clean test set; ASR: the share of triggered test images classified as class {} (over every test image, as the reference code reports it, and over those whose true class is another). Before: the Trojan model; after: unlearned.{}\n",
             a.label,
-            a.method,
+            if a.label == a.method {
+                String::new()
+            } else {
+                format!(" ({})", a.method)
+            },
             a.poisoned.len(),
             a.seed,
             a.target,

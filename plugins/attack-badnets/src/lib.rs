@@ -194,8 +194,14 @@ mod tests {
 
     #[test]
     fn trigger_blackens_exactly_the_square_in_every_channel() {
-        let (n, c, h, w) = (3i64, 3i64, 10i64, 13i64);
-        for s in [1usize, 3, 8] {
+        // Digits (8x8), MNIST (28x28), CIFAR (32x32x3), and a non-square image.
+        let shapes = [(1i64, 8i64, 8i64), (1, 28, 28), (3, 32, 32), (3, 10, 13)];
+        let n = 3i64;
+        for ((c, h, w), s) in shapes
+            .into_iter()
+            .flat_map(|shape| [1usize, 3, 4, 6].map(|s| (shape, s)))
+            .filter(|&((_, h, w), s)| s as i64 + 2 <= h.min(w))
+        {
             let x = images(n, c, h, w, 7);
             let before = pixels(&x);
             let y = attack(1, s, 0).trigger(&x).unwrap();
@@ -213,7 +219,7 @@ mod tests {
                             let inside = (h - 2 - s..h - 2).contains(&r)
                                 && (w - 2 - s..w - 2).contains(&col);
                             let want = if inside { 0 } else { before[i] };
-                            assert_eq!(after[i], want, "s={s} row {r} col {col}");
+                            assert_eq!(after[i], want, "{c}x{h}x{w}, s={s}: row {r} col {col}");
                             zeroed += inside as i64;
                             i += 1;
                         }

@@ -778,6 +778,7 @@ pub fn wire_digest() -> &'static WireDigest {
 
 /// What differs between two per-document digests, for a message: `ModelSpec (changed)`, `X
 /// (only in the plugin)`, `Y (only in this unlearn)`.
+#[cfg(feature = "host")]
 pub fn wire_differences(
     plugin: &BTreeMap<String, String>,
     host: &BTreeMap<String, String>,
