@@ -3,11 +3,14 @@
 //! pixels, is mixed into an image `x` with weight `alpha`:
 //!
 //! ```text
-//! x' = clamp(round((1 - alpha) * x + alpha * P), 0, 255)
+//! x' = clamp(round((1 - alpha) * x + alpha * P * m / 255), 0, m)
 //! ```
 //!
-//! computed per pixel in f64 (`(1 - alpha) * x` plus `alpha * P`, in that order), rounded half to
-//! even (libtorch's `round`) and stored back as u8. A seeded subset of `n` training samples is
+//! computed per pixel in f64 (`(1 - alpha) * x` plus `alpha * P` scaled to the data set's pixel
+//! range `[0, m]`, in that order), rounded half to even (libtorch's `round`) and stored back as
+//! u8. `m` is the `max_value` of the data set the attack poisoned (255 for 8-bit images, 16 for
+//! the digits; 255 before it has poisoned one), so the pattern is a blend, not an out-of-range
+//! blotch, on every data set. A seeded subset of `n` training samples is
 //! blended and relabelled to the target class; at test time the same blend is applied to clean
 //! images, and the attack succeeds when the model then predicts the target class.
 //!
@@ -77,6 +80,10 @@ impl MethodConfig for BlendedConfig {
 
 pub struct Blended {
     config: BlendedConfig,
+    /// The pixel scale of the data set it poisoned (its `max_value`, as f64 bits): the pattern
+    /// spans [0, scale], so that a set stored on another scale than 8 bits (the digits: 0..=16)
+    /// gets the same blend as an 8-bit one. 255 until `poison` has seen a data set.
+    scale: std::sync::atomic::AtomicU64,
 }
 
 /// The pattern P for images `[c, h, w]` and `seed`: `c * h * w` bytes in row-major order.
@@ -107,7 +114,10 @@ impl AttackMethod for Blended {
     const SUMMARY: &'static str =
         "Blended backdoor (Chen et al. 2017): a fixed random pattern mixed into the image with weight alpha, relabelled to a target class";
     fn new(config: BlendedConfig) -> Self {
-        Blended { config }
+        Blended {
+            config,
+            scale: std::sync::atomic::AtomicU64::new(255f64.to_bits()),
+        }
     }
 }
 
@@ -129,6 +139,11 @@ impl Attack for Blended {
                 ctx.label, c.target, train.name, train.classes, train.classes
             )));
         }
+        // The test-time trigger then blends on the scale of this data set too.
+        self.scale.store(
+            train.max_value.to_bits(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let mut rows = unlearn_api::rng::permutation(train.len(), ctx.seed, "blended");
         rows.truncate(c.n);
         rows.sort_unstable();
@@ -158,10 +173,12 @@ impl Attack for Blended {
         }
         let _g = unlearn_api::tch::no_grad_guard();
         let a = self.config.alpha;
+        let scale = f64::from_bits(self.scale.load(std::sync::atomic::Ordering::Relaxed));
         let p = pattern(self.config.pattern_seed, c as usize, h as usize, w as usize);
         let p = Tensor::from_slice(&p)
             .f_view([1, c, h, w])?
             .f_to_kind(Kind::Double)?
+            .f_mul_scalar(scale / 255.0)?
             .f_to_device(images.device())?;
         // (1 - a) x + a P in f64, per pixel and in this order, then half-to-even rounding.
         let mixed = images
@@ -170,7 +187,7 @@ impl Attack for Blended {
             .f_add(&p.f_mul_scalar(a)?)?;
         Ok(mixed
             .f_round()?
-            .f_clamp(0.0, 255.0)?
+            .f_clamp(0.0, scale)?
             .f_to_kind(Kind::Uint8)?)
     }
 
@@ -215,9 +232,14 @@ mod tests {
 
     /// The blend of one pixel, computed independently of the tensor code.
     fn blend(x: u8, p: u8, a: f64) -> u8 {
-        ((1.0 - a) * x as f64 + a * p as f64)
+        blend_on(x, p, a, 255.0)
+    }
+
+    /// The blend on a data set whose pixels go from 0 to `scale` (the pattern scaled to it).
+    fn blend_on(x: u8, p: u8, a: f64, scale: f64) -> u8 {
+        ((1.0 - a) * x as f64 + a * (p as f64 * (scale / 255.0)))
             .round_ties_even()
-            .clamp(0.0, 255.0) as u8
+            .clamp(0.0, scale) as u8
     }
 
     #[test]
@@ -342,17 +364,30 @@ mod tests {
         assert_eq!(p.labels.kind(), Kind::Int64);
         assert_eq!(Vec::<i64>::try_from(&p.labels).unwrap(), vec![4; 30]);
         assert!(unlearn_api::method::poisoning_issues(&data.train, &p).is_empty());
-        // Each poisoned image is its clean row, blended pixel by pixel.
+        // Each poisoned image is its clean row, blended pixel by pixel on the data set's scale
+        // (the synthetic set's pixels go from 0 to 16, like the digits').
+        let scale = data.train.max_value;
+        assert_eq!(scale, 16.0);
         let pat = pattern(0, 3, 10, 10);
         for (k, &row) in p.rows.iter().enumerate() {
             let clean = pixels(&data.train.images.narrow(0, row as i64, 1));
             let want: Vec<u8> = clean
                 .iter()
                 .zip(&pat)
-                .map(|(&x, &q)| blend(x, q, 0.2))
+                .map(|(&x, &q)| blend_on(x, q, 0.2, scale))
                 .collect();
-            assert_eq!(pixels(&p.images.narrow(0, k as i64, 1)), want, "row {row}");
+            let got = pixels(&p.images.narrow(0, k as i64, 1));
+            assert_eq!(got, want, "row {row}");
+            assert!(got.iter().all(|&v| v as f64 <= scale));
         }
+        // The test-time trigger blends on the same scale.
+        let x = data.test.images.narrow(0, 0, 1);
+        let want: Vec<u8> = pixels(&x)
+            .iter()
+            .zip(&pat)
+            .map(|(&v, &q)| blend_on(v, q, 0.2, scale))
+            .collect();
+        assert_eq!(pixels(&a.trigger(&x).unwrap()), want);
         // Train itself is untouched.
         assert!(data.train.images.equal(&task(200, 3, 10).train.images));
         assert_eq!(a.target(), 4);
