@@ -122,3 +122,24 @@ impl Default for TinyTask {
         TinyTask::new()
     }
 }
+
+/// A synthetic task of `samples` images, `channels` x `size` x `size`, 5 classes, split in order:
+/// the first half train, then a quarter each for val and test (for attacks' tests, which need
+/// images of a chosen shape rather than a trained model).
+pub fn synthetic_task(samples: usize, channels: usize, size: usize) -> TaskData {
+    let d = synthetic(&SyntheticConfig {
+        samples,
+        classes: 5,
+        channels,
+        size,
+        seed: 1,
+        ..Default::default()
+    })
+    .expect("valid synthetic config");
+    let sub = |r: std::ops::Range<usize>| d.subset(&r.collect::<Vec<_>>());
+    TaskData {
+        train: sub(0..samples / 2),
+        val: sub(samples / 2..samples * 3 / 4),
+        test: sub(samples * 3 / 4..samples),
+    }
+}

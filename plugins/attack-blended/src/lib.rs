@@ -201,7 +201,6 @@ register_attack!(Blended);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use unlearn_api::data::{synthetic, SyntheticConfig};
     use unlearn_api::method::TaskData;
     use unlearn_api::registry::Registry;
     use unlearn_api::tch::Device;
@@ -326,21 +325,7 @@ mod tests {
     }
 
     fn task(samples: usize, channels: usize, size: usize) -> TaskData {
-        let d = synthetic(&SyntheticConfig {
-            samples,
-            classes: 5,
-            channels,
-            size,
-            seed: 1,
-            ..Default::default()
-        })
-        .unwrap();
-        let sub = |r: std::ops::Range<usize>| d.subset(&r.collect::<Vec<_>>());
-        TaskData {
-            train: sub(0..samples / 2),
-            val: sub(samples / 2..samples * 3 / 4),
-            test: sub(samples * 3 / 4..samples),
-        }
+        unlearn_api::testing::synthetic_task(samples, channels, size)
     }
 
     fn ctx(data: &TaskData, seed: u64) -> AttackCtx<'_> {
