@@ -3,7 +3,7 @@
 //! (`unlearn --plugin-dir DIR list --json`, `unlearn plugin check LIB`), for each kind.
 //!
 //! The generated crates build in one shared target folder, `<target>/plugin-builds`, with the
-//! workspace's Cargo.lock copied in, so tch and unlearn-core compile once for all of them (the
+//! workspace's Cargo.lock copied in, so tch and unlearn-api compile once for all of them (the
 //! first build takes minutes; later ones seconds). Cargo serialises the builds on that folder's
 //! lock, so the tests may run in parallel.
 
