@@ -352,6 +352,48 @@ pub fn poisoning_issues(train: &Dataset, p: &Poisoning) -> Vec<String> {
     issues
 }
 
+/// The usual dirty-label poisoning: `n` rows of train drawn with the context's seed (under
+/// `purpose`, e.g. the attack's name), sorted, stamped with `attack`'s trigger and relabelled to
+/// its target. Errors name the setting: `n` larger than train, a `target` that is not a class.
+pub fn poison_by_trigger(
+    attack: &dyn Attack,
+    ctx: &AttackCtx<'_>,
+    n: usize,
+    purpose: &str,
+) -> Result<Poisoning, MethodError> {
+    let train = &ctx.data.train;
+    let target = attack.target();
+    if n > train.len() {
+        return Err(MethodError::Failed(format!(
+            "{}: n = {n} poisoned samples, but the training set has only {}",
+            ctx.label,
+            train.len()
+        )));
+    }
+    if target >= train.classes {
+        return Err(MethodError::Failed(format!(
+            "{}: target = {target} is not a class of `{}`, which has {} classes (0..{})",
+            ctx.label, train.name, train.classes, train.classes
+        )));
+    }
+    let mut rows = crate::rng::permutation(train.len(), ctx.seed, purpose);
+    rows.truncate(n);
+    rows.sort_unstable();
+    let device = train.images.device();
+    let idx = crate::data::index_tensor(&rows, device);
+    let images = attack.trigger(&train.images.f_index_select(0, &idx)?)?;
+    let labels = Tensor::f_full(
+        [rows.len() as i64],
+        target as i64,
+        (tch::Kind::Int64, device),
+    )?;
+    Ok(Poisoning {
+        rows,
+        images,
+        labels,
+    })
+}
+
 /// A training-set attack (e.g. a BadNets backdoor, SPEC §7): it poisons train, and at test time
 /// its trigger turns clean images into attacked ones.
 pub trait Attack: Send + Sync {

@@ -109,7 +109,7 @@ pub fn is_default_eps(e: &f64) -> bool {
 }
 
 impl Default for Schedule {
-    /// SPEC §3's dense training: 182 epochs, lr 0.1, x0.1 at 91 and 136, batch 256.
+    /// The paper's dense training: 182 epochs, lr 0.1, x0.1 at 91 and 136, batch 256.
     fn default() -> Self {
         Schedule {
             epochs: 182,

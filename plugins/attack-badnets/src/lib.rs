@@ -6,9 +6,11 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use unlearn_api::method::{Attack, AttackCtx, AttackMethod, MethodConfig, MethodError, Poisoning};
+use unlearn_api::method::{
+    poison_by_trigger, Attack, AttackCtx, AttackMethod, MethodConfig, MethodError, Poisoning,
+};
 use unlearn_api::register_attack;
-use unlearn_api::tch::{Kind, Tensor};
+use unlearn_api::tch::Tensor;
 
 /// BadNets: stamp a black square on `n` training images and relabel them to `target`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -89,36 +91,9 @@ impl AttackMethod for BadNets {
 
 impl Attack for BadNets {
     fn poison(&self, ctx: &AttackCtx<'_>) -> Result<Poisoning, MethodError> {
-        let train = &ctx.data.train;
-        let c = &self.config;
-        if c.n > train.len() {
-            return Err(MethodError::Failed(format!(
-                "{}: n = {} poisoned samples, but the training set has only {}",
-                ctx.label,
-                c.n,
-                train.len()
-            )));
-        }
-        if c.target >= train.classes {
-            return Err(MethodError::Failed(format!(
-                "{}: target = {} is not a class of `{}`, which has {} classes (0..{})",
-                ctx.label, c.target, train.name, train.classes, train.classes
-            )));
-        }
-        let [_, h, w] = train.image_shape();
+        let [_, h, w] = ctx.data.train.image_shape();
         self.check_fits(h, w)?;
-        let mut rows = unlearn_api::rng::permutation(train.len(), ctx.seed, "badnets");
-        rows.truncate(c.n);
-        rows.sort_unstable();
-        let device = train.images.device();
-        let idx = unlearn_api::data::index_tensor(&rows, device);
-        let images = self.trigger(&train.images.f_index_select(0, &idx)?)?;
-        let labels = Tensor::f_full([rows.len() as i64], c.target as i64, (Kind::Int64, device))?;
-        Ok(Poisoning {
-            rows,
-            images,
-            labels,
-        })
+        poison_by_trigger(self, ctx, self.config.n, "badnets")
     }
 
     fn trigger(&self, images: &Tensor) -> Result<Tensor, MethodError> {
@@ -149,7 +124,7 @@ mod tests {
     use super::*;
     use unlearn_api::method::TaskData;
     use unlearn_api::registry::Registry;
-    use unlearn_api::tch::Device;
+    use unlearn_api::tch::{Device, Kind};
 
     fn attack(n: usize, size: usize, target: usize) -> BadNets {
         BadNets::new(BadNetsConfig { n, size, target })

@@ -21,7 +21,9 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use unlearn_api::method::{Attack, AttackCtx, AttackMethod, MethodConfig, MethodError, Poisoning};
+use unlearn_api::method::{
+    poison_by_trigger, Attack, AttackCtx, AttackMethod, MethodConfig, MethodError, Poisoning,
+};
 use unlearn_api::register_attack;
 use unlearn_api::tch::{Kind, Tensor};
 
@@ -123,39 +125,12 @@ impl AttackMethod for Blended {
 
 impl Attack for Blended {
     fn poison(&self, ctx: &AttackCtx<'_>) -> Result<Poisoning, MethodError> {
-        let train = &ctx.data.train;
-        let c = &self.config;
-        if c.n > train.len() {
-            return Err(MethodError::Failed(format!(
-                "{}: n = {} poisoned samples, but the training set has only {}",
-                ctx.label,
-                c.n,
-                train.len()
-            )));
-        }
-        if c.target >= train.classes {
-            return Err(MethodError::Failed(format!(
-                "{}: target = {} is not a class of `{}`, which has {} classes (0..{})",
-                ctx.label, c.target, train.name, train.classes, train.classes
-            )));
-        }
         // The test-time trigger then blends on the scale of this data set too.
         self.scale.store(
-            train.max_value.to_bits(),
+            ctx.data.train.max_value.to_bits(),
             std::sync::atomic::Ordering::Relaxed,
         );
-        let mut rows = unlearn_api::rng::permutation(train.len(), ctx.seed, "blended");
-        rows.truncate(c.n);
-        rows.sort_unstable();
-        let device = train.images.device();
-        let idx = unlearn_api::data::index_tensor(&rows, device);
-        let images = self.trigger(&train.images.f_index_select(0, &idx)?)?;
-        let labels = Tensor::f_full([rows.len() as i64], c.target as i64, (Kind::Int64, device))?;
-        Ok(Poisoning {
-            rows,
-            images,
-            labels,
-        })
+        poison_by_trigger(self, ctx, self.config.n, "blended")
     }
 
     fn trigger(&self, images: &Tensor) -> Result<Tensor, MethodError> {
