@@ -35,15 +35,24 @@ fn tiny_with(replace: &[(&str, &str)]) -> String {
     t
 }
 
-/// Registered unlearners, sorted, as `unlearn list` reports them.
-fn unlearner_names() -> Vec<String> {
-    let o = unlearn(&["list", "--kind", "unlearner", "--json"]);
+/// The names `unlearn list --kind <kind> --json` reports, in its order (sorted), checking that
+/// every entry is of that kind.
+fn listed_names(kind: &str) -> Vec<String> {
+    let o = unlearn(&["list", "--kind", kind, "--json"]);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     v.as_array()
         .unwrap()
         .iter()
-        .map(|m| m["name"].as_str().unwrap().to_string())
+        .map(|m| {
+            assert_eq!(m["kind"], kind, "{m}");
+            m["name"].as_str().unwrap().to_string()
+        })
         .collect()
+}
+
+/// Registered unlearners, sorted, as `unlearn list` reports them.
+fn unlearner_names() -> Vec<String> {
+    listed_names("unlearner")
 }
 
 #[test]
@@ -66,6 +75,7 @@ fn list_shows_every_builtin_with_kind_and_source() {
         ("scenario", "subclass", "unlearn-api"),
         ("scenario", "class", "unlearn-api"),
         ("metric", "forget_kl", "unlearn-api"),
+        ("arch", "resnet18", "unlearn-api"),
     ] {
         let line = out
             .lines()
@@ -73,36 +83,11 @@ fn list_shows_every_builtin_with_kind_and_source() {
             .unwrap_or_else(|| panic!("{name} in {out}"));
         assert!(line.starts_with(kind) && line.contains(source), "{line}");
     }
-    let o = unlearn(&["list", "--kind", "pruner", "--json"]);
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let names: Vec<&str> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["IMP", "OMP", "SynFlow", "random"]);
-    assert!(v.as_array().unwrap().iter().all(|m| m["kind"] == "pruner"));
+    assert_eq!(listed_names("pruner"), ["IMP", "OMP", "SynFlow", "random"]);
     assert_eq!(unlearn(&["list", "--kind", "nope"]).status.code(), Some(2));
-    // Architectures: a section of the table, and `--kind arch`.
-    let line = out
-        .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some("resnet18"))
-        .unwrap_or_else(|| panic!("resnet18 in {out}"));
-    assert!(
-        line.starts_with("arch") && line.contains("unlearn-api"),
-        "{line}"
-    );
-    let o = unlearn(&["list", "--kind", "arch", "--json"]);
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let names: Vec<&str> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
+    // Architectures, forgetting scenarios and metrics: sections of the table, and `--kind`.
     assert_eq!(
-        names,
+        listed_names("arch"),
         [
             "conv6",
             "resnet18",
@@ -112,16 +97,11 @@ fn list_shows_every_builtin_with_kind_and_source() {
             "vgg16-bn"
         ]
     );
-    // Forgetting scenarios and metrics, likewise.
-    let o = unlearn(&["list", "--kind", "scenario", "--json"]);
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let names: Vec<&str> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["class", "file", "random", "subclass"]);
+    assert_eq!(
+        listed_names("scenario"),
+        ["class", "file", "random", "subclass"]
+    );
+    assert_eq!(listed_names("metric"), ["forget_kl"]);
     let o = unlearn(&["schema", "--scenario", "subclass"]);
     let s: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(s["properties"]["fraction"].is_object(), "{s}");
