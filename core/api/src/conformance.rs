@@ -2,10 +2,10 @@
 //! [`Method`] API only (kind, name, summary, schema, default config and the builders), so that it
 //! runs the same against built-ins and methods loaded from libraries.
 //!
-//! Config properties (every kind): a non-empty summary; a schema that compiles; a default config
-//! that is an object, validates against the schema, and whose every field is a schema property
-//! with that value as its `default` (and every schema `default` is the config's value); an unknown
-//! field is rejected by the schema; `{}` builds.
+//! Config properties (every kind): a non-empty summary; a schema that compiles and bounds every
+//! number from both sides; a default config that is an object, validates against the schema, and
+//! whose every field is a schema property with that value as its `default` (and every schema
+//! `default` is the config's value); an unknown field is rejected by the schema; `{}` builds.
 //!
 //! Behaviour, with the default config on [`TinyTask`]:
 //! - unlearners (on the task's 50%-sparse model): run without error, leave finite weights, keep
@@ -132,6 +132,12 @@ fn check_config(m: &Method, f: &mut Failures) {
         f.ensure(!v.is_valid(&json!({"no_such_field": 1})), || {
             "the schema accepts an unknown field (`no_such_field`)".into()
         });
+    }
+    for path in crate::bounds::unbounded_numbers(&m.schema) {
+        f.fail(format_args!(
+            "schema number {path} has no lower or no upper bound: give it a range (an \
+             unbounded value can overflow on its way to libtorch)"
+        ));
     }
     let props = m.schema.get("properties").and_then(Value::as_object);
     match m.default_config.as_object() {

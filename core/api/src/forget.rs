@@ -30,10 +30,11 @@ pub struct ForgetSpec {
     pub kind: ForgetKind,
     /// `class`: the class to forget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 1_000_000))]
     pub class: Option<usize>,
     /// `random`: how many samples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1_000_000_000))]
     pub n: Option<usize>,
     /// `random`: share of train instead of `n` (the paper: 0.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -41,6 +42,7 @@ pub struct ForgetSpec {
     pub fraction: Option<f64>,
     /// `random`: seed of the draw.
     #[serde(default)]
+    #[schemars(range(max = u64::MAX))]
     pub seed: u64,
     /// `file`: path of the index file, relative to the config file.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -6,6 +6,7 @@
 //! `conformance`). Data formats, metrics and the pipeline live in `unlearn-data`,
 //! `unlearn-eval` and `unlearn-pipeline`, which build on this crate.
 
+pub mod bounds;
 pub mod checkpoint;
 #[cfg(feature = "conformance")]
 pub mod conformance;

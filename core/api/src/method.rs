@@ -529,6 +529,11 @@ fn default_of<C: MethodConfig>() -> Value {
 
 /// Deserialises and checks a method config.
 pub fn parse_config<C: MethodConfig>(v: &Value) -> Result<C, Vec<ConfigIssue>> {
+    // The schema's ranges hold however the method is built (the pipeline checks them too).
+    let out_of_range = crate::bounds::range_issues(&schema_of::<C>(), v);
+    if !out_of_range.is_empty() {
+        return Err(out_of_range);
+    }
     let c: C = serde_json::from_value(v.clone())
         .map_err(|e| vec![ConfigIssue::new("", None, e.to_string())])?;
     let issues: Vec<ConfigIssue> = c
@@ -536,6 +541,10 @@ pub fn parse_config<C: MethodConfig>(v: &Value) -> Result<C, Vec<ConfigIssue>> {
         .into_iter()
         .map(|(field, msg)| {
             let value = v.get(&field).cloned();
+            let msg = match value {
+                Some(_) => msg,
+                None => format!("{msg} (this is the default `{field}`: give one that fits)"),
+            };
             ConfigIssue::new(&format!("/{field}"), value, msg)
         })
         .collect();
@@ -620,21 +629,22 @@ macro_rules! sgd_config {
         #[serde(deny_unknown_fields, default)]
         pub struct $name {
             /// Passes over the method's data.
-            #[schemars(range(min = 1))]
+            #[schemars(range(min = 1, max = $crate::bounds::MAX_EPOCHS))]
             pub epochs: usize,
             /// Initial learning rate.
-            #[schemars(range(min = 0.0))]
+            #[schemars(range(max = $crate::bounds::MAX_LR), extend("exclusiveMinimum" = 0.0))]
             pub lr: f64,
             /// Samples per SGD step.
-            #[schemars(range(min = 1))]
+            #[schemars(range(min = 1, max = $crate::bounds::MAX_BATCH_SIZE))]
             pub batch_size: usize,
-            /// SGD momentum (SPEC: 0.9).
-            #[schemars(range(min = 0.0, max = 1.0))]
+            /// SGD momentum (the paper's: 0.9).
+            #[schemars(range(min = 0.0), extend("exclusiveMaximum" = 1.0))]
             pub momentum: f64,
-            /// L2 weight decay of SGD (SPEC: 5e-4).
-            #[schemars(range(min = 0.0))]
+            /// L2 weight decay of SGD (the paper's: 5e-4).
+            #[schemars(range(min = 0.0, max = 1.0))]
             pub weight_decay: f64,
             /// Epochs at which the lr is multiplied by 0.1.
+            #[schemars(inner(range(min = 1, max = 100_000)))]
             pub milestones: Vec<usize>,
             /// sgd (momentum, optional Nesterov), adam or adamw.
             #[serde(skip_serializing_if = "::unlearn_api::train::is_default")]
@@ -644,11 +654,11 @@ macro_rules! sgd_config {
             pub nesterov: bool,
             /// (beta1, beta2) of adam and adamw.
             #[serde(skip_serializing_if = "::unlearn_api::train::is_default_betas")]
-            #[schemars(length(equal = 2))]
+            #[schemars(length(equal = 2), inner(range(min = 0.0, max = 1.0)))]
             pub betas: Vec<f64>,
             /// Epsilon of adam and adamw.
             #[serde(skip_serializing_if = "::unlearn_api::train::is_default_eps")]
-            #[schemars(range(min = 0.0))]
+            #[schemars(range(min = 0.0, max = 1.0))]
             pub eps: f64,
             $($( $(#[$fmeta])* pub $field: $fty, )*)?
         }

@@ -276,6 +276,7 @@ fn from_selected((name, class, forget): Selected) -> Selection {
 #[serde(deny_unknown_fields)]
 pub struct ClassConfig {
     /// The class whose every training sample is forgotten.
+    #[schemars(range(max = 1_000_000))]
     pub class: usize,
 }
 impl ScenarioConfig for ClassConfig {}
@@ -300,7 +301,7 @@ impl ForgetScenario for ClassWise {
 pub struct RandomConfig {
     /// How many samples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1_000_000_000))]
     pub n: Option<usize>,
     /// Share of train instead of `n` (the paper: 0.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -308,6 +309,7 @@ pub struct RandomConfig {
     pub fraction: Option<f64>,
     /// Seed of the draw.
     #[serde(default)]
+    #[schemars(range(max = u64::MAX))]
     pub seed: u64,
 }
 impl ScenarioConfig for RandomConfig {}
@@ -357,6 +359,7 @@ impl ForgetScenario for IndexFile {
 #[serde(deny_unknown_fields)]
 pub struct SubclassConfig {
     /// The class a part of which is forgotten.
+    #[schemars(range(max = 1_000_000))]
     pub class: usize,
     /// The share of the class's training samples to forget: round(fraction * |class|), at
     /// least one and fewer than all (the rest of the class stays in `D_r`).
@@ -364,6 +367,7 @@ pub struct SubclassConfig {
     pub fraction: f64,
     /// Seed of the draw.
     #[serde(default)]
+    #[schemars(range(max = u64::MAX))]
     pub seed: u64,
 }
 impl ScenarioConfig for SubclassConfig {

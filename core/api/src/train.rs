@@ -57,22 +57,24 @@ pub enum TrainError {
 #[serde(deny_unknown_fields, default)]
 pub struct Schedule {
     /// Number of passes over the stream.
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 1, max = crate::bounds::MAX_EPOCHS))]
     pub epochs: usize,
     /// Initial learning rate.
-    #[schemars(range(min = 0.0))]
+    #[schemars(range(max = crate::bounds::MAX_LR), extend("exclusiveMinimum" = 0.0))]
     pub lr: f64,
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(range(min = 0.0), extend("exclusiveMaximum" = 1.0))]
     pub momentum: f64,
-    #[schemars(range(min = 0.0))]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub weight_decay: f64,
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = crate::bounds::MAX_BATCH_SIZE))]
     pub batch_size: usize,
     /// Epochs at which the lr is multiplied by `gamma`.
+    #[schemars(inner(range(min = 1, max = 100_000)))]
     pub milestones: Vec<usize>,
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(range(max = 1.0), extend("exclusiveMinimum" = 0.0))]
     pub gamma: f64,
     /// Epochs of linear warm-up from lr/warmup_epochs to lr.
+    #[schemars(range(min = 0, max = 100_000))]
     pub warmup_epochs: usize,
     /// sgd (momentum, optional Nesterov), adam or adamw; see docs/optimizers.md.
     #[serde(skip_serializing_if = "is_default")]
@@ -82,11 +84,11 @@ pub struct Schedule {
     pub nesterov: bool,
     /// Adam's and AdamW's (beta1, beta2).
     #[serde(skip_serializing_if = "is_default_betas")]
-    #[schemars(length(equal = 2))]
+    #[schemars(length(equal = 2), inner(range(min = 0.0, max = 1.0)))]
     pub betas: Vec<f64>,
     /// Adam's and AdamW's epsilon.
     #[serde(skip_serializing_if = "is_default_eps")]
-    #[schemars(range(min = 0.0))]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub eps: f64,
 }
 
@@ -152,6 +154,31 @@ impl Schedule {
     /// Every rule the JSON Schema cannot express that these settings break, as (field, message).
     pub fn issues(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
+        // Settings a schedule would never reach are a mistake in the config: report them rather
+        // than quietly run without them. (With 0 epochs only that is reported, by `check_all`
+        // or the schema's minimum.)
+        if let Some(&m) = self
+            .milestones
+            .iter()
+            .find(|&&m| m >= self.epochs && self.epochs > 0)
+        {
+            out.push((
+                "milestones",
+                format!(
+                    "milestone {m} is never reached: training has {} epoch(s), so milestones must be below {}",
+                    self.epochs, self.epochs
+                ),
+            ));
+        }
+        if self.warmup_epochs > self.epochs && self.epochs > 0 {
+            out.push((
+                "warmup_epochs",
+                format!(
+                    "a warm-up of {} epochs is longer than the {} epoch(s) of training",
+                    self.warmup_epochs, self.epochs
+                ),
+            ));
+        }
         if self.milestones.windows(2).any(|w| w[0] >= w[1]) {
             out.push((
                 "milestones",
@@ -198,13 +225,17 @@ impl Schedule {
 
     /// Everything a run needs, for schedules built in code rather than read from a config.
     fn check_all(&self) -> Result<(), String> {
-        self.check()?;
-        if !(self.lr.is_finite() && self.lr >= 0.0) {
+        if self.epochs == 0 {
+            return Err("epochs is 0: nothing would be trained (give at least 1)".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= crate::bounds::MAX_LR) {
             return Err(format!(
-                "lr {} must be a finite non-negative number",
-                self.lr
+                "lr {} must be above 0 (with 0 nothing is trained) and at most {}",
+                self.lr,
+                crate::bounds::MAX_LR
             ));
         }
+        self.check()?;
         if self.batch_size == 0 {
             return Err("batch_size must be at least 1".into());
         }
@@ -1174,6 +1205,29 @@ mod tests {
         }
         .check()
         .is_err());
+    }
+
+    #[test]
+    fn schedules_that_would_train_nothing_or_skip_settings_are_refused() {
+        let fields = |s: &Schedule| s.issues().into_iter().map(|(f, _)| f).collect::<Vec<_>>();
+        let s = |epochs, milestones: Vec<usize>, warmup_epochs| Schedule {
+            milestones,
+            warmup_epochs,
+            ..schedule(epochs)
+        };
+        assert!(fields(&s(10, vec![3, 9], 10)).is_empty());
+        assert_eq!(fields(&s(10, vec![3, 10], 0)), ["milestones"]);
+        assert_eq!(fields(&s(10, vec![], 11)), ["warmup_epochs"]);
+        // Zero epochs and a zero or non-finite lr are refused before a run starts.
+        assert!(s(0, vec![], 0)
+            .check_all()
+            .unwrap_err()
+            .contains("epochs is 0"));
+        for lr in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e39] {
+            let e = Schedule { lr, ..schedule(1) }.check_all().unwrap_err();
+            assert!(e.contains("must be above 0"), "{lr}: {e}");
+        }
+        assert!(schedule(1).check_all().is_ok());
     }
 
     #[test]

@@ -143,7 +143,7 @@ pub struct EvalConfig {
     /// Features to attack with; each gives its own score. The headline one is `confidence`.
     pub mia_features: Vec<MiaFeature>,
     /// Batch size of evaluation forward passes.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1_048_576))]
     pub batch_size: usize,
     /// Registered metrics to compute for every row besides UA, RA, TA and MIA (`unlearn list
     /// --kind metric`), e.g. `["forget_kl"]`; each adds columns to the reports.

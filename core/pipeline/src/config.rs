@@ -24,11 +24,12 @@ use crate::train::Schedule;
 pub struct PipelineConfig {
     /// Seed of model initialisation and batch order.
     #[serde(default)]
+    #[schemars(range(max = u64::MAX))]
     pub seed: u64,
     /// Several seeds: the whole run (dense model, sparse models, rows) once per seed, reported
     /// per seed and as mean +- std over seeds (the paper averages trials). Replaces `seed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1), extend("uniqueItems" = true))]
+    #[schemars(length(min = 1), inner(range(max = u64::MAX)), extend("uniqueItems" = true))]
     pub seeds: Option<Vec<u64>>,
     #[serde(default)]
     pub data: DataConfig,
@@ -210,7 +211,41 @@ pub fn parse_config_text(text: &str, json: bool) -> Result<Value, (&'static str,
     if json {
         serde_json::from_str(text).map_err(|e| ("JSON", e.to_string()))
     } else {
-        toml::from_str(text).map_err(|e| ("TOML", e.to_string().trim_end().to_string()))
+        let table: toml::Table = toml::from_str(text).map_err(|e| ("TOML", toml_message(&e)))?;
+        Ok(toml_to_json(toml::Value::Table(table)))
+    }
+}
+
+/// The parser's message (with its line and caret), except that an integer beyond 64 bits, which
+/// it reports as a type error ("invalid type: integer `...` as i128"), is called what it is.
+fn toml_message(e: &toml::de::Error) -> String {
+    let full = e.to_string().trim_end().to_string();
+    if !e.message().contains("as i128") {
+        return full;
+    }
+    let snippet = full.strip_suffix(e.message().trim_end()).unwrap_or(&full);
+    format!(
+        "{snippet}integer out of range: TOML integers are 64-bit (at most {}); use a smaller value",
+        i64::MAX
+    )
+}
+
+/// A TOML value as JSON. TOML's `nan` and `inf` have no JSON form: they become the strings
+/// `"nan"`, `"inf"` and `"-inf"`, so the schema reports them at their path as what they are
+/// rather than as `null`. Datetimes become their TOML text.
+fn toml_to_json(v: toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::String(s),
+        toml::Value::Integer(i) => Value::from(i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .unwrap_or_else(|| Value::String(f.to_string().replace("NaN", "nan"))),
+        toml::Value::Boolean(b) => Value::Bool(b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.into_iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => {
+            Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+        }
     }
 }
 
@@ -434,16 +469,17 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
     // Sections checked one by one, so a mistake in one does not hide those in others.
     let section = |name: &str| raw.get(name).cloned().unwrap_or(Value::Object(Map::new()));
     if let Ok(train) = serde_json::from_value::<Schedule>(section("train")) {
-        if let Err(m) = train.check() {
-            issues.push(ConfigIssue::new(
-                "/train/milestones",
-                Some(serde_json::json!(train.milestones)),
-                m,
-            ));
+        for (field, m) in train.issues() {
+            let value = raw.pointer(&format!("/train/{field}")).cloned();
+            let m = match value {
+                Some(_) => m,
+                None => format!("{m} (this is the default `{field}`: give one that fits)"),
+            };
+            issues.push(ConfigIssue::new(&format!("/train/{field}"), value, m));
         }
         for p in &pruners {
             if let Some(crate::method::RewindPoint::Epoch(r)) = p.instance.rewind_point() {
-                if r > train.epochs {
+                if r > train.epochs && train.epochs > 0 {
                     issues.push(ConfigIssue::new(
                         "/prune/rewind_epoch",
                         Some(r.into()),
@@ -465,6 +501,7 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
                 let on_disk = d.dataset.format().is_some();
                 let path = match e {
                     DataError::Subset(_) => "/data/subset",
+                    DataError::TooLarge { .. } if !on_disk => "/data/synthetic",
                     _ if on_disk => "/data/dir",
                     _ => "/data",
                 };
@@ -473,6 +510,19 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
                 None
             }
         });
+    if let Some((dataset, split)) = &loaded {
+        // The model must be able to take these images, and every class must be tested.
+        if let Ok(model) = serde_json::from_value::<ModelConfig>(section("model")) {
+            if let Err(e) = model_spec(model.arch, dataset).check() {
+                issues.push(ConfigIssue::new(
+                    "/model/arch",
+                    Some(Value::from(model.arch.name())),
+                    e.to_string(),
+                ));
+            }
+        }
+        issues.extend(untested_classes(dataset, split));
+    }
     let mut forget = Vec::new();
     // The name of the `poisoned` scenario, when the config gives one.
     let mut poisoned_name: Option<String> = None;
@@ -593,6 +643,38 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
         pruners,
         unlearners,
         seeds,
+    })
+}
+
+/// Classes with training samples but none in the test set: their test accuracy, and so TA and
+/// the class-wise scores, would be undefined (one issue naming them all).
+fn untested_classes(dataset: &Dataset, split: &Split) -> Option<ConfigIssue> {
+    let labels = dataset.labels_vec();
+    let mut counts = vec![(0usize, 0usize); dataset.classes];
+    for &i in &split.train {
+        counts[labels[i] as usize].0 += 1;
+    }
+    for &i in &split.test {
+        counts[labels[i] as usize].1 += 1;
+    }
+    let missing: Vec<String> = counts
+        .iter()
+        .enumerate()
+        .filter(|(_, &(train, test))| train > 0 && test == 0)
+        .map(|(c, _)| match dataset.class_names.get(c) {
+            Some(name) if name != &c.to_string() => format!("{c} ({name})"),
+            _ => c.to_string(),
+        })
+        .collect();
+    (!missing.is_empty()).then(|| {
+        ConfigIssue::new(
+            "/data",
+            None,
+            format!(
+                "class(es) {} have training samples but none in the test set, so their test accuracy is undefined: add test images of them (or raise split.test_fraction)",
+                missing.join(", ")
+            ),
+        )
     })
 }
 
@@ -776,10 +858,12 @@ fn check_checkpoint(
     spec: &crate::model::ModelSpec,
     pruners: &[Planned<Box<dyn Pruner>>],
 ) -> Result<(), Vec<ConfigIssue>> {
-    use crate::checkpoint::{import_pytorch, metadata, CheckpointError};
+    use crate::checkpoint::{import_pytorch, load, metadata, CheckpointError};
     let at = |p: &str, v: Option<Value>, m: String| vec![ConfigIssue::new(p, v, m)];
     let file = Some(Value::from(path.display().to_string()));
-    let has_mask = match metadata(path) {
+    // Loaded whole (on the CPU), as the run will: every tensor's name, shape and dtype, the mask,
+    // and finite values are checked now rather than after dense evaluation.
+    let loaded = match metadata(path) {
         Ok(meta)
             if meta.arch != spec.arch
                 || meta.input != spec.input
@@ -790,16 +874,23 @@ fn check_checkpoint(
                 meta.arch, meta.classes, meta.input, spec.arch, spec.classes, spec.input
             )));
         }
-        Ok(meta) => meta.sparsity.is_some(),
+        Ok(_) => load(path, tch::Device::Cpu).map(|(model, mask, _)| (model, mask)),
         // No unlearn metadata: PyTorch weights; they must load into this architecture.
         Err(CheckpointError::MissingMetadata { .. }) => {
-            match import_pytorch(path, spec.clone(), tch::Device::Cpu) {
-                Ok((_, mask)) => mask.is_some(),
-                Err(e) => return Err(at("/model/checkpoint", file, e.to_string())),
-            }
+            import_pytorch(path, spec.clone(), tch::Device::Cpu)
         }
-        Err(e) => return Err(at("/model/checkpoint", file, e.to_string())),
+        Err(e) => Err(e),
     };
+    let (model, mask) = loaded.map_err(|e| at("/model/checkpoint", file.clone(), e.to_string()))?;
+    if !model.all_finite() {
+        return Err(at(
+            "/model/checkpoint",
+            file,
+            "has non-finite weights or buffers (NaN or inf): it cannot be evaluated or unlearned"
+                .into(),
+        ));
+    }
+    let has_mask = mask.is_some();
     let rewinds = pruners.iter().find(|p| {
         matches!(
             p.instance.rewind_point(),
@@ -887,4 +978,45 @@ pub fn plugin_paths(raw: &Value, base_dir: &Path) -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_nan_and_inf_reach_the_schema_as_what_they_are() {
+        let v =
+            parse_config_text("[train]\nlr = nan\nmomentum = -inf\ngamma = inf\n", false).unwrap();
+        assert_eq!(v["train"]["lr"], "nan");
+        assert_eq!(v["train"]["momentum"], "-inf");
+        assert_eq!(v["train"]["gamma"], "inf");
+        let issues = issues_from_schema(&pipeline_schema(), &v, "");
+        let lr = issues.iter().find(|i| i.path == "/train/lr").unwrap();
+        assert!(lr.message.contains("\"nan\" is not of type"), "{lr}");
+    }
+
+    #[test]
+    fn a_toml_integer_beyond_64_bits_is_called_out_of_range() {
+        let (format, m) =
+            parse_config_text("[train]\nepochs = 99999999999999999999\n", false).unwrap_err();
+        assert_eq!(format, "TOML");
+        assert!(
+            m.contains("line 2") && m.contains("integer out of range"),
+            "{m}"
+        );
+        assert!(!m.contains("JSON") && !m.contains("i128"), "{m}");
+    }
+
+    #[test]
+    fn every_number_of_the_config_and_scenario_schemas_is_bounded() {
+        assert_eq!(
+            crate::bounds::unbounded_numbers(&pipeline_schema()),
+            Vec::<String>::new()
+        );
+        for (name, s) in crate::scenario::registered().unwrap() {
+            let unbounded = crate::bounds::unbounded_numbers(&(s.schema)());
+            assert!(unbounded.is_empty(), "scenario {name}: {unbounded:?}");
+        }
+    }
 }

@@ -20,13 +20,14 @@ pub struct BadNetsConfig {
     /// forget set of the cleanse). The default, 50, fits tiny data sets; CIFAR-sized training sets
     /// usually need a few hundred (around 1%) for a reliable backdoor. Must not exceed the
     /// training set.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1_000_000_000))]
     pub n: usize,
     /// Side s in pixels of the square trigger, placed 2 pixels in from the bottom-right corner;
     /// the images must be at least s + 2 pixels high and wide.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 4096))]
     pub size: usize,
     /// The target class t that poisoned samples are relabelled to (must be a class of the data).
+    #[schemars(range(max = 1_000_000))]
     pub target: usize,
 }
 

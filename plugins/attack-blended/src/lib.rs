@@ -35,7 +35,7 @@ pub struct BlendedConfig {
     /// forget set of the cleanse). The default, 50, fits tiny data sets; CIFAR-sized training sets
     /// usually need a few hundred (around 1%) for a reliable backdoor. Must not exceed the
     /// training set.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1_000_000_000))]
     pub n: usize,
     /// Blend weight alpha of the pattern, 0 < alpha <= 1: x' = round((1 - alpha) x + alpha P).
     /// 0.2 is the paper's common setting for poisoning training data; 1 replaces the image by the
@@ -43,6 +43,7 @@ pub struct BlendedConfig {
     #[schemars(range(min = 0.0, max = 1.0))]
     pub alpha: f64,
     /// The target class t that poisoned samples are relabelled to (must be a class of the data).
+    #[schemars(range(max = 1_000_000))]
     pub target: usize,
     /// Seed of the random pattern P (uniform pixels in 0..=255), independent of the run's seed so
     /// that the trigger stays the same across runs.

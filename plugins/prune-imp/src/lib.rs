@@ -113,6 +113,7 @@ pub struct OneShotConfig {
     #[schemars(range(min = 0.0, max = 0.999))]
     pub sparsity: f64,
     /// Epoch of dense training whose weights the survivors are rewound to (SPEC: 8).
+    #[schemars(range(max = 100_000))]
     pub rewind_epoch: usize,
     /// Which weights are pruned (globally, together): `conv` (every convolution weight, the
     /// paper's), `linear` or `conv+linear`. Biases and BatchNorm stay dense. (Left out of
@@ -247,7 +248,7 @@ pub struct ImpConfig {
     /// Number of prune-rewind-retrain rounds `k` (each retrains the full schedule). The default,
     /// 14, is the fewest rounds of 20% that reach the paper's 95% (1 - 0.8^14 = 95.6%); the
     /// reference code's `--pruning_times` counts the dense training too (k + 1).
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1000))]
     pub rounds: usize,
     /// Share of the remaining weights pruned in each round (the reference: 0.2).
     #[schemars(range(min = 0.0, max = 0.999))]
@@ -259,6 +260,7 @@ pub struct ImpConfig {
     /// Epoch of dense training to rewind to with `rewind_lt` (the paper: 8). With every target,
     /// retraining starts the lr schedule this many epochs in, as the reference code does (0: the
     /// whole schedule).
+    #[schemars(range(max = 100_000))]
     pub rewind_epoch: usize,
     /// Which weights are pruned (globally, together): `conv` (every convolution weight, the
     /// paper's), `linear` or `conv+linear`. Biases and BatchNorm stay dense. (Left out of

@@ -253,7 +253,7 @@ pub struct SynFlowConfig {
     #[schemars(range(min = 0.0, max = 0.999))]
     pub sparsity: f64,
     /// Rounds of scoring and pruning (SPEC and the reference: 100).
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 100_000))]
     pub rounds: usize,
     /// Which weights are pruned (globally, together): `conv` (every convolution weight, the
     /// paper's), `linear` or `conv+linear`. Biases and BatchNorm stay dense. (Left out of

@@ -25,11 +25,11 @@ pub struct FfConfig {
     /// reference repository's reproduction notes say the paper searched FF's `a` over very small
     /// values. On the digits, 1e-7 to 1e-6 forget a class while keeping retain accuracy and 1e-5
     /// damages the 99%-sparse model (sweep in host/presets/demo.toml).
-    #[schemars(range(min = 0.0))]
+    #[schemars(range(min = 0.0, max = 1e6))]
     pub alpha: f64,
     /// Retain-set samples per batch of the Fisher accumulation (SPEC: 32). The Fisher of a batch
     /// is that of its mean loss, so this value changes the result, not only the speed.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1_048_576))]
     pub batch_size: usize,
     /// Inputs of the Fisher accumulation: `augmented` (the data set's training-time
     /// augmentation, as the reference code, whose retain loader keeps the training transform) or

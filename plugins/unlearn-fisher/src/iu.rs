@@ -22,17 +22,17 @@ pub struct IuConfig {
     /// command leaves `--alpha` to the user), leaves the model practically unchanged. On the digits, class-wise,
     /// the dense small CNN needs about 5 and the 99%-sparse one about 1 to remove the class; 3
     /// lies between (sweep in host/presets/demo.toml).
-    #[schemars(range(min = 0.0))]
+    #[schemars(range(min = 0.0, max = 1e6))]
     pub alpha: f64,
     /// `N` of the WoodFisher recursion: it runs over the first `N` samples of the retain set
     /// (one backward pass each), and `N` is the constant in its denominators (also when the
     /// retain set is smaller), as in the reference code. SPEC: 1000.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1_000_000_000))]
     pub samples: usize,
     /// Samples per batch of the passes computing the forget and retain gradients `g_f`, `g_r`
     /// (sums of per-sample gradients: the value changes only rounding, speed and memory use;
     /// 256 is the reference code's batch size).
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1_048_576))]
     pub batch_size: usize,
     /// Inputs of every gradient (`g_f`, `g_r` and the per-sample ones): `augmented` (the data
     /// set's training-time augmentation, as the reference code, whose loaders keep the training

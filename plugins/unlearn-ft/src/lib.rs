@@ -30,9 +30,10 @@ sgd_config!(
     L1SparseConfig { epochs: 10, lr: 0.01, milestones: vec![] }
     extra {
         /// The initial L1 weight a (the paper: 5e-5 to 5e-4 on CIFAR; scale it to the data).
-        #[schemars(range(min = 0.0))]
+        #[schemars(range(min = 0.0, max = 10.0))]
         alpha: f64 = 5e-4,
         /// Final epochs trained without the L1 term (E0).
+        #[schemars(range(min = 0, max = 100_000))]
         no_l1_epochs: usize = 0,
     }
     rules(c) {

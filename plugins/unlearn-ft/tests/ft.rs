@@ -464,16 +464,39 @@ fn invalid_configs_are_rejected_naming_the_field() {
         );
         let got = issues(&r, name, json!({"lr": "fast"}));
         assert_eq!(got.len(), 1, "{name}: {got:?}");
-        // Ranges live in the schema, which the pipeline validates before building: epochs >= 1,
-        // lr >= 0, batch_size >= 1, and for the L1 methods alpha >= 0.
-        let schema = &r.get(name).unwrap().schema;
-        let min = |field: &str| schema["properties"][field]["minimum"].as_f64();
-        assert_eq!(min("epochs"), Some(1.0), "{name}");
-        assert_eq!(min("lr"), Some(0.0), "{name}");
-        assert_eq!(min("batch_size"), Some(1.0), "{name}");
+        // Ranges live in the schema and hold however the method is built (the pipeline's
+        // validation and the method's own parse both apply them): epochs >= 1, lr > 0,
+        // batch_size >= 1, and for the L1 methods alpha >= 0; every one bounded above.
+        let got = issues(
+            &r,
+            name,
+            json!({"epochs": 0, "lr": 0.0, "batch_size": 2_000_000, "milestones": [0]}),
+        );
+        let mut paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            ["/batch_size", "/epochs", "/lr", "/milestones/0"],
+            "{name}: {got:?}"
+        );
+        let lr = got.iter().find(|(p, _)| p == "/lr").unwrap();
+        assert!(lr.1.contains("greater than 0"), "{name}: {got:?}");
+        let got = issues(&r, name, json!({"lr": 1e39}));
+        assert!(
+            got.len() == 1 && got[0].1.contains("maximum of 1000"),
+            "{name}: {got:?}"
+        );
         if name.contains("l1") {
-            assert_eq!(min("alpha"), Some(0.0), "{name}");
+            let got = issues(&r, name, json!({"alpha": -1.0}));
+            assert_eq!(got.len(), 1, "{name}: {got:?}");
+            assert_eq!(got[0].0, "/alpha", "{name}");
         }
+        // Settings the schedule would never reach.
+        let got = issues(&r, name, json!({"epochs": 3, "milestones": [3]}));
+        assert!(
+            got.len() == 1 && got[0].0 == "/milestones" && got[0].1.contains("never reached"),
+            "{name}: {got:?}"
+        );
     }
     for name in ["l1-sparse", "FT_l1"] {
         let got = issues(&r, name, json!({"epochs": 3, "no_l1_epochs": 4}));

@@ -16,7 +16,7 @@ sgd_config!(
     GaL1Config { epochs: 5, lr: 1e-4, milestones: vec![] }
     extra {
         /// The L1 weight a.
-        #[schemars(range(min = 0.0))]
+        #[schemars(range(min = 0.0, max = 10.0))]
         alpha: f64 = 5e-4,
     }
 );

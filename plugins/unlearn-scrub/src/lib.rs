@@ -19,23 +19,26 @@ sgd_config!(
     /// `msteps` epochs, then min-steps on the retain set (minimise alpha * KL + gamma * CE) in
     /// every epoch, with one optimizer throughout. `batch_size` is the retain (min-step) batch
     /// size. Defaults: SCRUB's small-scale settings (sgda_epochs 3, sgda_learning_rate 5e-4,
-    /// lr_decay_epochs [3, 5, 9], momentum 0.9, weight decay 5e-4, sgda_batch_size 128).
-    ScrubConfig { epochs: 3, lr: 5e-4, batch_size: 128, milestones: vec![3, 5, 9] }
+    /// momentum 0.9, weight decay 5e-4, sgda_batch_size 128). SCRUB's lr_decay_epochs [3, 5, 9]
+    /// are never reached in its 3 epochs, so the default has no milestones (a milestone past the
+    /// last epoch is refused): give them with more epochs.
+    ScrubConfig { epochs: 3, lr: 5e-4, batch_size: 128, milestones: vec![] }
     extra {
         /// Epochs (the first ones) that start with max-steps on the forget set; at most `epochs`
         /// (SCRUB's msteps).
+        #[schemars(range(min = 0, max = 100_000))]
         msteps: usize = 2,
         /// Forget-set samples per max-step (SCRUB's del_batch_size).
-        #[schemars(range(min = 1))]
+        #[schemars(range(min = 1, max = 1_048_576))]
         forget_batch_size: usize = 32,
         /// Distillation temperature T of the KL between teacher and student, > 0 (SCRUB's kd_T).
-        #[schemars(range(min = 0.0))]
+        #[schemars(range(max = 1000.0), extend("exclusiveMinimum" = 0.0))]
         temperature: f64 = 4.0,
         /// Weight of KL(teacher || student) in the min-steps on the retain set (SCRUB's alpha).
-        #[schemars(range(min = 0.0))]
+        #[schemars(range(min = 0.0, max = 1000.0))]
         alpha: f64 = 0.001,
         /// Weight of the cross-entropy in the min-steps on the retain set (SCRUB's gamma).
-        #[schemars(range(min = 0.0))]
+        #[schemars(range(min = 0.0, max = 1000.0))]
         gamma: f64 = 0.99,
     }
     rules(c) {

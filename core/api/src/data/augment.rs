@@ -13,6 +13,7 @@ use tch::{Kind, Tensor};
 pub struct Augment {
     /// Pad each side by this many zero pixels, then crop back to the original size at a random
     /// offset (0: no cropping).
+    #[schemars(range(min = 0, max = 1024))]
     pub crop_padding: i64,
     /// Mirror left-right with probability 1/2.
     pub flip: bool,

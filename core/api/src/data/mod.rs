@@ -34,6 +34,13 @@ pub enum DataError {
         path: std::path::PathBuf,
         message: String,
     },
+    /// A data set that would not fit in this machine's memory.
+    #[error("{name}: about {} of pixels, more than this machine's {} of memory", gib(*.bytes), gib(*.memory))]
+    TooLarge {
+        name: String,
+        bytes: u64,
+        memory: u64,
+    },
     /// Files of a layout that are absent from its folder.
     #[error("{}: missing {}; expected {}", dir.display(), missing.join(", "), expected.join(", "))]
     MissingFiles {
@@ -173,4 +180,34 @@ pub fn channel_stats(images: &Tensor, max_value: f64) -> (Vec<f64>, Vec<f64>) {
     let mean = Vec::<f64>::try_from(per.mean_dim(1, false, Kind::Double)).unwrap();
     let std = Vec::<f64>::try_from(per.std_dim(1, false, false)).unwrap();
     (mean, std)
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// This machine's physical memory in bytes (Linux `/proc/meminfo`; None elsewhere).
+pub fn physical_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Refuses, before anything is allocated, a data set of `count` images of `dims` values each
+/// (u8) whose pixels (held twice while they become a tensor) would not fit in memory. An
+/// overflowing size counts as too large.
+pub fn check_fits(name: &str, count: usize, dims: usize) -> Result<(), DataError> {
+    let bytes = (count as u64)
+        .checked_mul(dims as u64)
+        .and_then(|b| b.checked_mul(2))
+        .unwrap_or(u64::MAX);
+    match physical_memory() {
+        Some(memory) if bytes > memory => Err(DataError::TooLarge {
+            name: name.into(),
+            bytes,
+            memory,
+        }),
+        _ => Ok(()),
+    }
 }

@@ -15,6 +15,7 @@ pub struct SplitConfig {
     #[schemars(range(min = 0.0, max = 0.9))]
     pub val_fraction: f64,
     /// Seed of the split; fixed so every run sees the same train set.
+    #[schemars(range(max = u64::MAX))]
     pub seed: u64,
 }
 
@@ -99,7 +100,7 @@ pub fn stratified_split(
 pub struct SubsetConfig {
     /// Training samples kept per class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1_000_000_000))]
     pub per_class: Option<usize>,
     /// Share of each class's training samples kept (instead of `per_class`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -107,6 +108,7 @@ pub struct SubsetConfig {
     pub fraction: Option<f64>,
     /// Seed of the draw.
     #[serde(default)]
+    #[schemars(range(max = u64::MAX))]
     pub seed: u64,
 }
 

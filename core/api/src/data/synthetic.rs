@@ -10,14 +10,15 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct SyntheticConfig {
     /// Number of samples.
-    #[schemars(range(min = 10))]
+    #[schemars(range(min = 10, max = 10_000_000))]
     pub samples: usize,
     /// Number of classes.
     #[schemars(range(min = 2, max = 100))]
     pub classes: usize,
     /// Noise amplitude in pixel units (0..16 scale); larger is harder.
-    #[schemars(range(min = 0.0))]
+    #[schemars(range(min = 0.0, max = 1000.0))]
     pub noise: f64,
+    #[schemars(range(max = u64::MAX))]
     pub seed: u64,
     /// Image channels (1 like the digits, 3 for CIFAR-sized batches).
     #[schemars(range(min = 1, max = 4))]
@@ -50,8 +51,9 @@ pub fn synthetic(cfg: &SyntheticConfig) -> Result<Dataset, DataError> {
             ),
         });
     }
-    let mut r = rng(cfg.seed, "synthetic");
     let dims = cfg.channels * cfg.size * cfg.size;
+    super::check_fits("synthetic", cfg.samples, dims)?;
+    let mut r = rng(cfg.seed, "synthetic");
     let patterns: Vec<Vec<f64>> = (0..cfg.classes)
         .map(|_| {
             (0..dims)

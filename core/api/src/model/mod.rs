@@ -49,6 +49,14 @@ pub struct ModelSpec {
     pub std: Vec<f64>,
 }
 
+impl ModelSpec {
+    /// Whether the architecture is known and takes these inputs: what building the model checks
+    /// first, without building it (for validation).
+    pub fn check(&self) -> Result<(), ModelError> {
+        check_input(self, Some(self.arch.def()?))
+    }
+}
+
 /// A set of named tensors copied out of a model (a rewind point, an original to compare with).
 #[derive(Debug)]
 pub struct Snapshot(pub BTreeMap<String, Tensor>);

@@ -715,7 +715,18 @@ struct WithoutAnnotations;
 impl schemars::transform::Transform for WithoutAnnotations {
     fn transform(&mut self, schema: &mut schemars::Schema) {
         if let Some(o) = schema.as_object_mut() {
-            for k in ["title", "description", "examples", "$comment"] {
+            // Numeric bounds are validation, not layout: tightening a range must not refuse
+            // plugins whose documents have the same shape.
+            for k in [
+                "title",
+                "description",
+                "examples",
+                "$comment",
+                "minimum",
+                "maximum",
+                "exclusiveMinimum",
+                "exclusiveMaximum",
+            ] {
                 o.remove(k);
             }
         }
@@ -723,7 +734,7 @@ impl schemars::transform::Transform for WithoutAnnotations {
     }
 }
 
-/// The JSON Schema of `T` as the wire digest sees it (draft 2020-12, annotations left out).
+/// The JSON Schema of `T` as the wire digest sees it (draft 2020-12, annotations and numeric bounds left out).
 pub fn wire_schema_of<T: JsonSchema>() -> Value {
     let schema = schemars::generate::SchemaSettings::draft2020_12()
         .with_transform(WithoutAnnotations)
