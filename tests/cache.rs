@@ -725,6 +725,7 @@ method = "retrain"
 epochs = 4
 lr = 0.05
 batch_size = 16
+milestones = []
 [[unlearn]]
 method = "FT"
 epochs = 3
@@ -842,4 +843,72 @@ mia_features = ["confidence"]
     assert!(!written(&out)
         .iter()
         .any(|(p, _)| p.to_string_lossy().contains("/partial/")));
+}
+
+/// Ctrl-C (SIGINT) in the middle of a run: the run stops without starting another stage, says
+/// how to resume, exits 130 (as shells report an interrupted command) and writes no results; the
+/// next run resumes from the stages it had finished.
+#[test]
+fn ctrl_c_stops_the_run_with_exit_130_and_it_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "c.toml",
+        OMP,
+        &[ft(0.01, "FT a"), ft(0.02, "FT b"), ft(0.03, "FT c")].concat(),
+    );
+    let out = dir.path().join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_unlearn"))
+        .args(["--device", "cpu", "run", cfg.to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the first stage is in the cache, the rest of the run is still ahead.
+    let t0 = std::time::Instant::now();
+    while computed_entries(&out) == 0 {
+        assert!(child.try_wait().unwrap().is_none(), "finished too soon");
+        assert!(t0.elapsed().as_secs() < 120, "no stage finished");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("re-run to resume"), "{err}");
+    assert!(!out.join("results.json").exists());
+    let (r, _) = run(&cfg, &out, &[]);
+    assert!(
+        stages(&r).iter().any(|(_, _, cached)| *cached),
+        "nothing resumed"
+    );
+}
+
+/// Finished entries of the stage cache under `out` (each holds a `meta.json`).
+fn computed_entries(out: &Path) -> usize {
+    walk(&out.join("cache"))
+        .iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "meta.json"))
+        .count()
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .flat_map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p)
+            } else {
+                vec![p]
+            }
+        })
+        .collect()
 }

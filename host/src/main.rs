@@ -170,7 +170,14 @@ fn main() -> ExitCode {
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let code = if e.is::<BadInputError>() { 2 } else { 1 };
+            // 130: stopped by Ctrl-C (SIGINT), as shells report it.
+            let code = if e.is::<BadInputError>() {
+                2
+            } else if e.is::<Interrupted>() {
+                130
+            } else {
+                1
+            };
             eprintln!("error: {}", render(&e));
             ExitCode::from(code)
         }
@@ -202,6 +209,16 @@ impl std::fmt::Display for BadInputError {
     }
 }
 impl std::error::Error for BadInputError {}
+
+/// Marks an error as the user's Ctrl-C: exit code 130.
+#[derive(Debug)]
+struct Interrupted(anyhow::Error);
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&render(&self.0))
+    }
+}
+impl std::error::Error for Interrupted {}
 
 fn bad(e: impl Into<anyhow::Error>) -> anyhow::Error {
     BadInputError(e.into()).into()
@@ -438,6 +455,8 @@ fn data(command: DataCommand, quiet: bool) -> Result<()> {
                 Err(
                     e @ (FetchError::UnknownDataset { .. }
                     | FetchError::ExistingMismatch { .. }
+                    | FetchError::NotADirectory { .. }
+                    | FetchError::BadMirror { .. }
                     | FetchError::DestinationExists { .. }),
                 ) => Err(bad(e)),
                 Err(e) => Err(e.into()),
@@ -646,6 +665,7 @@ fn execute(
         pipeline::PipelineError::Output { .. }
         | pipeline::PipelineError::ForeignOutput { .. }
         | pipeline::PipelineError::Input { .. } => bad(e),
+        e if e.is_cancelled() => Interrupted(e.into()).into(),
         e => anyhow::Error::from(e),
     })?;
     println!("{}", unlearn_pipeline::report::results_table(&results));

@@ -236,6 +236,13 @@ pub enum FetchError {
         archive.display()
     )]
     Archive { archive: PathBuf, message: String },
+    #[error("{} is not a directory: give --dir a folder (new or existing) to fetch into", path.display())]
+    NotADirectory { path: PathBuf },
+    #[error("mirror {mirror:?} is not a usable URL: {reason}; give one like https://host/path")]
+    BadMirror {
+        mirror: String,
+        reason: &'static str,
+    },
     #[error("{action} {}: {source}; check that the directory is writable and has space", path.display())]
     Io {
         action: &'static str,
@@ -469,6 +476,15 @@ pub fn fetch_entry(
     dir: &Path,
     opts: &FetchOptions,
 ) -> Result<FetchReport, FetchError> {
+    // Both are the user's input: refuse them before anything is written or downloaded.
+    if let Some(m) = &opts.mirror {
+        check_mirror(m)?;
+    }
+    if dir.exists() && !dir.is_dir() {
+        return Err(FetchError::NotADirectory {
+            path: dir.to_path_buf(),
+        });
+    }
     fs::create_dir_all(dir).map_err(io_err("creating directory", dir))?;
     let agent = agent();
     let mut report = FetchReport {
@@ -484,6 +500,30 @@ pub fn fetch_entry(
         report.artifacts.push(a);
     }
     Ok(report)
+}
+
+/// A mirror must be an http(s) URL with a host and nothing that cannot appear in one.
+fn check_mirror(m: &str) -> Result<(), FetchError> {
+    let bad = |reason| {
+        Err(FetchError::BadMirror {
+            mirror: m.to_string(),
+            reason,
+        })
+    };
+    let Some(rest) = m
+        .strip_prefix("https://")
+        .or_else(|| m.strip_prefix("http://"))
+    else {
+        return bad("it must start with http:// or https://");
+    };
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() {
+        return bad("it has no host");
+    }
+    if m.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad("it contains spaces or control characters");
+    }
+    Ok(())
 }
 
 fn resolve_url(url: &str, mirror: Option<&str>) -> String {
@@ -1841,6 +1881,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_bad_mirror_or_a_file_as_dir_is_refused_before_anything_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("a-file");
+        fs::write(&file, b"x").unwrap();
+        let opts = FetchOptions::default();
+        let e = fetch("cifar10", &file, &opts).unwrap_err();
+        assert!(matches!(e, FetchError::NotADirectory { .. }), "{e}");
+        assert_eq!(fs::read(&file).unwrap(), b"x");
+        for m in [
+            "ftp://host/x",
+            "http://",
+            "https:///x",
+            "http://host/a b",
+            "not a url",
+        ] {
+            let opts = FetchOptions {
+                mirror: Some(m.into()),
+                ..FetchOptions::default()
+            };
+            let dir = tmp.path().join("new");
+            let e = fetch("cifar10", &dir, &opts).unwrap_err();
+            assert!(matches!(e, FetchError::BadMirror { .. }), "{m}: {e}");
+            assert!(!dir.exists(), "{m}: created the folder");
+        }
+        assert!(check_mirror("http://127.0.0.1:8000/files").is_ok());
     }
 
     #[test]

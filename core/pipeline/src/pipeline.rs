@@ -47,6 +47,9 @@ pub enum PipelineError {
     State { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Input { path: PathBuf, message: String },
+    /// Ctrl-C: the run stopped before starting `next` (finished stages are in the cache).
+    #[error("interrupted before {next}; finished stages are cached: re-run to resume")]
+    Cancelled { next: String },
     #[error("refusing to write into {path}: it is not empty and was not made by unlearn (choose a new or empty folder with --out)")]
     ForeignOutput { path: PathBuf },
     #[error(transparent)]
@@ -57,6 +60,21 @@ pub enum PipelineError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
+}
+
+impl PipelineError {
+    /// Whether the run stopped because the user asked it to (Ctrl-C), during a stage's training
+    /// loop or between stages.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(
+            self,
+            PipelineError::Cancelled { .. }
+                | PipelineError::Method {
+                    source: MethodError::Train(crate::train::TrainError::Cancelled { .. }),
+                    ..
+                }
+        )
+    }
 }
 
 /// Training errors already name their run; other method errors get the label in front.
@@ -1123,6 +1141,18 @@ impl StageRunner<'_> {
         }
     }
 
+    /// After Ctrl-C no new stage starts (a stage without a training loop would not notice).
+    fn stop_if_cancelled(&self, next: &str) -> Result<(), PipelineError> {
+        if self
+            .trainer
+            .cancel
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(PipelineError::Cancelled { next: next.into() });
+        }
+        Ok(())
+    }
+
     /// The model stage `key`: from the cache, or computed by `compute` and stored.
     #[allow(clippy::too_many_arguments)]
     fn model(
@@ -1148,6 +1178,7 @@ impl StageRunner<'_> {
             self.progress.cached(kind);
             return Ok((m, mask, r, s, report(true, s, log)));
         }
+        self.stop_if_cancelled(label)?;
         (self.notify)(&self.progress.starting(label));
         let t0 = Instant::now();
         let (trainer, scope) = self.trainer.for_stage(self.cache.partial(kind, key));
@@ -1229,6 +1260,7 @@ impl StageRunner<'_> {
             self.progress.cached(kind);
             return Ok(report(r, true));
         }
+        self.stop_if_cancelled(label)?;
         (self.notify)(&self.progress.starting(label));
         let t0 = Instant::now();
         let (trainer, scope) = self.trainer.for_stage(self.cache.partial(kind, key));
