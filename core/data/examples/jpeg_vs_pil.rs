@@ -1,6 +1,6 @@
 //! Compares JPEG decoding with PIL: the `image` crate's decoder (zune-jpeg, which the loader used
-//! before) and the loader's own (`unlearn_data::formats::decode_rgb_bytes`, libjpeg-turbo's
-//! decoder through mozjpeg), on the JPEGs of `DIR/test/<class>/` (or of `DIR` itself when it has
+//! before), the pure-Rust `jpeg-decoder` crate, and the loader's own
+//! (`unlearn_data::formats::decode_rgb_bytes`: libjpeg-turbo's decoder through mozjpeg), on the JPEGs of `DIR/test/<class>/` (or of `DIR` itself when it has
 //! no test/), and their decode rates on one thread from bytes in memory (the best of five
 //! passes, as other processes share the machine). The method and results are in
 //! docs/results/jpeg-decoding.md.
@@ -143,13 +143,24 @@ fn main() {
         (out, best)
     };
     let (zune, zune_s) = time(&|_, b| image::load_from_memory(b).unwrap().to_rgb8().into_raw());
+    let (jd, jd_s) = time(&|_, b| {
+        let mut d = jpeg_decoder::Decoder::new(b);
+        let px = d.decode().unwrap();
+        match d.info().unwrap().pixel_format {
+            jpeg_decoder::PixelFormat::RGB24 => px,
+            jpeg_decoder::PixelFormat::L8 => px.iter().flat_map(|&v| [v, v, v]).collect(),
+            other => panic!("{other:?}"),
+        }
+    });
     let (ours, ours_s) = time(&|p, b| unlearn_data::formats::decode_rgb_bytes(p, b).unwrap().2);
 
-    let (mut before, mut after) = (Diff::default(), Diff::default());
+    let (mut before, mut other, mut after) = (Diff::default(), Diff::default(), Diff::default());
     for i in 0..files.len() {
         before.add(&zune[i], pil[i]);
+        other.add(&jd[i], pil[i]);
         after.add(&ours[i], pil[i]);
     }
     before.report("image crate (zune-jpeg)", files.len(), zune_s);
+    other.report("jpeg-decoder", files.len(), jd_s);
     after.report("loader (mozjpeg)", files.len(), ours_s);
 }
