@@ -231,3 +231,32 @@ fn broken_and_cmyk_jpegs_are_errors_naming_the_file() {
         "{e}"
     );
 }
+
+#[test]
+fn damaged_jpegs_never_panic_or_abort() {
+    // Every cut of one file, and single-byte damage all over a few: each decode returns (pixels
+    // or an error naming the file); a libjpeg error that escaped would abort the test binary.
+    let path = Path::new("damaged.jpg");
+    let small = std::fs::read(fixtures().join("enc-420-progressive-32x32.jpg")).unwrap();
+    for len in 0..small.len() {
+        if let Err(e) = unlearn_data::formats::decode_rgb_bytes(path, &small[..len]) {
+            assert!(e.to_string().contains("damaged.jpg"), "{e}");
+        }
+    }
+    for name in [
+        "cifar-cat-0000.jpg",
+        "enc-422-45x37.jpg",
+        "enc-444-progressive-45x37.jpg",
+        "enc-420-restart-45x37.jpg",
+        "enc-grey-45x37.jpg",
+    ] {
+        let good = std::fs::read(fixtures().join(name)).unwrap();
+        for at in (0..good.len()).step_by(7) {
+            for byte in [0x00, 0xFF, good[at] ^ 0x5A] {
+                let mut bad = good.clone();
+                bad[at] = byte;
+                let _ = unlearn_data::formats::decode_rgb_bytes(path, &bad);
+            }
+        }
+    }
+}
