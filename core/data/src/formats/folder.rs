@@ -173,13 +173,21 @@ mod tests {
         save(&img(2), &root.join("train/dog/a.PNG"));
         save(&img(3), &root.join("train/cat/z.png"));
         save(&img(4), &root.join("test/dog/x.png"));
-        // Greyscale becomes three equal channels.
+        // Greyscale becomes three equal channels, in PNG and in JPEG.
         let grey = image::GrayImage::from_fn(5, 3, |x, y| image::Luma([(x * 40 + y) as u8]));
         save(
             &image::DynamicImage::ImageLuma8(grey.clone()),
             &root.join("train/cat/g.png"),
         );
-        // A JPEG decodes like the image crate decodes it.
+        let grey_jpeg = root.join("g.jpg");
+        save(&image::DynamicImage::ImageLuma8(grey.clone()), &grey_jpeg);
+        let (w, h, data) = super::super::decode_rgb_file(&grey_jpeg).unwrap();
+        assert_eq!((w, h), (5, 3));
+        assert!(
+            data.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]),
+            "{data:?}"
+        );
+        // A JPEG decodes as decode_rgb_file decodes it (PIL's pixels: tests/pil_jpeg.rs).
         let jpeg_path = root.join("test/cat/j.jpg");
         save(&img(5), &jpeg_path);
         std::fs::write(root.join("train/cat/notes.txt"), "not an image").unwrap();
@@ -197,7 +205,8 @@ mod tests {
         ]
         .concat();
         assert_eq!(pixels(&s.train), expect);
-        let jpeg = image::open(&jpeg_path).unwrap().to_rgb8();
+        let (w, h, data) = super::super::decode_rgb_file(&jpeg_path).unwrap();
+        let jpeg = image::RgbImage::from_raw(w, h, data).unwrap();
         assert_eq!(pixels(&s.test), [chw(&jpeg), chw(&rgb(5, 3, 4))].concat());
         assert_eq!(s.train.name, "pets");
         assert_eq!(s.train.max_value, 255.0);
@@ -242,6 +251,16 @@ mod tests {
         std::fs::write(root.join("train/b/0.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
         let e = err(image_folder(root));
         assert!(e.contains("train/b/0.png: cannot decode image"), "{e}");
+        // A truncated JPEG is an error, not grey padding (libjpeg's way) nor a panic.
+        std::fs::remove_file(root.join("train/b/0.png")).unwrap();
+        save(&img(4, 4), &root.join("train/b/0.jpg"));
+        let jpeg = std::fs::read(root.join("train/b/0.jpg")).unwrap();
+        std::fs::write(root.join("train/b/0.jpg"), &jpeg[..jpeg.len() - 40]).unwrap();
+        let e = err(image_folder(root));
+        assert!(
+            e.contains("train/b/0.jpg: cannot decode JPEG: the file is truncated"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -256,7 +275,7 @@ mod tests {
         let archive = dir.join("cifar10-jpeg.tar.gz");
         if !archive.exists() && !dir.join("train").is_dir() {
             println!(
-                "SKIPPED: {} is absent (the CIFAR-10 JPEG archive, see SPEC §1)",
+                "SKIPPED: {} is absent (the CIFAR-10 JPEG archive, unpacked or not)",
                 archive.display()
             );
             return;

@@ -11,6 +11,7 @@
 mod cifar;
 mod folder;
 mod idx;
+mod jpeg;
 mod mat;
 mod svhn;
 mod tiny;
@@ -340,10 +341,31 @@ pub(crate) fn decode_rgb(
 }
 
 fn decode_one(path: &Path) -> Result<image::RgbImage, DataError> {
-    let bytes = read_file(path)?;
-    let img = image::load_from_memory(&bytes)
-        .map_err(|e| bad(path, format!("cannot decode image: {e}")))?;
-    Ok(img.to_rgb8())
+    let (width, height, data) = decode_rgb_file(path)?;
+    image::RgbImage::from_raw(width, height, data)
+        .ok_or_else(|| bad(path, "decoded to the wrong number of bytes"))
+}
+
+/// Decodes the image file `path` to RGB: width, height and the pixels row-major with R, G, B
+/// interleaved. JPEGs decode to the values that `PIL.Image.open(path).convert("RGB")` gives (and
+/// so torchvision's `ImageFolder`): libjpeg-turbo's decoder at libjpeg's defaults, see `jpeg.rs`.
+/// PNGs decode with the `image` crate; greyscale becomes three equal channels and alpha is
+/// dropped.
+pub fn decode_rgb_file(path: &Path) -> Result<(u32, u32, Vec<u8>), DataError> {
+    decode_rgb_bytes(path, &read_file(path)?)
+}
+
+/// [`decode_rgb_file`] of the bytes `bytes` read from `path` (which errors name).
+pub fn decode_rgb_bytes(path: &Path, bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), DataError> {
+    // By content, not extension, as PIL does: a PNG named .jpg still loads.
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        let rgb = jpeg::decode(path, bytes)?;
+        return Ok((rgb.width, rgb.height, rgb.data));
+    }
+    let img = image::load_from_memory(bytes)
+        .map_err(|e| bad(path, format!("cannot decode image: {e}")))?
+        .to_rgb8();
+    Ok((img.width(), img.height(), img.into_raw()))
 }
 
 /// Checks that every label is below `classes`, naming the first offender.
