@@ -148,8 +148,8 @@ fn validate_reports_every_error_with_its_path_at_once() {
         "/unlearn/1/method = \"GA-typo\": unknown unlearner `GA-typo`; known: {unlearners}"
     );
     for needle in [
-        "/train/lr: -0.5 is less than the minimum of 0.0",
-        "/unlearn/0/lr: -1 is less than the minimum of 0.0",
+        "/train/lr: -0.5 is less than or equal to the minimum of 0.0",
+        "/unlearn/0/lr: -1 is less than or equal to the minimum of 0.0",
         &unknown,
         "/forget/0/class = 9: class 9 is outside 0..4",
         "/forget/1/n = 5000: forget set of 5000 samples must be non-empty and smaller than the training split",
@@ -469,7 +469,7 @@ fn divergence_is_a_clear_error_and_writes_no_results() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_with(&[(
         "method = \"FT\"\nepochs = 1\nlr = 0.01",
-        "method = \"GA\"\nepochs = 3\nlr = 1e8",
+        "method = \"GA\"\nepochs = 3\nlr = 1000.0",
     )]);
     let p = config(dir.path(), "ga.toml", &cfg);
     let out = dir.path().join("out");

@@ -529,25 +529,26 @@ fn default_of<C: MethodConfig>() -> Value {
 
 /// Deserialises and checks a method config.
 pub fn parse_config<C: MethodConfig>(v: &Value) -> Result<C, Vec<ConfigIssue>> {
-    // The schema's ranges hold however the method is built (the pipeline checks them too).
-    let out_of_range = crate::bounds::range_issues(&schema_of::<C>(), v);
-    if !out_of_range.is_empty() {
-        return Err(out_of_range);
+    // The schema's ranges hold however the method is built (the pipeline checks them too), and
+    // the method's own rules are reported beside them, except on a field already out of range.
+    let mut issues = crate::bounds::range_issues(&schema_of::<C>(), v);
+    let c: C = match serde_json::from_value(v.clone()) {
+        Ok(c) => c,
+        Err(e) if issues.is_empty() => return Err(vec![ConfigIssue::new("", None, e.to_string())]),
+        Err(_) => return Err(issues),
+    };
+    for (field, msg) in c.check() {
+        let path = format!("/{field}");
+        if issues.iter().any(|i| i.path == path) {
+            continue;
+        }
+        let value = v.get(&field).cloned();
+        let msg = match value {
+            Some(_) => msg,
+            None => format!("{msg} (this is the default `{field}`: give one that fits)"),
+        };
+        issues.push(ConfigIssue::new(&path, value, msg));
     }
-    let c: C = serde_json::from_value(v.clone())
-        .map_err(|e| vec![ConfigIssue::new("", None, e.to_string())])?;
-    let issues: Vec<ConfigIssue> = c
-        .check()
-        .into_iter()
-        .map(|(field, msg)| {
-            let value = v.get(&field).cloned();
-            let msg = match value {
-                Some(_) => msg,
-                None => format!("{msg} (this is the default `{field}`: give one that fits)"),
-            };
-            ConfigIssue::new(&format!("/{field}"), value, msg)
-        })
-        .collect();
     if issues.is_empty() {
         Ok(c)
     } else {

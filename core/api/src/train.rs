@@ -151,12 +151,15 @@ impl Schedule {
         }
     }
 
-    /// Every rule the JSON Schema cannot express that these settings break, as (field, message).
+    /// Every rule the JSON Schema cannot express that these settings, as a config gives them,
+    /// break, as (field, message): what a run needs, and no setting the schedule would never
+    /// reach.
     pub fn issues(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         // Settings a schedule would never reach are a mistake in the config: report them rather
-        // than quietly run without them. (With 0 epochs only that is reported, by `check_all`
-        // or the schema's minimum.)
+        // than quietly run without them. (With 0 epochs only that is reported, by the schema's
+        // minimum.) Code may build such schedules on purpose (a retraining whose lr schedule is
+        // advanced past a rewind point), so a run itself checks only `run_issues`.
         if let Some(&m) = self
             .milestones
             .iter()
@@ -179,6 +182,13 @@ impl Schedule {
                 ),
             ));
         }
+        out.extend(self.run_issues());
+        out
+    }
+
+    /// The rules a run of these settings needs, as (field, message).
+    fn run_issues(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
         if self.milestones.windows(2).any(|w| w[0] >= w[1]) {
             out.push((
                 "milestones",
@@ -225,19 +235,22 @@ impl Schedule {
 
     /// Everything a run needs, for schedules built in code rather than read from a config.
     fn check_all(&self) -> Result<(), String> {
-        if self.epochs == 0 {
-            return Err("epochs is 0: nothing would be trained (give at least 1)".into());
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= crate::bounds::MAX_LR) {
+        // The lr reaches libtorch as an f32: it must be a finite one.
+        if !(self.lr.is_finite() && self.lr >= 0.0 && self.lr <= f32::MAX as f64) {
             return Err(format!(
-                "lr {} must be above 0 (with 0 nothing is trained) and at most {}",
-                self.lr,
-                crate::bounds::MAX_LR
+                "lr {} must be a finite non-negative number",
+                self.lr
             ));
         }
-        self.check()?;
-        if self.batch_size == 0 {
-            return Err("batch_size must be at least 1".into());
+        if let Some((_, m)) = self.run_issues().into_iter().next() {
+            return Err(m);
+        }
+        // Batch sizes become i64 sizes and offsets.
+        if self.batch_size == 0 || i64::try_from(self.batch_size).is_err() {
+            return Err(format!(
+                "batch_size {} must be at least 1 and fit a 64-bit index",
+                self.batch_size
+            ));
         }
         Ok(())
     }
@@ -1218,16 +1231,13 @@ mod tests {
         assert!(fields(&s(10, vec![3, 9], 10)).is_empty());
         assert_eq!(fields(&s(10, vec![3, 10], 0)), ["milestones"]);
         assert_eq!(fields(&s(10, vec![], 11)), ["warmup_epochs"]);
-        // Zero epochs and a zero or non-finite lr are refused before a run starts.
-        assert!(s(0, vec![], 0)
-            .check_all()
-            .unwrap_err()
-            .contains("epochs is 0"));
-        for lr in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e39] {
+        // A run built in code may advance its lr schedule past its own epochs (retraining after
+        // a rewind), but an lr that is not a finite f32 never reaches libtorch.
+        assert!(s(1, vec![3], 0).check_all().is_ok());
+        for lr in [-1.0, f64::NAN, f64::INFINITY, 1e39] {
             let e = Schedule { lr, ..schedule(1) }.check_all().unwrap_err();
-            assert!(e.contains("must be above 0"), "{lr}: {e}");
+            assert!(e.contains("finite non-negative"), "{lr}: {e}");
         }
-        assert!(schedule(1).check_all().is_ok());
     }
 
     #[test]

@@ -203,7 +203,8 @@ fn rules_defaults_and_conformance() {
     bad["msteps"] = 5.into();
     bad["temperature"] = 0.0.into();
     let issues = m.build_unlearner(&bad).err().unwrap();
-    let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+    let mut paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+    paths.sort();
     assert_eq!(paths, ["/msteps", "/temperature"], "{issues:?}");
     let mut adam = d.clone();
     adam["optimizer"] = "adam".into();

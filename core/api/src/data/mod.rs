@@ -34,6 +34,10 @@ pub enum DataError {
         path: std::path::PathBuf,
         message: String,
     },
+    /// Several bad files, every one reported (a loader that checks files independently lists
+    /// them all, so one pass over a folder finds every problem).
+    #[error("{} bad files: {}", .0.len(), list_errors(.0))]
+    BadFiles(Vec<DataError>),
     /// A data set that would not fit in this machine's memory.
     #[error("{name}: about {} of pixels, more than this machine's {} of memory", gib(*.bytes), gib(*.memory))]
     TooLarge {
@@ -180,6 +184,34 @@ pub fn channel_stats(images: &Tensor, max_value: f64) -> (Vec<f64>, Vec<f64>) {
     let mean = Vec::<f64>::try_from(per.mean_dim(1, false, Kind::Double)).unwrap();
     let std = Vec::<f64>::try_from(per.std_dim(1, false, false)).unwrap();
     (mean, std)
+}
+
+/// The first 20 errors, one per line, and how many more there are.
+fn list_errors(errors: &[DataError]) -> String {
+    let mut out: Vec<String> = errors.iter().take(20).map(|e| format!("\n  {e}")).collect();
+    if errors.len() > 20 {
+        out.push(format!("\n  ... and {} more", errors.len() - 20));
+    }
+    out.concat()
+}
+
+impl DataError {
+    /// The errors inside a [`DataError::BadFiles`], or this one alone.
+    pub fn into_list(self) -> Vec<DataError> {
+        match self {
+            DataError::BadFiles(list) => list,
+            e => vec![e],
+        }
+    }
+
+    /// One error for a batch of independent checks: none, the only one, or all of them.
+    pub fn all(mut errors: Vec<DataError>) -> Result<(), DataError> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(DataError::BadFiles(errors)),
+        }
+    }
 }
 
 fn gib(bytes: u64) -> String {

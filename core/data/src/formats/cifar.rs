@@ -112,6 +112,13 @@ impl Records {
         let bytes = read_file(path)?;
         let head = skipped.len() + 1;
         let record = head + PIXELS;
+        if bytes.is_empty() {
+            // A batch file holds at least one record; an empty one is a failed copy or download.
+            return Err(bad(
+                path,
+                format!("is empty (0 bytes), expected {record}-byte records: fetch it again"),
+            ));
+        }
         if bytes.len() % record != 0 {
             return Err(bad(
                 path,
@@ -176,7 +183,7 @@ impl Records {
 /// Batch rule: there are always five train batches; with `n` train images, batch `k` (0-based)
 /// holds images `k * n / 5 .. (k + 1) * n / 5` in order. So 50,000 images give the official
 /// 10,000 per batch, and a smaller (or larger) train set gives five batches whose sizes differ by
-/// at most one (some empty when `n < 5`). The test split goes whole into `test_batch.bin`.
+/// at most one (at least 5 train images and 1 test image: no file may be empty). The test split goes whole into `test_batch.bin`.
 /// Loading the folder with [`cifar10`] gives back the same tensors, labels and class names.
 pub fn write_cifar10(source: &Source, dir: &Path) -> Result<(), DataError> {
     let names = &source.train.class_names;
@@ -184,6 +191,17 @@ pub fn write_cifar10(source: &Source, dir: &Path) -> Result<(), DataError> {
     let test = records(&source.test, "test", names)?;
     std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
     let n = train.len() / (1 + PIXELS);
+    // The loader refuses empty batch files (a failed copy looks like one), so every file gets a
+    // record: at least five train images and one test image.
+    if n < 5 || test.is_empty() {
+        return Err(DataError::Malformed {
+            name: format!("{} as CIFAR-10 binary", source.train.name),
+            message: format!(
+                "has {n} train and {} test images; the layout needs at least 5 train images (one per batch file) and 1 test image",
+                test.len() / (1 + PIXELS)
+            ),
+        });
+    }
     let bounds: Vec<usize> = (0..=5).map(|k| k * n / 5 * (1 + PIXELS)).collect();
     for (k, b) in TRAIN_BATCHES.iter().enumerate() {
         write(&dir.join(b), &train[bounds[k]..bounds[k + 1]])?;
@@ -367,6 +385,13 @@ mod tests {
                 && e.contains("1 whole records and 100 bytes"),
             "{e}"
         );
+        // Empty file (a failed copy): an error, not a batch of zero records.
+        put(&dir.join("data_batch_3.bin"), &[]);
+        let e = err(cifar10(&dir));
+        assert!(
+            e.contains("data_batch_3.bin") && e.contains("is empty (0 bytes)"),
+            "{e}"
+        );
         // Label out of range.
         put(&dir.join("data_batch_3.bin"), &record(&[10], 0));
         let e = err(cifar10(&dir));
@@ -401,7 +426,7 @@ mod tests {
 
     #[test]
     fn written_cifar10_loads_back_identically() {
-        for n in [23usize, 3] {
+        for n in [23usize, 5] {
             let tmp = tempfile::tempdir().unwrap();
             let (px, labels) = (0..n)
                 .map(|i| (record(&[], 13 * i), (i * 7 % 10) as i64))
@@ -467,6 +492,18 @@ mod tests {
             tmp.path(),
         ));
         assert!(e.contains("has 5 classes"), "{e}");
+        let mut three = crate::data::Dataset::from_pixels(
+            "three",
+            &vec![0u8; 3 * PIXELS],
+            [3, 32, 32],
+            &[0, 1, 2],
+            10,
+            255.0,
+        );
+        three.class_names = CIFAR10_CLASSES.map(String::from).to_vec();
+        let test = three.subset(&[0]);
+        let e = err(write_cifar10(&Source { train: three, test }, tmp.path()));
+        assert!(e.contains("has 3 train and 1 test images"), "{e}");
         let mut twelve =
             crate::data::Dataset::from_pixels("l", &px, [3, 32, 32], &[0, 12], 10, 255.0);
         twelve.class_names = CIFAR10_CLASSES.map(String::from).to_vec();

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{bad, decode_rgb, pixel_channel_stats, Parts, Source};
+use super::{bad, decode_rgb, decode_rgb_file, pixel_channel_stats, Parts, Source};
 use crate::data::{Augment, DataError};
 
 /// Loads an image folder. Classes are the sub-folders of `train/`, sorted by name (label 0 is
@@ -50,8 +50,24 @@ pub fn image_folder(root: &Path) -> Result<Source, DataError> {
         ));
     }
     let why = format!(" (the size of {})", train_files[0].display());
-    let (train_pixels, size) = decode_rgb(&train_files, None, &why)?;
-    let (test_pixels, _) = decode_rgb(&test_files, Some(size), &why)?;
+    // Every bad file of both splits is reported at once: the size comes from the first train
+    // image, or, when that one is broken, from each split's own first image.
+    let size = decode_rgb_file(&train_files[0])
+        .ok()
+        .map(|(w, h, _)| (w, h));
+    let (train_pixels, size, test_pixels) = match (
+        decode_rgb(&train_files, size, &why),
+        decode_rgb(&test_files, size, &why),
+    ) {
+        (Ok((train, size)), Ok((test, _))) => (train, size, test),
+        (a, b) => {
+            let errors = [a.err(), b.err()].into_iter().flatten();
+            return Err(
+                DataError::all(errors.flat_map(DataError::into_list).collect())
+                    .expect_err("one of them failed"),
+            );
+        }
+    };
     let shape = [3, size.1 as usize, size.0 as usize];
     let (mean, std) = pixel_channel_stats(&train_pixels, shape, 255.0);
     let name = root
@@ -251,6 +267,18 @@ mod tests {
         std::fs::write(root.join("train/b/0.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
         let e = err(image_folder(root));
         assert!(e.contains("train/b/0.png: cannot decode image"), "{e}");
+        // Every bad file of both splits in one message, not only the first.
+        std::fs::write(root.join("test/b/3.png"), b"not an image").unwrap();
+        let e = err(image_folder(root));
+        assert!(
+            e.starts_with("3 bad files")
+                && e.contains("train/b/0.png: cannot decode image")
+                && e.contains("test/b/2.png: image of the wrong size")
+                && e.contains("test/b/3.png"),
+            "{e}"
+        );
+        std::fs::remove_file(root.join("test/b/3.png")).unwrap();
+        save(&img(4, 4), &root.join("test/b/2.png"));
         // A truncated JPEG is an error, not grey padding (libjpeg's way) nor a panic.
         std::fs::remove_file(root.join("train/b/0.png")).unwrap();
         save(&img(4, 4), &root.join("train/b/0.jpg"));

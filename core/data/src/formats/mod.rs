@@ -311,6 +311,7 @@ pub(crate) fn decode_rgb(
         },
     };
     let per = 3 * (w as usize) * (h as usize);
+    crate::data::check_fits("image folder", files.len(), per)?;
     let mut pixels = vec![0u8; per * files.len()];
     let results: Vec<Result<(), DataError>> = pixels
         .par_chunks_mut(per.max(1))
@@ -336,7 +337,7 @@ pub(crate) fn decode_rgb(
             Ok(())
         })
         .collect();
-    results.into_iter().collect::<Result<(), _>>()?;
+    DataError::all(results.into_iter().filter_map(Result::err).collect())?;
     Ok((pixels, (w, h)))
 }
 
