@@ -732,6 +732,38 @@ mod tests {
         assert!((ft("mia_efficacy_confidence_shadow_ci_high") - 100.0 * hi).abs() < 1e-9);
     }
 
+    /// The figure draws the value of an uninformative attack hollow, and its legend says so.
+    #[test]
+    fn figures_draw_uninformative_attacks_hollow() {
+        let mut results = old_results();
+        results.scenarios = serde_json::from_value(json!([{
+            "name": "class-1", "kind": "class", "class": 1, "forget_size": 1,
+            "retain_size": 1, "forget_sha256": "0".repeat(64), "forget_indices": [0],
+        }]))
+        .unwrap();
+        let panels = crate::plot::panels(&results, "class-1");
+        let mia = panels.iter().find(|p| p.title.starts_with("MIA")).unwrap();
+        let flags = |name: &str| {
+            let s = mia.series.iter().find(|s| s.name == name).unwrap();
+            (s.points[0].1, s.uninformative.clone())
+        };
+        assert_eq!(flags("FT"), (10.0, vec![true]));
+        assert_eq!(flags("retrain"), (90.0, vec![false]));
+        let ua = panels.iter().find(|p| p.title.starts_with("UA")).unwrap();
+        assert!(ua.series.iter().all(|s| s.uninformative == [false]));
+
+        let dir = tempfile::tempdir().unwrap();
+        crate::plot::write_all(&results, dir.path()).unwrap();
+        let svg = std::fs::read_to_string(dir.path().join("unlearning-vs-sparsity-1.svg")).unwrap();
+        assert!(svg.contains("hollow: an uninformative MIA"), "{svg}");
+        // Every point in this figure is informative but FT's MIA: no note on a clean figure.
+        results.rows.remove(1);
+        let clean = crate::plot::panels(&results, "class-1");
+        assert!(clean
+            .iter()
+            .all(|p| p.series.iter().all(|s| !s.uninformative.contains(&true))));
+    }
+
     fn recompute(results: &mut RunResults) {
         crate::pipeline::recompute_gaps(results);
     }
