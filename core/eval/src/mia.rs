@@ -597,13 +597,16 @@ mod tests {
         let s = MiaScore::new(30.0, 75.0, 80.0, 70, 30);
         assert_eq!(s.uninformative, Some(Uninformative::Chance));
 
-        // A confidence attack like the demo's dense one, as an old results.json stored it:
-        // informative by the old rule. 607 of 2 x 587 right (51.7%), interval (48.8%, 54.6%).
-        let old = r#"{"value": 1.7, "shadow_accuracy": 51.70357751277683,
+        // The demo's dense confidence attack (random forgetting: 2 x 360 shadow digits) as an
+        // old results.json stored it, informative by the old rule: 372 of 720 right (51.67%),
+        // interval (47.95%, 55.37%) by mpmath's incomplete beta and its binomial sum alike.
+        let old = r#"{"value": 1.7, "shadow_accuracy": 51.666666666666664,
             "majority_share": 98.3, "informative": true,
-            "shadow_members": 587, "shadow_nonmembers": 587}"#;
+            "shadow_members": 360, "shadow_nonmembers": 360}"#;
         let s: MiaScore = serde_json::from_str(old).unwrap();
         assert_eq!(s.uninformative, Some(Uninformative::Chance));
+        assert!((s.shadow_accuracy_ci[0] - 47.94662556026765).abs() < 1e-8);
+        assert!((s.shadow_accuracy_ci[1] - 55.373001070540526).abs() < 1e-8);
         assert!(!s.informative);
         // Round trip: what is written reads back the same.
         let back: MiaScore = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
