@@ -597,7 +597,7 @@ mod tests {
         let s = MiaScore::new(30.0, 75.0, 80.0, 70, 30);
         assert_eq!(s.uninformative, Some(Uninformative::Chance));
 
-        // The demo's dense confidence attack (random forgetting: 2 x 360 shadow digits) as an
+        // An attack like the demo's dense confidence one (about 2 x 360 shadow digits) as an
         // old results.json stored it, informative by the old rule: 372 of 720 right (51.67%),
         // interval (47.95%, 55.37%) by mpmath's incomplete beta and its binomial sum alike.
         let old = r#"{"value": 1.7, "shadow_accuracy": 51.666666666666664,

@@ -286,8 +286,8 @@ const SIZE: (u32, u32) = (1500, 900);
 
 /// The legend's note on hollow markers, a line at a time (the legend cell is narrow).
 const HOLLOW_NOTE: [&str; 3] = [
-    "hollow: an uninformative MIA, its shadow",
-    "accuracy not above chance (see report.md);",
+    "hollow, faint line: an uninformative MIA, its",
+    "shadow accuracy not above chance (report.md);",
     "not a result, left out of the Avg. Gap",
 ];
 
@@ -338,7 +338,12 @@ fn draw<DB: DrawingBackend>(
                 chart.draw_series(std::iter::once(Polygon::new(band, c.mix(0.15))))?;
             }
             let line: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0, p.1)).collect();
-            chart.draw_series(LineSeries::new(line.clone(), c.stroke_width(2)))?;
+            // A segment that reaches an uninformative point is drawn faint: it joins no results.
+            for (i, pair) in line.windows(2).enumerate() {
+                let faint = s.uninformative[i] || s.uninformative[i + 1];
+                let style = if faint { c.mix(0.3) } else { c };
+                chart.draw_series(LineSeries::new(pair.to_vec(), style.stroke_width(2)))?;
+            }
             let (hollow, solid): (Vec<_>, Vec<_>) = line
                 .into_iter()
                 .zip(&s.uninformative)

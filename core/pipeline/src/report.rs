@@ -33,7 +33,7 @@ fn shadow(s: Option<&MiaScore>) -> String {
 /// What † means, said once under every table that shows it.
 pub fn uninformative_note() -> String {
     format!(
-        "† uninformative: the membership attack cannot be told from guessing, so its value (in brackets) is not a result and is left out of the gap. Its shadow SVC, scored on its own shadow set (members and non-members, equal numbers), either has a shadow accuracy whose exact (Clopper-Pearson) {:.0}% interval reaches 50%, or gives one prediction to >= {}% of the set.\n",
+        "† uninformative: the membership attack cannot be told from guessing, so its value (in brackets) is not a result, and the Avg. Gap leaves out such a headline value. Its shadow SVC, scored on its own shadow set (members and non-members, equal numbers), either has a shadow accuracy whose exact (Clopper-Pearson) {:.0}% interval reaches 50%, or gives one prediction to >= {}% of the set.\n",
         100.0 * crate::eval::mia::SHADOW_CONFIDENCE,
         crate::eval::mia::CONSTANT_ATTACK_SHARE
     )
@@ -755,7 +755,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         crate::plot::write_all(&results, dir.path()).unwrap();
         let svg = std::fs::read_to_string(dir.path().join("unlearning-vs-sparsity-1.svg")).unwrap();
-        assert!(svg.contains("hollow: an uninformative MIA"), "{svg}");
+        assert!(
+            svg.contains("hollow, faint line: an uninformative MIA"),
+            "{svg}"
+        );
         // Every point in this figure is informative but FT's MIA: no note on a clean figure.
         results.rows.remove(1);
         let clean = crate::plot::panels(&results, "class-1");
