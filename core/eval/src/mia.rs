@@ -523,6 +523,8 @@ mod tests {
     /// regularised incomplete beta function (the ends are the beta quantiles
     /// B^-1(0.025; k, n - k + 1) and B^-1(0.975; k + 1, n - k)).
     #[test]
+    // The values as mpmath printed them (17 digits).
+    #[allow(clippy::excessive_precision)]
     fn clopper_pearson_matches_independent_values() {
         let cases = [
             (0, 10, 0.0, 0.30849710781876082),
@@ -557,6 +559,8 @@ mod tests {
 
     /// The tails against the exact sums (mpmath, 40 digits).
     #[test]
+    // The values as mpmath printed them (17 digits).
+    #[allow(clippy::excessive_precision)]
     fn binomial_tails_match_exact_sums() {
         let cases = [
             (3, 10, 0.2, 0.32220047360000003, 0.87912611839999998),
@@ -580,6 +584,8 @@ mod tests {
     /// share; the stored flags are recomputed from the measured fields when read back, so a file
     /// written under the old rule (constant attacks only) is judged by the current one.
     #[test]
+    // The values as mpmath printed them (17 digits).
+    #[allow(clippy::excessive_precision)]
     fn scores_are_judged_by_their_shadow_interval() {
         // 60 of 100 right: the interval (49.72%, 69.67%) reaches 50%.
         let s = MiaScore::new(30.0, 60.0, 70.0, 50, 50);
