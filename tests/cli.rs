@@ -442,6 +442,83 @@ fn run_results_are_consistent_and_a_rerun_resumes() {
         assert!(group[1..].iter().all(|r| r["rte"].as_f64().unwrap() > 0.0));
     }
 
+    // Every MIA score carries its shadow accuracy's interval, and is uninformative exactly when
+    // the interval reaches 50% (chance on the balanced shadow set) or the SVC is constant.
+    let mut headline_flagged = 0;
+    for row in rows {
+        for kind in ["mia_efficacy", "mia_privacy"] {
+            for (feature, s) in row["metrics"][kind].as_object().unwrap() {
+                let f = |k: &str| s[k].as_f64().unwrap();
+                let ci = [0, 1].map(|i| s["shadow_accuracy_ci"][i].as_f64().unwrap());
+                assert!(
+                    ci[0] <= f("shadow_accuracy") && f("shadow_accuracy") <= ci[1],
+                    "{s}"
+                );
+                let why = if f("majority_share") >= 99.0 {
+                    Value::from("constant")
+                } else if ci[0] <= 50.0 {
+                    Value::from("chance")
+                } else {
+                    Value::Null
+                };
+                assert_eq!(s["uninformative"], why, "{s}");
+                assert_eq!(s["informative"], why.is_null(), "{s}");
+                if kind == "mia_efficacy" && feature == "confidence" && !why.is_null() {
+                    headline_flagged += 1;
+                }
+            }
+        }
+    }
+    // report.md marks each uninformative headline value and says what the mark means.
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let headline = report
+        .split("## Unlearning")
+        .nth(1)
+        .unwrap()
+        .split("## Membership inference")
+        .next()
+        .unwrap();
+    let marked = headline
+        .lines()
+        .filter(|l| l.starts_with('|') && l.contains(")†"))
+        .count();
+    assert_eq!(marked, headline_flagged, "{headline}");
+    assert_eq!(
+        headline.contains("† uninformative"),
+        headline_flagged > 0,
+        "{headline}"
+    );
+
+    // The same results as an older unlearn wrote them (no interval; every attack that was not
+    // constant `informative`, gaps to match): `unlearn report` judges them by the current rule
+    // and writes the same report.
+    let mut old = r.clone();
+    for row in old["rows"].as_array_mut().unwrap() {
+        for kind in ["mia_efficacy", "mia_privacy"] {
+            for s in row["metrics"][kind].as_object_mut().unwrap().values_mut() {
+                let s = s.as_object_mut().unwrap();
+                s.remove("shadow_accuracy_ci");
+                s.remove("uninformative");
+                let constant = s["majority_share"].as_f64().unwrap() >= 99.0;
+                s.insert("informative".into(), Value::from(!constant));
+            }
+        }
+        row["gap"]["avg"] = Value::from(-1.0);
+    }
+    let old_dir = dir.path().join("old");
+    std::fs::create_dir_all(&old_dir).unwrap();
+    std::fs::write(
+        old_dir.join("results.json"),
+        serde_json::to_vec(&old).unwrap(),
+    )
+    .unwrap();
+    let o = unlearn(&["report", old_dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(old_dir.join("report.md")).unwrap(),
+        report
+    );
+
     // Same config, same directory: everything comes from the saved state.
     let o2 = unlearn(&[
         "--device",

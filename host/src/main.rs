@@ -346,12 +346,14 @@ fn real_main() -> Result<()> {
                     out.display()
                 ))
             })?;
-            let results: pipeline::RunResults = serde_json::from_slice(&bytes).map_err(|e| {
-                bad(anyhow::anyhow!(
-                    "{} is not the results of this unlearn version: {e}",
-                    path.display()
-                ))
-            })?;
+            let mut results: pipeline::RunResults =
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    bad(anyhow::anyhow!(
+                        "{} is not the results of this unlearn version: {e}",
+                        path.display()
+                    ))
+                })?;
+            pipeline::recompute_gaps(&mut results);
             pipeline::write_reports(&results, &out)?;
             println!("{}", unlearn_pipeline::report::results_table(&results));
             notify(&format!(

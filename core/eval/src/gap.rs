@@ -9,7 +9,7 @@ use super::Metrics;
 pub struct Gap {
     pub ua: f64,
     /// On the headline (confidence) MIA-Efficacy; None when either side lacks it or its attack
-    /// was constant (uninformative).
+    /// is uninformative (constant, or its shadow accuracy not above chance).
     pub mia: Option<f64>,
     pub ra: f64,
     pub ta: f64,
@@ -54,14 +54,8 @@ mod tests {
         if let Some(v) = mia {
             e.insert(
                 MiaFeature::Confidence,
-                MiaScore {
-                    value: v,
-                    shadow_accuracy: 60.0,
-                    majority_share: 55.0,
-                    informative,
-                    shadow_members: 1,
-                    shadow_nonmembers: 1,
-                },
+                // 100% of 200 shadow samples is far above chance, 50% is chance.
+                MiaScore::new(v, if informative { 100.0 } else { 50.0 }, 55.0, 100, 100),
             );
         }
         Metrics {
@@ -90,7 +84,7 @@ mod tests {
             &metrics(13.0, Some(12.0), 100.0, 92.0),
         );
         assert_eq!(g.avg, 2.0);
-        // A constant attack's number is not a result: left out.
+        // An uninformative attack's number is not a result: left out.
         let g = gap(
             &metrics_flagged(10.0, Some(100.0), 99.0, 90.0, false),
             &metrics(13.0, Some(0.0), 100.0, 92.0),

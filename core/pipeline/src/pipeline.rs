@@ -1489,6 +1489,18 @@ fn variant(
     }
 }
 
+/// Recomputes every row's gap from the stored metrics, group by group (a group: the rows of one
+/// seed, scenario and model, consecutive in `rows`). `unlearn report` calls it because which MIA
+/// scores count is judged when results are read (`MiaScore`'s deserialisation), so gaps stored
+/// by an older rule would disagree with the flags shown beside them.
+pub fn recompute_gaps(results: &mut RunResults) {
+    for group in results.rows.chunk_by_mut(|a, b| {
+        (a.seed, &a.scenario, &a.model, &a.pruner) == (b.seed, &b.scenario, &b.model, &b.pruner)
+    }) {
+        add_gaps(group);
+    }
+}
+
 /// Fills in each row's gap to the group's `retrain` row, if the group has one.
 fn add_gaps(group: &mut [Row]) {
     let Some(reference) = group

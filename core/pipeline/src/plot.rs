@@ -18,6 +18,8 @@ use crate::pipeline::{Row, RunResults};
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64, f64)>,
+    /// Per point: whether a value in it comes from an uninformative MIA (drawn hollow).
+    pub uninformative: Vec<bool>,
 }
 
 /// One panel: a metric against sparsity.
@@ -27,26 +29,36 @@ pub struct Panel {
     pub series: Vec<Series>,
 }
 
-/// The metrics of a figure: title and how to read a row (None: not measured, e.g. an
-/// uninformative MIA, which is left out).
-type Metric = (&'static str, fn(&Row) -> Option<f64>);
+/// The metrics of a figure: title and how to read a row: its value (None: not measured) and
+/// whether the value is not a result (an uninformative MIA), which the figure draws hollow
+/// rather than leaving out, so that a reader sees it and sees that it is marked.
+type Metric = (&'static str, fn(&Row) -> Option<(f64, bool)>);
+
+/// A value that is a result.
+fn sure(v: f64) -> Option<(f64, bool)> {
+    Some((v, false))
+}
 
 const METRICS: [Metric; 5] = [
-    ("UA (%)", |r| Some(r.metrics.ua)),
+    ("UA (%)", |r| sure(r.metrics.ua)),
     ("MIA-Efficacy (%)", |r| {
-        r.metrics.mia().filter(|s| s.informative).map(|s| s.value)
+        r.metrics.mia().map(|s| (s.value, !s.informative))
     }),
-    ("RA (%)", |r| Some(r.metrics.ra)),
-    ("TA (%)", |r| Some(r.metrics.ta)),
-    ("Avg. Gap to retrain (%)", |r| r.gap.as_ref().map(|g| g.avg)),
+    ("RA (%)", |r| sure(r.metrics.ra)),
+    ("TA (%)", |r| sure(r.metrics.ta)),
+    ("Avg. Gap to retrain (%)", |r| {
+        r.gap.as_ref().and_then(|g| sure(g.avg))
+    }),
 ];
 
 /// The Trojan cleanse's figure: attack success rate (over every test image, and over those
 /// whose true class is not the target) and clean TA against sparsity.
 const BACKDOOR_METRICS: [Metric; 3] = [
-    ("ASR (%)", |r| r.metrics.asr),
-    ("ASR, non-target classes (%)", |r| r.metrics.asr_non_target),
-    ("Clean TA (%)", |r| Some(r.metrics.ta)),
+    ("ASR (%)", |r| r.metrics.asr.and_then(sure)),
+    ("ASR, non-target classes (%)", |r| {
+        r.metrics.asr_non_target.and_then(sure)
+    }),
+    ("Clean TA (%)", |r| sure(r.metrics.ta)),
 ];
 
 /// A pruner's label without a sweep's ` 95%` suffix: the family its sparse models belong to.
@@ -113,7 +125,7 @@ fn panels_of(results: &RunResults, scenario: &str, metrics: &[Metric]) -> Vec<Pa
                 .iter()
                 .filter_map(|name| {
                     // sparsity in 0.1% steps -> values over seeds
-                    let mut by_x: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+                    let mut by_x: BTreeMap<i64, Vec<(f64, bool)>> = BTreeMap::new();
                     for r in &rows {
                         if lines_of(r).contains(name) {
                             if let Some(v) = value(r) {
@@ -122,16 +134,18 @@ fn panels_of(results: &RunResults, scenario: &str, metrics: &[Metric]) -> Vec<Pa
                             }
                         }
                     }
-                    let points: Vec<(f64, f64, f64)> = by_x
+                    let (points, uninformative): (Vec<(f64, f64, f64)>, Vec<bool>) = by_x
                         .into_iter()
                         .map(|(x, v)| {
-                            let (mean, std) = mean_std(&v);
-                            (x as f64 / 10.0, mean, std)
+                            let values: Vec<f64> = v.iter().map(|p| p.0).collect();
+                            let (mean, std) = mean_std(&values);
+                            ((x as f64 / 10.0, mean, std), v.iter().any(|p| p.1))
                         })
-                        .collect();
+                        .unzip();
                     (!points.is_empty()).then(|| Series {
                         name: name.clone(),
                         points,
+                        uninformative,
                     })
                 })
                 .collect();
@@ -270,6 +284,13 @@ fn write_figure(
 
 const SIZE: (u32, u32) = (1500, 900);
 
+/// The legend's note on hollow markers, a line at a time (the legend cell is narrow).
+const HOLLOW_NOTE: [&str; 3] = [
+    "hollow, faint line: an uninformative MIA, its",
+    "shadow accuracy not above chance (report.md);",
+    "not a result, left out of the Avg. Gap",
+];
+
 fn draw<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     title: &str,
@@ -317,8 +338,32 @@ fn draw<DB: DrawingBackend>(
                 chart.draw_series(std::iter::once(Polygon::new(band, c.mix(0.15))))?;
             }
             let line: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0, p.1)).collect();
-            chart.draw_series(LineSeries::new(line.clone(), c.stroke_width(2)))?;
-            chart.draw_series(line.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
+            // A segment that reaches an uninformative point is drawn faint: it joins no results.
+            for (i, pair) in line.windows(2).enumerate() {
+                let faint = s.uninformative[i] || s.uninformative[i + 1];
+                let style = if faint { c.mix(0.3) } else { c };
+                chart.draw_series(LineSeries::new(pair.to_vec(), style.stroke_width(2)))?;
+            }
+            let (hollow, solid): (Vec<_>, Vec<_>) = line
+                .into_iter()
+                .zip(&s.uninformative)
+                .partition(|(_, &u)| u);
+            chart.draw_series(
+                solid
+                    .into_iter()
+                    .map(|(p, _)| Circle::new(p, 4, c.filled())),
+            )?;
+            // White inside, so that the line does not fill it in.
+            chart.draw_series(
+                hollow
+                    .iter()
+                    .map(|&(p, _)| Circle::new(p, 5, WHITE.filled())),
+            )?;
+            chart.draw_series(
+                hollow
+                    .into_iter()
+                    .map(|(p, _)| Circle::new(p, 5, c.stroke_width(2))),
+            )?;
         }
     }
     // The legend, in the last cell.
@@ -335,9 +380,17 @@ fn draw<DB: DrawingBackend>(
                 ("sans-serif", 17),
             ))?;
         }
-        let note = "MIA-Efficacy: uninformative attacks left out";
-        let y = 65 + 26 * names.len() as i32 + 10;
-        cell.draw(&Text::new(note, (20, y), ("sans-serif", 14)))?;
+        if panels
+            .iter()
+            .any(|p| p.series.iter().any(|s| s.uninformative.contains(&true)))
+        {
+            let y = 65 + 26 * names.len() as i32 + 10;
+            cell.draw(&Circle::new((40, y + 7), 5, BLACK.stroke_width(2)))?;
+            for (i, line) in HOLLOW_NOTE.iter().enumerate() {
+                let at = (60, y + 18 * i as i32);
+                cell.draw(&Text::new(*line, at, ("sans-serif", 14)))?;
+            }
+        }
     }
     Ok(())
 }

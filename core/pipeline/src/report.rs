@@ -10,13 +10,48 @@ fn num(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into())
 }
 
-/// An MIA score, or a flag when the attack was constant and the number means nothing.
+/// An MIA score, or a flag when the attack is uninformative and the number means nothing.
 fn mia(s: Option<&MiaScore>) -> String {
     match s {
         Some(s) if s.informative => format!("{:.2}", s.value),
-        Some(s) => format!("({:.0})†", s.value),
+        Some(s) => format!("({:.2})†", s.value),
         None => "-".into(),
     }
+}
+
+/// A shadow accuracy with its interval: `51.70 [48.80, 54.60]`.
+fn shadow(s: Option<&MiaScore>) -> String {
+    match s {
+        Some(s) => format!(
+            "{:.2} [{:.2}, {:.2}]",
+            s.shadow_accuracy, s.shadow_accuracy_ci[0], s.shadow_accuracy_ci[1]
+        ),
+        None => "-".into(),
+    }
+}
+
+/// What † means, said once under every table that shows it.
+pub fn uninformative_note() -> String {
+    format!(
+        "† uninformative: the membership attack cannot be told from guessing, so its value (in brackets) is not a result, and the Avg. Gap leaves out such a headline value. Its shadow SVC, scored on its own shadow set (members and non-members, equal numbers), either has a shadow accuracy whose exact (Clopper-Pearson) {:.0}% interval reaches 50%, or gives one prediction to >= {}% of the set.\n",
+        100.0 * crate::eval::mia::SHADOW_CONFIDENCE,
+        crate::eval::mia::CONSTANT_ATTACK_SHARE
+    )
+}
+
+/// Whether any score of any row, headline or not, is uninformative.
+fn any_uninformative(results: &RunResults, headline_only: bool) -> bool {
+    results.rows.iter().any(|r| {
+        let m = &r.metrics;
+        if headline_only {
+            m.mia().is_some_and(|s| !s.informative)
+        } else {
+            m.mia_efficacy
+                .values()
+                .chain(m.mia_privacy.values())
+                .any(|s| !s.informative)
+        }
+    })
 }
 
 /// `dense`, or `sparse 95.0%`; with several pruners the pruner's label instead of `sparse`.
@@ -126,15 +161,9 @@ pub fn results_table(results: &RunResults) -> String {
         })
         .collect();
     let mut out = table(&header, &rows);
-    if results
-        .rows
-        .iter()
-        .any(|r| r.metrics.mia().is_some_and(|s| !s.informative))
-    {
-        out += &format!(
-            "\n† uninformative: the shadow SVC gave one prediction to >= {}% of its shadow set, so it cannot tell members from non-members; the value (in brackets) is not a result and is left out of the gap.\n",
-            crate::eval::mia::CONSTANT_ATTACK_SHARE
-        );
+    if any_uninformative(results, true) {
+        out += "\n";
+        out += &uninformative_note();
     }
     out
 }
@@ -209,7 +238,7 @@ pub fn mean_std_table(results: &RunResults) -> String {
                 mean_std(&informative)
             } else {
                 format!(
-                    "{} ({}/{} informative)",
+                    "{} ({}/{} informative)†",
                     mean_std(&informative),
                     informative.len(),
                     group.len()
@@ -251,7 +280,12 @@ pub fn mean_std_table(results: &RunResults) -> String {
     }
     header.extend(["RTE (s)", "Avg. Gap"]);
     header.extend(extra.iter().map(String::as_str));
-    table(&header, &rows)
+    let mut out = table(&header, &rows);
+    if any_uninformative(results, true) {
+        out +=
+            "\nMIA-Efficacy: mean ± std of the seeds whose attack is informative; † counts them.\n";
+    }
+    out
 }
 
 /// The Trojan cleanse's table: per model and method, clean TA and attack success rate before
@@ -340,6 +374,18 @@ pub fn csv(results: &RunResults) -> String {
                 metrics.push((
                     format!("{name}_{feature}_informative"),
                     if score.informative { 1.0 } else { 0.0 },
+                ));
+                metrics.push((
+                    format!("{name}_{feature}_shadow_accuracy"),
+                    score.shadow_accuracy,
+                ));
+                metrics.push((
+                    format!("{name}_{feature}_shadow_ci_low"),
+                    score.shadow_accuracy_ci[0],
+                ));
+                metrics.push((
+                    format!("{name}_{feature}_shadow_ci_high"),
+                    score.shadow_accuracy_ci[1],
                 ));
             }
         }
@@ -506,12 +552,13 @@ pub fn markdown(results: &RunResults) -> String {
         .collect();
     if !features.is_empty() {
         let _ = writeln!(out, "\n## Membership inference by feature\n");
-        let _ = writeln!(out, "MIA-Efficacy per feature, and MIA-Privacy (confidence). † marks a constant (uninformative) attack; shadow accuracy of the confidence attack in the last column.\n");
+        let _ = writeln!(out, "MIA-Efficacy per feature, and MIA-Privacy (confidence). † marks an uninformative attack. The last two columns: the shadow accuracy of the confidence attacks (efficacy, privacy) with its exact {:.0}% interval, in percent.\n", 100.0 * crate::eval::mia::SHADOW_CONFIDENCE);
         let several = several_pruners(results);
         let mut header: Vec<String> = vec!["Scenario".into(), "Model".into(), "Method".into()];
         header.extend(features.iter().map(|f| format!("Eff. {f}")));
         header.push("Privacy".into());
-        header.push("Shadow acc".into());
+        header.push("Shadow acc (eff.)".into());
+        header.push("Shadow acc (priv.)".into());
         let rows: Vec<Vec<String>> = results
             .rows
             .iter()
@@ -519,12 +566,17 @@ pub fn markdown(results: &RunResults) -> String {
                 let mut c = vec![r.scenario.clone(), model_name(r, several), r.label.clone()];
                 c.extend(features.iter().map(|f| mia(r.metrics.mia_efficacy.get(f))));
                 c.push(mia(r.metrics.mia_privacy.get(&MiaFeature::Confidence)));
-                c.push(num(r.metrics.mia().map(|s| s.shadow_accuracy)));
+                c.push(shadow(r.metrics.mia()));
+                c.push(shadow(r.metrics.mia_privacy.get(&MiaFeature::Confidence)));
                 c
             })
             .collect();
         let header: Vec<&str> = header.iter().map(|s| s.as_str()).collect();
         out += &table(&header, &rows);
+        if any_uninformative(results, false) {
+            out += "\n";
+            out += &uninformative_note();
+        }
     }
     if let Some(a) = &results.attack {
         let _ = writeln!(out, "\n## Backdoor (Trojan cleanse)\n");
@@ -571,4 +623,151 @@ pub fn markdown(results: &RunResults) -> String {
         let _ = writeln!(out, "\n{}.", crate::data::DIGITS_CREDIT);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// An MIA score as results.json stored it before scores carried their interval: every
+    /// attack that was not constant was `informative`.
+    fn old_score(value: f64, correct: usize, per_class: usize) -> Value {
+        json!({
+            "value": value,
+            "shadow_accuracy": 100.0 * correct as f64 / (2 * per_class) as f64,
+            "majority_share": 60.0,
+            "informative": true,
+            "shadow_members": per_class,
+            "shadow_nonmembers": per_class,
+        })
+    }
+
+    fn row(method: &str, ua: f64, eff: Value, gap: Option<f64>) -> Value {
+        json!({
+            "seed": 1, "scenario": "class-1", "model": "dense", "pruner": null,
+            "sparsity": 0.0, "method": method, "label": method,
+            "metrics": {
+                "ua": ua, "ra": 100.0, "ta": 90.0, "ta_full": 90.0, "val": 90.0,
+                "mia_efficacy": {"confidence": eff.clone(), "entropy": eff},
+                "mia_privacy": {"confidence": old_score(50.0, 140, 100)},
+            },
+            "rte": 1.0,
+            "gap": gap.map(|avg| json!({"ua": 0.0, "mia": 0.0, "ra": 0.0, "ta": 0.0, "avg": avg})),
+        })
+    }
+
+    /// An old results.json: `retrain` has an attack well above chance (140 of 200 right, interval
+    /// (63.14%, 76.26%)), `FT` one at chance (110 of 200, interval (47.82%, 62.02%); both by
+    /// mpmath's incomplete beta), stored as informative, with the gap that included it.
+    fn old_results() -> RunResults {
+        serde_json::from_value(json!({
+            "unlearn_version": "0.1.0", "device": "cpu", "libtorch": "2.11", "dataset": "digits",
+            "config": {}, "split": {"train": [], "val": [], "test": []}, "seeds": [1],
+            "models": [], "scenarios": [],
+            "rows": [
+                row("retrain", 100.0, old_score(90.0, 140, 100), Some(0.0)),
+                row("FT", 60.0, old_score(10.0, 110, 100), Some(30.0)),
+            ],
+            "stages": [], "cache": "/nowhere", "seconds": 1.0,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn old_results_are_judged_by_the_interval_and_marked() {
+        let mut results = old_results();
+        let ft = results.rows[1].metrics.mia().unwrap();
+        assert!(!ft.informative);
+        assert!(results.rows[0].metrics.mia().unwrap().informative);
+        // The stored gap counted the MIA (mean of 40, 80, 0, 0 = 30); recomputed it does not.
+        recompute(&mut results);
+        assert_eq!(results.rows[1].gap.as_ref().unwrap().mia, None);
+        assert!((results.rows[1].gap.as_ref().unwrap().avg - 40.0 / 3.0).abs() < 1e-12);
+
+        let table = results_table(&results);
+        let ft_line = table.lines().find(|l| l.contains("| FT ")).unwrap();
+        assert!(ft_line.contains("(10.00)†"), "{ft_line}");
+        let rt_line = table.lines().find(|l| l.contains("| retrain ")).unwrap();
+        assert!(
+            rt_line.contains("| 90.00 ") && !rt_line.contains('†'),
+            "{rt_line}"
+        );
+        assert!(table.contains("† uninformative") && table.contains("reaches 50%"));
+
+        // The feature table marks every feature's attack at chance (FT's confidence and entropy
+        // ones; its privacy attack, 140 of 200, is informative).
+        let md = markdown(&results);
+        let features = md
+            .split("## Membership inference by feature")
+            .nth(1)
+            .unwrap();
+        let ft_line = features.lines().find(|l| l.contains("| FT ")).unwrap();
+        assert_eq!(ft_line.matches('†').count(), 2, "{ft_line}");
+        // Shadow accuracy with its exact interval.
+        let (lo, hi) = crate::eval::mia::clopper_pearson(110, 200, 0.95);
+        assert!((100.0 * lo - 47.824931).abs() < 1e-5 && (100.0 * hi - 62.024641).abs() < 1e-5);
+        assert!(ft_line.contains("55.00 [47.82, 62.02]"), "{ft_line}");
+        assert!(
+            ft_line.contains(&format!("55.00 [{:.2}, {:.2}]", 100.0 * lo, 100.0 * hi)),
+            "{ft_line}"
+        );
+        assert!(features.contains("† uninformative"));
+
+        // results.csv: the flag, the shadow accuracy and its interval, per score.
+        let csv = csv(&results);
+        let ft = |metric: &str| {
+            csv.lines()
+                .find(|l| l.contains("\"FT\"") && l.contains(&format!(",{metric},")))
+                .unwrap_or_else(|| panic!("{metric} in {csv}"))
+                .rsplit(',')
+                .next()
+                .unwrap()
+                .parse::<f64>()
+                .unwrap()
+        };
+        assert_eq!(ft("mia_efficacy_confidence_informative"), 0.0);
+        assert_eq!(ft("mia_efficacy_confidence_shadow_accuracy"), 55.0);
+        assert!((ft("mia_efficacy_confidence_shadow_ci_low") - 100.0 * lo).abs() < 1e-9);
+        assert!((ft("mia_efficacy_confidence_shadow_ci_high") - 100.0 * hi).abs() < 1e-9);
+    }
+
+    /// The figure draws the value of an uninformative attack hollow, and its legend says so.
+    #[test]
+    fn figures_draw_uninformative_attacks_hollow() {
+        let mut results = old_results();
+        results.scenarios = serde_json::from_value(json!([{
+            "name": "class-1", "kind": "class", "class": 1, "forget_size": 1,
+            "retain_size": 1, "forget_sha256": "0".repeat(64), "forget_indices": [0],
+        }]))
+        .unwrap();
+        let panels = crate::plot::panels(&results, "class-1");
+        let mia = panels.iter().find(|p| p.title.starts_with("MIA")).unwrap();
+        let flags = |name: &str| {
+            let s = mia.series.iter().find(|s| s.name == name).unwrap();
+            (s.points[0].1, s.uninformative.clone())
+        };
+        assert_eq!(flags("FT"), (10.0, vec![true]));
+        assert_eq!(flags("retrain"), (90.0, vec![false]));
+        let ua = panels.iter().find(|p| p.title.starts_with("UA")).unwrap();
+        assert!(ua.series.iter().all(|s| s.uninformative == [false]));
+
+        let dir = tempfile::tempdir().unwrap();
+        crate::plot::write_all(&results, dir.path()).unwrap();
+        let svg = std::fs::read_to_string(dir.path().join("unlearning-vs-sparsity-1.svg")).unwrap();
+        assert!(
+            svg.contains("hollow, faint line: an uninformative MIA"),
+            "{svg}"
+        );
+        // Every point in this figure is informative but FT's MIA: no note on a clean figure.
+        results.rows.remove(1);
+        let clean = crate::plot::panels(&results, "class-1");
+        assert!(clean
+            .iter()
+            .all(|p| p.series.iter().all(|s| !s.uninformative.contains(&true))));
+    }
+
+    fn recompute(results: &mut RunResults) {
+        crate::pipeline::recompute_gaps(results);
+    }
 }
