@@ -327,6 +327,9 @@ fn apply_edit(v: &mut Value, e: &Edit) {
                 .iter()
                 .filter(|p| v.pointer(p).is_some_and(Value::is_object))
                 .collect();
+            if objects.is_empty() {
+                return; // the root was replaced by a scalar
+            }
             let p = objects[i.index(objects.len())].clone();
             if let Some(Value::Object(m)) = v.pointer_mut(&p) {
                 m.insert(k.clone(), new.clone());
