@@ -4,11 +4,10 @@
 //! `tests/support/fuzz.rs` and docs/fuzzing.md. Plugin targets need the `host` feature.
 
 use std::collections::HashMap;
-use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::Path;
 
 use proptest::prelude::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use unlearn_api::checkpoint::{self, Provenance};
 use unlearn_api::forget::read_index_file;
@@ -187,6 +186,10 @@ fn fuzz_index_file() {
 
 #[cfg(feature = "host")]
 mod plugin {
+    use std::ffi::{c_char, c_void, CStr, CString};
+
+    use serde_json::Value;
+
     use super::*;
     use unlearn_api::method::{BuiltinMethod, ConfigIssue, Factory, Kind};
     use unlearn_api::plugin::abi::{
