@@ -501,7 +501,7 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
                 let on_disk = d.dataset.format().is_some();
                 let path = match e {
                     DataError::Subset(_) => "/data/subset",
-                    DataError::TooLarge { .. } if !on_disk => "/data/synthetic",
+                    _ if d.dataset == DatasetName::Synthetic => "/data/synthetic",
                     _ if on_disk => "/data/dir",
                     _ => "/data",
                 };

@@ -41,6 +41,9 @@ impl Default for SyntheticConfig {
     }
 }
 
+/// The most pixels a synthetic data set may have (256 Mi: 5x CIFAR-10's train set).
+const MAX_PIXELS: usize = 1 << 28;
+
 pub fn synthetic(cfg: &SyntheticConfig) -> Result<Dataset, DataError> {
     if cfg.classes < 2 || cfg.samples < cfg.classes {
         return Err(DataError::Malformed {
@@ -51,8 +54,22 @@ pub fn synthetic(cfg: &SyntheticConfig) -> Result<Dataset, DataError> {
             ),
         });
     }
-    let dims = cfg.channels * cfg.size * cfg.size;
-    super::check_fits("synthetic", cfg.samples, dims)?;
+    // The sizes come from a config: bound them before allocating, so that `samples = 1e12` is
+    // an error rather than an allocation that aborts the process (or a product that wraps).
+    let dims = cfg
+        .channels
+        .checked_mul(cfg.size)
+        .and_then(|d| d.checked_mul(cfg.size));
+    let total = dims.and_then(|d| d.checked_mul(cfg.samples));
+    let Some((dims, _)) = dims.zip(total).filter(|&(d, t)| d > 0 && t <= MAX_PIXELS) else {
+        return Err(DataError::Malformed {
+            name: "synthetic".into(),
+            message: format!(
+                "{} samples of {}x{}x{} pixels: the images need 1 to {MAX_PIXELS} pixels in all",
+                cfg.samples, cfg.channels, cfg.size, cfg.size
+            ),
+        });
+    };
     let mut r = rng(cfg.seed, "synthetic");
     let patterns: Vec<Vec<f64>> = (0..cfg.classes)
         .map(|_| {

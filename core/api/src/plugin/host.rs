@@ -160,6 +160,20 @@ pub fn load(path: &Path) -> Result<Library, PluginError> {
     unsafe { check(&canonical, descriptor) }
 }
 
+/// Checks a descriptor as [`load`] does once the library is open, so tests and the fuzz
+/// targets can feed the host broken descriptors without building a library for each.
+///
+/// # Safety
+/// `d` points at a descriptor whose pointers are null or valid for the call: NUL-terminated
+/// strings, and a table of `n_methods` method entries.
+#[doc(hidden)]
+pub unsafe fn check_descriptor(
+    path: &Path,
+    d: *const PluginDescriptor,
+) -> Result<Library, PluginError> {
+    check(path, d)
+}
+
 fn open(path: &Path) -> Result<*const PluginDescriptor, PluginError> {
     // SAFETY: loading runs the library's initialisers; that is what loading a plugin means.
     let lib = unsafe { libloading::Library::new(path) }.map_err(|e| {
