@@ -23,7 +23,7 @@ fn seed_config() -> Value {
         "seeds": [0, 1],
         "data": {"dataset": "digits", "split": {"test_fraction": 0.2, "val_fraction": 0.1, "seed": 0}},
         "model": {"arch": "small-cnn"},
-        "train": {"epochs": 1, "lr": 0.05, "batch_size": 64, "milestones": [1]},
+        "train": {"epochs": 2, "lr": 0.05, "batch_size": 64, "milestones": [1]},
         "forget": [
             {"kind": "class", "class": 3},
             {"kind": "random", "n": 100, "seed": 7},
@@ -40,7 +40,7 @@ fn seed_config() -> Value {
 fn methods_config() -> Value {
     json!({
         "data": {"dataset": "digits"},
-        "train": {"epochs": 1},
+        "train": {"epochs": 1, "milestones": []},
         "attack": {"method": "BadNets", "n": 10, "size": 2, "target": 0, "seed": 0},
         "prune": {"method": "OMP", "sparsity": [0.5, 0.9], "rewind_epoch": 1},
         "unlearn": [
@@ -62,7 +62,7 @@ fn synthetic_config() -> Value {
             "split": {"test_fraction": 0.25, "val_fraction": 0.0}
         },
         "model": {"arch": "small-cnn"},
-        "train": {"epochs": 1},
+        "train": {"epochs": 1, "milestones": []},
         "forget": [{"kind": "random", "n": 3}]
     })
 }
