@@ -268,20 +268,49 @@ pub(crate) fn resolve_dir(path: &Path, folder: &str, marker: &str) -> PathBuf {
     }
 }
 
+/// The most one compressed file or element may inflate to (4 GiB).
+const MAX_INFLATED: u64 = 4 << 30;
+
 /// Decompresses a whole zlib stream (`gzip: false`) or gzip file (`gzip: true`), naming `path`
-/// when the data are corrupt or cut short.
+/// when the data are corrupt or cut short, or inflate past [`MAX_INFLATED`].
 pub(crate) fn inflate(
     path: &Path,
     bytes: &[u8],
     gzip: bool,
     what: &str,
 ) -> Result<Vec<u8>, DataError> {
+    // A few compressed bytes can claim gigabytes (a decompression bomb): stop at the largest
+    // file a supported data set has (SVHN's extra set inflates to about 1.6 GB), and at the
+    // machine's memory.
+    let limit = crate::data::physical_memory().map_or(MAX_INFLATED, |m| m.min(MAX_INFLATED));
+    inflate_at_most(path, bytes, gzip, what, limit)
+}
+
+fn inflate_at_most(
+    path: &Path,
+    bytes: &[u8],
+    gzip: bool,
+    what: &str,
+    limit: u64,
+) -> Result<Vec<u8>, DataError> {
     let mut out = Vec::new();
     let result = if gzip {
-        flate2::read::GzDecoder::new(bytes).read_to_end(&mut out)
+        flate2::read::GzDecoder::new(bytes)
+            .take(limit + 1)
+            .read_to_end(&mut out)
     } else {
-        flate2::read::ZlibDecoder::new(bytes).read_to_end(&mut out)
+        flate2::read::ZlibDecoder::new(bytes)
+            .take(limit + 1)
+            .read_to_end(&mut out)
     };
+    if out.len() as u64 > limit {
+        return Err(bad(
+            path,
+            format!(
+                "{what}: the data inflate to more than {limit} bytes, more than any data file this reader takes"
+            ),
+        ));
+    }
     result.map_err(|e| {
         let kind = if gzip { "gzip" } else { "zlib" };
         let why = if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -381,6 +410,30 @@ pub(crate) fn check_labels(path: &Path, labels: &[i64], classes: usize) -> Resul
                 classes - 1
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::{gzip, zlib};
+    use super::*;
+
+    #[test]
+    fn inflating_stops_at_the_limit_instead_of_filling_memory() {
+        let path = Path::new("bomb.gz");
+        let zeros = vec![0u8; 1 << 20];
+        for (gz, packed) in [(true, gzip(&zeros)), (false, zlib(&zeros))] {
+            assert!(packed.len() < 20_000, "a bomb: {} bytes", packed.len());
+            let e = inflate_at_most(path, &packed, gz, "x", 1000).unwrap_err();
+            assert!(
+                e.to_string().contains("bomb.gz") && e.to_string().contains("inflate to more"),
+                "{e}"
+            );
+            assert_eq!(
+                inflate_at_most(path, &packed, gz, "x", 1 << 20).unwrap(),
+                zeros
+            );
+        }
     }
 }
 

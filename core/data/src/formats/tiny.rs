@@ -38,6 +38,16 @@ pub fn tiny_imagenet(path: &Path) -> Result<Source, DataError> {
         .map(String::from)
         .collect();
     wnids.sort();
+    // Each wnid names a folder under train/: a path would read outside the data set.
+    if let Some(w) = wnids
+        .iter()
+        .find(|w| w.contains(['/', '\\']) || *w == "." || *w == "..")
+    {
+        return Err(bad(
+            &wnids_path,
+            format!("wnid {w:?} is not a folder name (wnids look like n01443537)"),
+        ));
+    }
     if let Some(w) = wnids.windows(2).find(|w| w[0] == w[1]) {
         return Err(bad(&wnids_path, format!("lists {} twice", w[0])));
     }
@@ -278,6 +288,16 @@ mod tests {
         );
         setup(tmp.path());
         let d = tmp.path().join("tiny-imagenet-200");
+        let wnids = std::fs::read(d.join("wnids.txt")).unwrap();
+        for w in ["../n01", "a/b", ".."] {
+            write(&d.join("wnids.txt"), format!("{w}\n").as_bytes());
+            let e = err(tiny_imagenet(&d));
+            assert!(
+                e.contains("wnids.txt") && e.contains("is not a folder name"),
+                "{w}: {e}"
+            );
+        }
+        write(&d.join("wnids.txt"), &wnids);
         write(
             &d.join("val/val_annotations.txt"),
             b"val_0.JPEG\tn02\t0\t3\t40\t60\nval_1.JPEG\tn99\t1\t2\t3\t4\n",
