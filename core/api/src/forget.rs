@@ -1,4 +1,4 @@
-//! Forgetting scenarios (SPEC §1): which training samples form `D_f`; the rest is `D_r`.
+//! Forgetting scenarios (docs/reference.md, "Data and scenarios"): which training samples form `D_f`; the rest is `D_r`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -205,7 +205,7 @@ pub fn batches<'s>(
     })
 }
 
-/// The per-class Fisher accumulation of Fisher forgetting (SPEC §5 "FF", step 1).
+/// The per-class Fisher accumulation of Fisher forgetting (step 1 of FF in docs/reference.md).
 #[derive(Debug)]
 pub struct ClassFisher {
     /// `sum over batches and classes y of mean_batch(p_y) * grad_y^2`, divided by the number of

@@ -117,7 +117,7 @@ pub enum MethodError {
 }
 
 /// A method's configuration: serde + JSON Schema (doc comments become descriptions), defaults
-/// from SPEC, and the rules a schema cannot express.
+/// from the paper, and the rules a schema cannot express.
 pub trait MethodConfig: DeserializeOwned + Serialize + JsonSchema + Default {
     /// Semantic rules: `(field, message)` for each violation.
     fn check(&self) -> Vec<(String, String)> {
@@ -394,7 +394,7 @@ pub fn poison_by_trigger(
     })
 }
 
-/// A training-set attack (e.g. a BadNets backdoor, SPEC §7): it poisons train, and at test time
+/// A training-set attack (e.g. a BadNets backdoor, Gu et al., 2017): it poisons train, and at test time
 /// its trigger turns clean images into attacked ones.
 pub trait Attack: Send + Sync {
     fn poison(&self, ctx: &AttackCtx<'_>) -> Result<Poisoning, MethodError>;
@@ -599,7 +599,7 @@ macro_rules! register_attack {
 }
 
 /// Defines the config of an iterative method: SGD settings (epochs, lr, batch size, momentum,
-/// weight decay, milestones, with the given defaults and SPEC's momentum 0.9 / wd 5e-4; the batch
+/// weight decay, milestones, with the given defaults and the paper's momentum 0.9 / wd 5e-4; the batch
 /// size defaults to 256 unless given as `batch_size: n,` before `milestones`), plus
 /// extra fields, with `MethodConfig` (milestones must increase) and `schedule()`.
 ///

@@ -11,7 +11,7 @@ pub enum L1Schedule {
     None,
     /// `a` in every epoch (`GA_l1`).
     Constant(f64),
-    /// `l1-sparse` (SPEC §5): for 0-based epoch t of E, a_t = a * (1 - t / (E - E0)) while
+    /// `l1-sparse` (the paper's sparsity-aware unlearning): for 0-based epoch t of E, a_t = a * (1 - t / (E - E0)) while
     /// t < E - E0, else 0; a_t = a when E - E0 = 0. E0 = `no_l1_epochs`.
     Decay {
         a: f64,

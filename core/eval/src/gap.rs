@@ -1,4 +1,4 @@
-//! Gap to retrain (SPEC §6): |metric - metric(retrain)| for UA, MIA-Efficacy, RA and TA, and their
+//! Gap to retrain (the paper's Avg. Gap): |metric - metric(retrain)| for UA, MIA-Efficacy, RA and TA, and their
 //! mean, the "Avg. Gap" by which approximate methods are ranked.
 
 use serde::{Deserialize, Serialize};

@@ -35,7 +35,7 @@ pub struct PipelineConfig {
     pub data: DataConfig,
     #[serde(default)]
     pub model: ModelConfig,
-    /// Dense training (SPEC §3 defaults; scale them to the data set).
+    /// Dense training (the paper's defaults; scale them to the data set).
     #[serde(default)]
     pub train: Schedule,
     /// Pruners: one table (`[prune]`) or several (`[[prune]]`); each sparse model is unlearned
@@ -76,7 +76,7 @@ pub struct DataConfig {
     pub dir: Option<PathBuf>,
     /// Sets with an official test set (all but digits and synthetic) keep it as `test` and
     /// ignore `test_fraction`; `val_fraction` of each class of the official train set becomes
-    /// `val` (SPEC: CIFAR 45,000 / 5,000).
+    /// `val` (the paper: CIFAR 45,000 / 5,000).
     #[serde(default)]
     pub split: SplitConfig,
     /// Settings of the `synthetic` data set.

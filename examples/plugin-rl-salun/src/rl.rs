@@ -83,7 +83,7 @@ pub fn random_label_stream<'a>(ctx: &UnlearnCtx<'a>) -> Result<Stream<'a>, Metho
     Ok(Stream::new(train, &rows).with_labels(Tensor::from_slice(&labels)))
 }
 
-/// Random labelling (SPEC §5, from SalUn).
+/// Random labelling (as in Fan et al., *SalUn*, ICLR 2024).
 pub struct Rl {
     config: RlConfig,
 }

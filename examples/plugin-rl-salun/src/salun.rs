@@ -166,7 +166,7 @@ impl Objective for SalientCe<'_> {
     }
 }
 
-/// Saliency unlearning (SPEC §5, from SalUn).
+/// Saliency unlearning (Fan et al., *SalUn*, ICLR 2024).
 pub struct SalUn {
     config: SalUnConfig,
 }

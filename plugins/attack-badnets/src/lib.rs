@@ -1,4 +1,4 @@
-//! BadNets backdoor attack (SPEC §7): a seeded subset of `n` training samples gets a black square
+//! BadNets backdoor attack (Gu et al., 2017): a seeded subset of `n` training samples gets a black square
 //! trigger of side `size`, 2 pixels in from the bottom-right corner (rows and columns
 //! `[H-2-size, H-2) x [W-2-size, W-2)`, every channel set to 0), and is relabelled to the target
 //! class. At test time the same trigger is stamped on clean images; the attack succeeds when the

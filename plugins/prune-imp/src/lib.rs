@@ -1,4 +1,4 @@
-//! Magnitude and random pruning (SPEC §4): `OMP` (one-shot magnitude pruning, the paper's
+//! Magnitude and random pruning (docs/reference.md, "Training and pruning"): `OMP` (one-shot magnitude pruning, the paper's
 //! default), `IMP` (iterative magnitude pruning) and `random` (OMP with a random global mask).
 //!
 //! All three share one step, [`rewind_and_retrain`]: the survivors of a mask are rewound to a
@@ -112,7 +112,7 @@ pub struct OneShotConfig {
     /// Share of the prunable weights to prune (the paper: 0.5 and 0.95 of the conv weights).
     #[schemars(range(min = 0.0, max = 0.999))]
     pub sparsity: f64,
-    /// Epoch of dense training whose weights the survivors are rewound to (SPEC: 8).
+    /// Epoch of dense training whose weights the survivors are rewound to (the paper: 8).
     #[schemars(range(max = 100_000))]
     pub rewind_epoch: usize,
     /// Which weights are pruned (globally, together): `conv` (every convolution weight, the

@@ -1,5 +1,5 @@
 //! Data-free pruning for unlearn: SynFlow (Tanaka et al., *Pruning neural networks without any
-//! data by iteratively conserving synaptic flow*, NeurIPS 2020; SPEC §4).
+//! data by iteratively conserving synaptic flow*, NeurIPS 2020).
 //!
 //! At initialisation, `rounds` times: replace every variable by its absolute value, feed an
 //! all-ones input (batch 1) in evaluation mode, take R = the sum of the outputs, score every
@@ -252,7 +252,7 @@ pub struct SynFlowConfig {
     /// Share of the prunable weights to prune.
     #[schemars(range(min = 0.0, max = 0.999))]
     pub sparsity: f64,
-    /// Rounds of scoring and pruning (SPEC and the reference: 100).
+    /// Rounds of scoring and pruning (the paper and the reference code: 100).
     #[schemars(range(min = 1, max = 100_000))]
     pub rounds: usize,
     /// Which weights are pruned (globally, together): `conv` (every convolution weight, the

@@ -1,4 +1,4 @@
-//! Fisher forgetting (SPEC §5 "FF"; `fisher_new` in the reference code): sample new weights from
+//! Fisher forgetting (docs/reference.md, "FF"; `fisher_new` in the reference code): sample new weights from
 //! a Gaussian around the current ones whose variance is the inverse of the retain set's Fisher
 //! information, so weights the retain set does not pin down are scrambled.
 
@@ -27,7 +27,7 @@ pub struct FfConfig {
     /// damages the 99%-sparse model (sweep in host/presets/demo.toml).
     #[schemars(range(min = 0.0, max = 1e6))]
     pub alpha: f64,
-    /// Retain-set samples per batch of the Fisher accumulation (SPEC: 32). The Fisher of a batch
+    /// Retain-set samples per batch of the Fisher accumulation (the reference code: 32). The Fisher of a batch
     /// is that of its mean loss, so this value changes the result, not only the speed.
     #[schemars(range(min = 1, max = 1_048_576))]
     pub batch_size: usize,
@@ -125,7 +125,7 @@ impl Ff {
         })
     }
 
-    /// SPEC §5 "FF" steps 2 and 3 for every parameter of `model` (in [`Model::parameters`]
+    /// Steps 2 and 3 of FF (docs/reference.md) for every parameter of `model` (in [`Model::parameters`]
     /// order), given its Fisher accumulation (one tensor per parameter, same order):
     /// - `var = min(1 / (F + 1e-8), 1e3)`, `min(.., 1e2)` when the first dimension equals the
     ///   number of classes; `var = a * var`; for ndim > 1, `var` is replaced by its mean over

@@ -1,4 +1,4 @@
-//! Influence unlearning (SPEC §5 "IU"; `wfisher` in the reference code): one Newton-like step
+//! Influence unlearning (docs/reference.md, "IU"; `wfisher` in the reference code): one Newton-like step
 //! that removes the forget set's influence, with the inverse Hessian approximated by WoodFisher
 //! (the empirical Fisher of per-sample retain gradients, inverted by Sherman-Morrison updates).
 
@@ -26,7 +26,7 @@ pub struct IuConfig {
     pub alpha: f64,
     /// `N` of the WoodFisher recursion: it runs over the first `N` samples of the retain set
     /// (one backward pass each), and `N` is the constant in its denominators (also when the
-    /// retain set is smaller), as in the reference code. SPEC: 1000.
+    /// retain set is smaller), as in the reference code. The reference code: 1000.
     #[schemars(range(min = 1, max = 1_000_000_000))]
     pub samples: usize,
     /// Samples per batch of the passes computing the forget and retain gradients `g_f`, `g_r`
@@ -149,7 +149,7 @@ impl Iu {
     }
 }
 
-/// SPEC §5 "IU" step 1: `v = g_f / (n_f + n_r) - g_r * n_f / ((n_f + n_r) n_r)`, from the
+/// Step 1 of IU (docs/reference.md): `v = g_f / (n_f + n_r) - g_r * n_f / ((n_f + n_r) n_r)`, from the
 /// summed per-sample gradients of the forget and retain sets.
 pub fn influence_direction(
     g_f: &Tensor,
@@ -162,7 +162,7 @@ pub fn influence_direction(
         .f_sub(&g_r.f_mul_scalar(n_f / ((n_f + n_r) * n_r))?)
 }
 
-/// The WoodFisher recursion (SPEC §5 "IU" step 2): `k = v`; `o = g_1`; for each further `g`:
+/// The WoodFisher recursion (step 2 of IU, docs/reference.md): `k = v`; `o = g_1`; for each further `g`:
 /// `t = o.g`, `k -= (k.g / (N + t)) o`, `o -= (t / (N + t)) o`. The scalars stay on the device
 /// (no host synchronisation per step).
 pub struct WoodFisher {

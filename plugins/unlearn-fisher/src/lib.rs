@@ -1,4 +1,4 @@
-//! One-shot unlearners for unlearn (SPEC §5): Fisher forgetting (`FF`) and influence unlearning
+//! One-shot unlearners for unlearn (the paper's baselines): Fisher forgetting (`FF`) and influence unlearning
 //! (`IU`). Neither runs the training loop: both use core's gradient tools
 //! ([`unlearn_api::grad`]) and change the weights once, re-applying the mask afterwards so that
 //! pruned weights stay exactly 0.

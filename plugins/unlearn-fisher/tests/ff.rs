@@ -1,5 +1,5 @@
 //! FF against an independent reference: the Fisher accumulated one sample at a time through
-//! `.grad`, and SPEC §5's variance and mean rules written out in f64 loops.
+//! `.grad`, and FF's variance and mean rules written out in f64 loops.
 
 mod common;
 
@@ -15,7 +15,7 @@ use unlearn_fisher::{Ff, FfConfig};
 const ALPHA: f64 = 1e-4;
 const BATCH: usize = 8;
 
-/// SPEC §5 "FF" step 1 over the retain rows in batches of `batch`: for every class y, the
+/// FF step 1 over the retain rows in batches of `batch`: for every class y, the
 /// gradient of the batch's mean CE against all-y targets is the mean of the per-sample
 /// gradients; accumulate mean_batch(p_y) * grad^2 and divide by the number of batches.
 /// With `masked`, the gradients of pruned weights are 0 (they are constants).
@@ -82,7 +82,7 @@ struct Regimes {
     unclamped: usize,
 }
 
-/// SPEC §5 "FF" steps 2-3, element by element: (mu, var) per parameter in name order.
+/// FF steps 2-3, element by element: (mu, var) per parameter in name order.
 fn reference_moments(
     model: &Model,
     fisher: &[Vec<f64>],

@@ -1,5 +1,5 @@
 //! IU against an independent reference: per-sample gradients through `.grad` (0 for pruned
-//! weights), and SPEC §5's
+//! weights), and IU's
 //! g_f, g_r, v and WoodFisher recursion written out in f64 with plain `Vec<f64>` loops.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Unlearning by training on the retain set (SPEC §5): `retrain` from scratch (the gold
+//! Unlearning by training on the retain set (the paper's baselines): `retrain` from scratch (the gold
 //! standard), `FT` (fine-tune the original model), the paper's `l1-sparse` (FT with a decaying L1
 //! penalty; `FT_l1` is the same method under the reference code's name), and `raw` (no change:
 //! the original model).

@@ -1,4 +1,4 @@
-//! Gradient-ascent unlearners (SPEC §5): `GA` maximises the loss on the forget set; `GA_l1` adds a
+//! Gradient-ascent unlearners (the paper's baselines): `GA` maximises the loss on the forget set; `GA_l1` adds a
 //! constant L1 penalty. GA can diverge: core's loop stops with an error naming the method and the
 //! epoch when the loss or the weights become non-finite, and no result is recorded.
 

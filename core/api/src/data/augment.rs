@@ -1,4 +1,4 @@
-//! Training-time augmentation on the device (SPEC §1): random crop with zero padding and random
+//! Training-time augmentation on the device (as the reference code's torchvision transforms): random crop with zero padding and random
 //! horizontal flip, for a whole batch at once. The random draws come from a host generator, so
 //! the same seed gives the same batches on every device.
 

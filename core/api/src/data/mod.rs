@@ -56,7 +56,7 @@ pub enum DataError {
 
 /// A labelled image set held as u8 pixels (`[N, C, H, W]`) and i64 labels (`[N]`).
 /// Pixels are scaled to [0, 1] by `max_value` when batched; per-channel `mean`/`std`
-/// normalisation is the model's first layer (SPEC §1), so checkpoints take [0, 1] inputs.
+/// normalisation is the model's first layer (as in the reference code), so checkpoints take [0, 1] inputs.
 #[derive(Debug)]
 pub struct Dataset {
     pub name: String,
@@ -69,7 +69,7 @@ pub struct Dataset {
     pub std: Vec<f64>,
     /// Class names by label (folder names, the official label names, or "0".."k-1").
     pub class_names: Vec<String>,
-    /// Training-time augmentation this data set calls for (SPEC §1: crop + flip for CIFAR/SVHN).
+    /// Training-time augmentation this data set calls for (crop + flip for CIFAR, as the reference code).
     pub augment: Augment,
 }
 

@@ -1,4 +1,4 @@
-//! The seeded, stratified train/val/test split (SPEC §1).
+//! The seeded, stratified train/val/test split (docs/reference.md, "Data and scenarios").
 
 use serde::{Deserialize, Serialize};
 

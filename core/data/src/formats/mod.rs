@@ -1,8 +1,8 @@
 //! Loaders for the file layouts that users download (the official releases of CIFAR-10/100, SVHN,
 //! MNIST, Fashion-MNIST and TinyImageNet-200, and generic image folders), and a writer for the
 //! CIFAR-10 binary layout. Each loader returns the official train/test splits with class names,
-//! `max_value` 255, the SPEC §1 normalisation constants where SPEC gives them, and the
-//! augmentation SPEC calls for.
+//! `max_value` 255, the paper's normalisation constants where it gives them, and the
+//! augmentation the reference code uses.
 //!
 //! Every loader checks headers and sizes and never panics on bad input: each problem is a
 //! [`DataError`] naming the file (wrong magic, truncated file, label out of range, image of the
@@ -113,7 +113,7 @@ impl std::str::FromStr for Format {
     }
 }
 
-/// SPEC §1 and the customary constants, as (mean, std) per channel.
+/// The paper's and the customary constants, as (mean, std) per channel.
 pub mod stats {
     pub const CIFAR10: ([f64; 3], [f64; 3]) = ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]);
     pub const CIFAR100: ([f64; 3], [f64; 3]) = ([0.5071, 0.4866, 0.4409], [0.2673, 0.2564, 0.2762]);
