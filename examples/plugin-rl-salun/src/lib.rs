@@ -1,5 +1,5 @@
 //! An example plugin crate with two unlearners from SalUn (Fan et al., ICLR 2024), the
-//! follow-up of the paper this tool reproduces (Fan et al., *SalUn*, ICLR 2024):
+//! follow-up of the paper this tool reproduces:
 //!
 //! - [`Rl`] (`RL`, random labelling): fine-tune on `D_f ∪ D_r` with cross-entropy, where every
 //!   forget sample's label is replaced once, before training, by a uniformly random class other
