@@ -373,6 +373,19 @@ fn issues_from_schema(schema: &Value, instance: &Value, prefix: &str) -> Vec<Con
 /// `base_dir` anchors relative paths (index files).
 pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, Vec<ConfigIssue>> {
     let mut issues = issues_from_schema(&pipeline_schema(), raw, "");
+    // A listed plugin that is not there is a typo in the config, not a broken library (those
+    // are skipped with a warning): its methods would only show up as unknown ones.
+    if let Some(list) = raw.get("plugins").and_then(Value::as_array) {
+        for (i, p) in list.iter().enumerate() {
+            if let Some(p) = p.as_str().filter(|p| !base_dir.join(p).exists()) {
+                issues.push(ConfigIssue::new(
+                    &format!("/plugins/{i}"),
+                    Some(Value::from(p)),
+                    format!("no such file or folder: {}", base_dir.join(p).display()),
+                ));
+            }
+        }
+    }
 
     // Methods: known, of the right kind, and their settings valid against their own schema.
     let mut pruners: Vec<Planned<Box<dyn Pruner>>> = Vec::new();
