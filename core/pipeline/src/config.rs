@@ -535,6 +535,7 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
             }
         }
         issues.extend(untested_classes(dataset, split));
+        issues.extend(empty_classes(dataset));
     }
     let mut forget = Vec::new();
     // The name of the `poisoned` scenario, when the config gives one.
@@ -656,6 +657,32 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
         pruners,
         unlearners,
         seeds,
+    })
+}
+
+/// Classes without a single sample (an empty class folder): the model would get an output no
+/// data ever trains or tests (one issue naming them all).
+fn empty_classes(dataset: &Dataset) -> Option<ConfigIssue> {
+    let mut counts = vec![0usize; dataset.classes];
+    for l in dataset.labels_vec() {
+        counts[l as usize] += 1;
+    }
+    let empty: Vec<String> = (0..dataset.classes)
+        .filter(|&c| counts[c] == 0)
+        .map(|c| match dataset.class_names.get(c) {
+            Some(name) if name != &c.to_string() => format!("{c} ({name})"),
+            _ => c.to_string(),
+        })
+        .collect();
+    (!empty.is_empty()).then(|| {
+        ConfigIssue::new(
+            "/data",
+            None,
+            format!(
+                "class(es) {} have no samples at all (an empty class folder?): add images of them or remove them",
+                empty.join(", ")
+            ),
+        )
     })
 }
 
