@@ -829,6 +829,195 @@ fn checkpoint_cases(dense: &[u8]) -> Vec<Case> {
     ]
 }
 
+/// Checkpoints whose header is edited as JSON, the data left as it is: what the tensor list
+/// above cannot say (negative sizes, reversed offsets, unknown dtypes, odd metadata).
+fn checkpoint_header_cases(dense: &[u8]) -> Vec<Case> {
+    let cfg = base_with(&[
+        (PRUNE, ""),
+        (
+            "[train]",
+            "[model]\ncheckpoint = \"ck.safetensors\"\n[train]",
+        ),
+    ]);
+    let n = u64::from_le_bytes(dense[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&dense[8..8 + n]).unwrap();
+    let case = |name: &str, f: &dyn Fn(&mut Value), needles: &[&str]| {
+        let mut h = header.clone();
+        f(&mut h);
+        let mut all = vec!["/model/checkpoint", "ck.safetensors"];
+        all.extend(needles);
+        validate("checkpoint", name, &cfg, &all)
+            .file("ck.safetensors", safetensors(&h, &dense[8 + n..]))
+    };
+    vec![
+        case(
+            "shape whose size overflows",
+            &|h| h["fc.bias"]["shape"] = json!([4294967296u64, 4294967296u64]),
+            &[],
+        ),
+        case(
+            "negative shape",
+            &|h| h["fc.bias"]["shape"] = json!([-4]),
+            &[],
+        ),
+        case(
+            "offsets reversed",
+            &|h| {
+                let o = h["fc.bias"]["data_offsets"].clone();
+                h["fc.bias"]["data_offsets"] = json!([o[1], o[0]]);
+            },
+            &["fc.bias"],
+        ),
+        case(
+            "unknown dtype",
+            &|h| h["fc.bias"]["dtype"] = json!("Q99"),
+            &["Q99"],
+        ),
+        case(
+            "zero classes in the metadata",
+            &|h| h["__metadata__"]["classes"] = json!("0"),
+            &["classes"],
+        ),
+        case(
+            "classes beyond 64 bits in the metadata",
+            &|h| h["__metadata__"]["classes"] = json!("18446744073709551616"),
+            &["classes"],
+        ),
+        case(
+            "unknown arch in the metadata",
+            &|h| h["__metadata__"]["arch"] = json!("resnet9000"),
+            &["resnet9000"],
+        ),
+        case(
+            "2-d input in the metadata",
+            &|h| h["__metadata__"]["input"] = json!("[1,8]"),
+            &["input"],
+        ),
+        case(
+            "metadata value not a string",
+            &|h| h["__metadata__"]["classes"] = json!(4),
+            &[],
+        ),
+        case(
+            "pruned weight without its mask",
+            &|h| {
+                let m = h.as_object_mut().unwrap();
+                m.remove("__metadata__");
+                let w = m.remove("conv1.weight").unwrap();
+                m.insert("conv1.weight_orig".into(), w);
+            },
+            &["conv1.weight_mask"],
+        ),
+    ]
+}
+
+/// The CRC-32 of PNG chunks, to forge a header.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in bytes {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// A valid 8x8 PNG whose header claims `w` x `h` pixels (a decompression bomb's header).
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let mut b = png(8, 8, 0);
+    // Signature (8), then IHDR: length (4), type (4), width, height, ..., CRC after 13 bytes.
+    b[16..20].copy_from_slice(&w.to_be_bytes());
+    b[20..24].copy_from_slice(&h.to_be_bytes());
+    let crc = crc32(&b[12..29]);
+    b[29..33].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+/// Data whose sizes are wrong rather than whose bytes are: bombs, empty and odd image sizes.
+fn data_size_cases() -> Vec<Case> {
+    let d = "data";
+    let on_disk = |dataset: &str, dir: &str| {
+        base_with(&[(
+            SYNTHETIC,
+            &format!("dataset = \"{dataset}\"\ndir = \"{dir}\""),
+        )])
+    };
+    let folder = image_folder();
+    let one_pixel: Vec<(String, Vec<u8>)> = folder
+        .iter()
+        .map(|(p, _)| (p.clone(), png(1, 1, 3)))
+        .collect();
+    let idx_images = |n: u32, side: u32, body: usize| {
+        let mut b = vec![0, 0, 8, 3];
+        for d in [n, side, side] {
+            b.extend(d.to_be_bytes());
+        }
+        b.extend(vec![9u8; body]);
+        b
+    };
+    let mnist_with = |name: &str, file: &str, bytes: Vec<u8>, needles: &[&str]| {
+        validate(d, name, &on_disk("mnist", "mn"), needles).files(&replace_file(
+            &mnist(),
+            file,
+            Some(bytes),
+        ))
+    };
+    vec![
+        validate(
+            d,
+            "PNG header claiming 60000x60000",
+            &on_disk("image_folder", "img"),
+            &["/data/dir", "bomb.png"],
+        )
+        .files(&folder)
+        .file("img/train/red/bomb.png", png_claiming(60000, 60000)),
+        validate(
+            d,
+            "1x1 images",
+            &on_disk("image_folder", "img"),
+            &["/model/arch", "1, 1"],
+        )
+        .files(&one_pixel),
+        mnist_with(
+            "mnist 0x0 images",
+            "mn/train-images-idx3-ubyte",
+            idx_images(40, 0, 0),
+            &["/data/dir", "train-images-idx3-ubyte"],
+        ),
+        mnist_with(
+            "mnist header sizes overflowing",
+            "mn/train-images-idx3-ubyte",
+            idx_images(u32::MAX, 65535, 3),
+            &["/data/dir", "train-images-idx3-ubyte"],
+        ),
+        mnist_with(
+            "mnist 8x8 images",
+            "mn/t10k-images-idx3-ubyte",
+            idx_images(20, 8, 20 * 64),
+            &["/data/dir", "t10k-images-idx3-ubyte"],
+        ),
+        validate(
+            d,
+            "cifar100 dir empty",
+            &on_disk("cifar100", "c100"),
+            &["/data/dir", "train.bin"],
+        )
+        .dir("c100"),
+        validate(
+            d,
+            "synthetic beyond the pixel cap",
+            &base_with(&[("noise = 6.0", "noise = 6.0, size = 256, channels = 4")])
+                .replace("samples = 300", "samples = 10000000"),
+            &["/data/synthetic"],
+        ),
+    ]
+}
+
 fn png(w: u32, h: u32, seed: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(w, h, |x, y| {
         image::Rgb([
@@ -1312,6 +1501,43 @@ fn plugin_cases() -> Vec<Case> {
 fn cli_cases() -> Vec<Case> {
     let o = "cli";
     vec![
+        Case::new(
+            o,
+            "schema of an empty name",
+            &["schema", ""],
+            2,
+            &["unknown method"],
+        ),
+        Case::new(
+            o,
+            "plugin new with a bad name",
+            &["plugin", "new", "bad name!", "--dir", "{d}"],
+            2,
+            &["bad name!"],
+        ),
+        Case::new(
+            o,
+            "plugin new --dir a file",
+            &["plugin", "new", "good", "--dir", "{d}/afile"],
+            2,
+            &["afile"],
+        )
+        .file("afile", "x"),
+        Case::new(
+            o,
+            "plugin new --sdk missing",
+            &[
+                "plugin",
+                "new",
+                "good",
+                "--dir",
+                "{d}",
+                "--sdk",
+                "{d}/no-sdk",
+            ],
+            2,
+            &["--sdk", "no-sdk"],
+        ),
         Case::new(o, "unknown subcommand", &["frobnicate"], 2, &["frobnicate"]),
         Case::new(
             o,
@@ -1461,7 +1687,9 @@ fn check(case: &Case) -> Vec<String> {
     for (k, v) in &case.env {
         cmd.env(k, v.replace("{d}", d));
     }
+    let t0 = std::time::Instant::now();
     let o = cmd.output().expect("the binary runs");
+    let seconds = t0.elapsed().as_secs_f64();
     let (err, out) = (stderr(&o), stdout(&o));
     let mut problems = Vec::new();
     match o.status.code() {
@@ -1487,7 +1715,7 @@ fn check(case: &Case) -> Vec<String> {
     // UNLEARN_CORPUS_SHOW=1 prints what every case got, to review the messages themselves.
     if std::env::var_os("UNLEARN_CORPUS_SHOW").is_some() {
         eprintln!(
-            "=== [{}] {} -> {:?}\n{}",
+            "=== [{}] {} -> {:?} ({seconds:.1} s)\n{}",
             case.category,
             case.name,
             o.status.code(),
@@ -1515,7 +1743,9 @@ fn bad_inputs_are_exit_2_errors_that_name_the_field_or_file() {
     let mut cases = config_cases();
     cases.extend(index_cases());
     cases.extend(checkpoint_cases(&dense));
+    cases.extend(checkpoint_header_cases(&dense));
     cases.extend(data_cases());
+    cases.extend(data_size_cases());
     cases.extend(plugin_cases());
     cases.extend(cli_cases());
     let names: std::collections::HashSet<_> =
