@@ -1503,6 +1503,33 @@ fn cli_cases() -> Vec<Case> {
     vec![
         Case::new(
             o,
+            "run --dry-run --cache a file",
+            &["run", "{d}/c.toml", "--dry-run", "--cache", "{d}/afile"],
+            2,
+            &["cache", "afile"],
+        )
+        .file("afile", "x")
+        .file("c.toml", BASE),
+        // `run` checks what `validate` checks, before any training.
+        run(
+            "data",
+            "run: corrupt image",
+            &base_with(&[(SYNTHETIC, "dataset = \"image_folder\"\ndir = \"img\"")]),
+            &["/data/dir", "bad.png"],
+        )
+        .files(&image_folder())
+        .file(
+            "img/train/red/bad.png",
+            b"\x89PNG\r\n\x1a\ngarbage".to_vec(),
+        ),
+        run(
+            "config",
+            "run: plugins path missing",
+            &base_with(&[("seed = 0", "seed = 0\nplugins = [\"no-such-plugins\"]")]),
+            &["/plugins/0", "no-such-plugins"],
+        ),
+        Case::new(
+            o,
             "schema of an empty name",
             &["schema", ""],
             2,
