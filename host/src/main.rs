@@ -639,6 +639,16 @@ fn execute(
     notify: &dyn Fn(&str),
 ) -> Result<()> {
     let device = device.resolve().map_err(bad)?;
+    // A `--cache` that cannot be a folder is the user's path, found now rather than as a failed
+    // stage after training.
+    if let Some(dir) = &cache_dir {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            bad(anyhow::anyhow!(
+                "cache directory {} cannot be created: {e}",
+                dir.display()
+            ))
+        })?;
+    }
     let trainer = Trainer::new(device, !quiet);
     let cancel = trainer.cancel.clone();
     // First Ctrl-C: stop at the next batch (finished stages stay in the cache for resuming);

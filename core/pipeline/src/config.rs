@@ -373,6 +373,19 @@ fn issues_from_schema(schema: &Value, instance: &Value, prefix: &str) -> Vec<Con
 /// `base_dir` anchors relative paths (index files).
 pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, Vec<ConfigIssue>> {
     let mut issues = issues_from_schema(&pipeline_schema(), raw, "");
+    // A listed plugin that is not there is a typo in the config, not a broken library (those
+    // are skipped with a warning): its methods would only show up as unknown ones.
+    if let Some(list) = raw.get("plugins").and_then(Value::as_array) {
+        for (i, p) in list.iter().enumerate() {
+            if let Some(p) = p.as_str().filter(|p| !base_dir.join(p).exists()) {
+                issues.push(ConfigIssue::new(
+                    &format!("/plugins/{i}"),
+                    Some(Value::from(p)),
+                    format!("no such file or folder: {}", base_dir.join(p).display()),
+                ));
+            }
+        }
+    }
 
     // Methods: known, of the right kind, and their settings valid against their own schema.
     let mut pruners: Vec<Planned<Box<dyn Pruner>>> = Vec::new();
@@ -522,6 +535,7 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
             }
         }
         issues.extend(untested_classes(dataset, split));
+        issues.extend(empty_classes(dataset));
     }
     let mut forget = Vec::new();
     // The name of the `poisoned` scenario, when the config gives one.
@@ -643,6 +657,32 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
         pruners,
         unlearners,
         seeds,
+    })
+}
+
+/// Classes without a single sample (an empty class folder): the model would get an output no
+/// data ever trains or tests (one issue naming them all).
+fn empty_classes(dataset: &Dataset) -> Option<ConfigIssue> {
+    let mut counts = vec![0usize; dataset.classes];
+    for l in dataset.labels_vec() {
+        counts[l as usize] += 1;
+    }
+    let empty: Vec<String> = (0..dataset.classes)
+        .filter(|&c| counts[c] == 0)
+        .map(|c| match dataset.class_names.get(c) {
+            Some(name) if name != &c.to_string() => format!("{c} ({name})"),
+            _ => c.to_string(),
+        })
+        .collect();
+    (!empty.is_empty()).then(|| {
+        ConfigIssue::new(
+            "/data",
+            None,
+            format!(
+                "class(es) {} have no samples at all (an empty class folder?): add images of them or remove them",
+                empty.join(", ")
+            ),
+        )
     })
 }
 
