@@ -68,7 +68,18 @@ pub enum ForgetError {
     #[error("give either `n` or `fraction` for a random forget set, not both")]
     Ambiguous,
     #[error("forget set of {n} samples must be non-empty and smaller than the training split ({train} samples), so that the retain set is not empty")]
-    Size { n: usize, train: usize },
+    Size {
+        n: usize,
+        train: usize,
+        /// The setting that gave the size: `n` or `fraction`.
+        field: &'static str,
+    },
+    #[error("index file {path} lists {n} samples; a forget set must be non-empty and smaller than the training split ({train} samples), so that the retain set is not empty")]
+    FileSize {
+        path: PathBuf,
+        n: usize,
+        train: usize,
+    },
     #[error("cannot read index file {path}: {message}")]
     Io { path: PathBuf, message: String },
     #[error("index file {path}, {location}: `{text}` is not a non-negative integer index")]
@@ -101,7 +112,8 @@ impl ForgetError {
         match self {
             Self::Missing { field, .. } | Self::Extra { field, .. } => field,
             Self::ClassOutOfRange { .. } | Self::EmptyClass { .. } => "class",
-            Self::Ambiguous | Self::Size { .. } => "n",
+            Self::Ambiguous => "n",
+            Self::Size { field, .. } => field,
             _ => "path",
         }
     }
@@ -266,7 +278,8 @@ pub(crate) fn select_random(
         }
     };
     if n == 0 || n >= train {
-        return Err(ForgetError::Size { n, train });
+        let field = if fraction.is_some() { "fraction" } else { "n" };
+        return Err(ForgetError::Size { n, train, field });
     }
     let mut f = permutation(train, seed, "forget");
     f.truncate(n);
@@ -282,7 +295,11 @@ pub(crate) fn select_file(
     let path = base_dir.join(path);
     let f = read_index_file(&path, train)?;
     if f.is_empty() || f.len() >= train {
-        return Err(ForgetError::Size { n: f.len(), train });
+        return Err(ForgetError::FileSize {
+            path,
+            n: f.len(),
+            train,
+        });
     }
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
     Ok((format!("file-{}", stem.unwrap_or_default()), None, f))
@@ -434,7 +451,14 @@ mod tests {
                 ..r.clone()
             }
             .resolve(&labels(), 4, Path::new("."));
-            assert_eq!(e, Err(ForgetError::Size { n, train: 100 }));
+            assert_eq!(
+                e,
+                Err(ForgetError::Size {
+                    n,
+                    train: 100,
+                    field: "n"
+                })
+            );
         }
         let e = ForgetSpec {
             fraction: Some(0.1),

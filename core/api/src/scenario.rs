@@ -199,6 +199,7 @@ fn check_selection(s: &Selection, ctx: &ScenarioCtx<'_>) -> Result<(), String> {
         return Err(ForgetError::Size {
             n: s.forget.len(),
             train,
+            field: "n",
         }
         .to_string());
     }
