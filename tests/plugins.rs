@@ -521,6 +521,14 @@ fn a_library_of_an_older_minor_loads_and_runs() {
     let m = registry.get("FT-2.0").unwrap();
     let problems = unlearn_pipeline::conformance::check(m);
     assert!(problems.is_empty(), "{problems:#?}");
+    // Its schema's ranges hold on this side too, whatever the older library checks itself.
+    let issues = m
+        .build_unlearner(&serde_json::json!({"epochs": 1_000_000, "lr": 1e39}))
+        .err()
+        .expect("out of range");
+    let mut paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+    paths.sort();
+    assert_eq!(paths, ["/epochs", "/lr"], "{issues:?}");
 
     // It fine-tunes on the retain set in the host's loop (through its 2.0 view of the host
     // table and the call's trainer handle): the same weights as core's loop run directly.

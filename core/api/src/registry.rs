@@ -132,7 +132,10 @@ impl Method {
         match &self.maker {
             Maker::Builtin(Factory::Unlearner(f)) => f(config),
             #[cfg(feature = "host")]
-            Maker::Library(l) if self.kind == Kind::Unlearner => l.build_unlearner(config),
+            Maker::Library(l) if self.kind == Kind::Unlearner => {
+                self.in_range(config)?;
+                l.build_unlearner(config)
+            }
             _ => Err(self.wrong_kind(Kind::Unlearner)),
         }
     }
@@ -141,7 +144,10 @@ impl Method {
         match &self.maker {
             Maker::Builtin(Factory::Pruner(f)) => f(config),
             #[cfg(feature = "host")]
-            Maker::Library(l) if self.kind == Kind::Pruner => l.build_pruner(config),
+            Maker::Library(l) if self.kind == Kind::Pruner => {
+                self.in_range(config)?;
+                l.build_pruner(config)
+            }
             _ => Err(self.wrong_kind(Kind::Pruner)),
         }
     }
@@ -150,8 +156,23 @@ impl Method {
         match &self.maker {
             Maker::Builtin(Factory::Attack(f)) => f(config),
             #[cfg(feature = "host")]
-            Maker::Library(l) if self.kind == Kind::Attack => l.build_attack(config),
+            Maker::Library(l) if self.kind == Kind::Attack => {
+                self.in_range(config)?;
+                l.build_attack(config)
+            }
             _ => Err(self.wrong_kind(Kind::Attack)),
+        }
+    }
+
+    /// A library's schema ranges, enforced on this side too: a library built against an older
+    /// core may not check them itself.
+    #[cfg(feature = "host")]
+    fn in_range(&self, config: &Value) -> Result<(), Vec<ConfigIssue>> {
+        let issues = crate::bounds::range_issues(&self.schema, config);
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(issues)
         }
     }
 
