@@ -81,6 +81,17 @@ impl ConfigIssue {
         }
     }
 
+    /// A broken rule about `field` of the settings `given` (the object under `prefix`): the value
+    /// given, or, when the field was left out, a message saying the default breaks the rule.
+    pub fn of_rule(prefix: &str, field: &str, given: &Value, message: String) -> ConfigIssue {
+        let value = given.get(field).cloned();
+        let message = match value {
+            Some(_) => message,
+            None => format!("{message} (this is the default `{field}`: give one that fits)"),
+        };
+        ConfigIssue::new(&format!("{prefix}/{field}"), value, message)
+    }
+
     /// The same issue with `prefix` put before its path (an issue of a nested config).
     pub fn prefixed(mut self, prefix: &str) -> ConfigIssue {
         self.path = format!("{prefix}{}", self.path);
@@ -542,12 +553,7 @@ pub fn parse_config<C: MethodConfig>(v: &Value) -> Result<C, Vec<ConfigIssue>> {
         if issues.iter().any(|i| i.path == path) {
             continue;
         }
-        let value = v.get(&field).cloned();
-        let msg = match value {
-            Some(_) => msg,
-            None => format!("{msg} (this is the default `{field}`: give one that fits)"),
-        };
-        issues.push(ConfigIssue::new(&path, value, msg));
+        issues.push(ConfigIssue::of_rule("", &field, v, msg));
     }
     if issues.is_empty() {
         Ok(c)

@@ -482,13 +482,9 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
     // Sections checked one by one, so a mistake in one does not hide those in others.
     let section = |name: &str| raw.get(name).cloned().unwrap_or(Value::Object(Map::new()));
     if let Ok(train) = serde_json::from_value::<Schedule>(section("train")) {
+        let given = section("train");
         for (field, m) in train.issues() {
-            let value = raw.pointer(&format!("/train/{field}")).cloned();
-            let m = match value {
-                Some(_) => m,
-                None => format!("{m} (this is the default `{field}`: give one that fits)"),
-            };
-            issues.push(ConfigIssue::new(&format!("/train/{field}"), value, m));
+            issues.push(ConfigIssue::of_rule("/train", field, &given, m));
         }
         for p in &pruners {
             if let Some(crate::method::RewindPoint::Epoch(r)) = p.instance.rewind_point() {
@@ -534,8 +530,7 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
                 ));
             }
         }
-        issues.extend(untested_classes(dataset, split));
-        issues.extend(empty_classes(dataset));
+        issues.extend(class_coverage_issues(dataset, split));
     }
     let mut forget = Vec::new();
     // The name of the `poisoned` scenario, when the config gives one.
@@ -660,62 +655,51 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
     })
 }
 
-/// Classes without a single sample (an empty class folder): the model would get an output no
-/// data ever trains or tests (one issue naming them all).
-fn empty_classes(dataset: &Dataset) -> Option<ConfigIssue> {
-    let mut counts = vec![0usize; dataset.classes];
-    for l in dataset.labels_vec() {
-        counts[l as usize] += 1;
-    }
-    let empty: Vec<String> = (0..dataset.classes)
-        .filter(|&c| counts[c] == 0)
-        .map(|c| match dataset.class_names.get(c) {
-            Some(name) if name != &c.to_string() => format!("{c} ({name})"),
-            _ => c.to_string(),
-        })
-        .collect();
-    (!empty.is_empty()).then(|| {
-        ConfigIssue::new(
-            "/data",
-            None,
-            format!(
-                "class(es) {} have no samples at all (an empty class folder?): add images of them or remove them",
-                empty.join(", ")
-            ),
-        )
-    })
-}
-
-/// Classes with training samples but none in the test set: their test accuracy, and so TA and
-/// the class-wise scores, would be undefined (one issue naming them all).
-fn untested_classes(dataset: &Dataset, split: &Split) -> Option<ConfigIssue> {
+/// Classes the model gets an output for but no data trains or tests (no samples at all, e.g. an
+/// empty class folder), and classes with training samples but none in the test set, whose test
+/// accuracy (and so TA and the class-wise scores) would be undefined: one issue each, naming
+/// every such class.
+fn class_coverage_issues(dataset: &Dataset, split: &Split) -> Vec<ConfigIssue> {
     let labels = dataset.labels_vec();
-    let mut counts = vec![(0usize, 0usize); dataset.classes];
-    for &i in &split.train {
-        counts[labels[i] as usize].0 += 1;
-    }
-    for &i in &split.test {
-        counts[labels[i] as usize].1 += 1;
-    }
-    let missing: Vec<String> = counts
-        .iter()
-        .enumerate()
-        .filter(|(_, &(train, test))| train > 0 && test == 0)
-        .map(|(c, _)| match dataset.class_names.get(c) {
-            Some(name) if name != &c.to_string() => format!("{c} ({name})"),
-            _ => c.to_string(),
+    let count = |rows: &mut dyn Iterator<Item = usize>| {
+        let mut n = vec![0usize; dataset.classes];
+        rows.for_each(|i| n[labels[i] as usize] += 1);
+        n
+    };
+    let all = count(&mut (0..labels.len()));
+    let train = count(&mut split.train.iter().copied());
+    let test = count(&mut split.test.iter().copied());
+    let named = |keep: &dyn Fn(usize) -> bool| -> Vec<String> {
+        (0..dataset.classes)
+            .filter(|&c| keep(c))
+            .map(|c| match dataset.class_names.get(c) {
+                Some(name) if name != &c.to_string() => format!("{c} ({name})"),
+                _ => c.to_string(),
+            })
+            .collect()
+    };
+    let issue = |classes: Vec<String>, what: &str| {
+        (!classes.is_empty()).then(|| {
+            ConfigIssue::new(
+                "/data",
+                None,
+                format!("class(es) {} {what}", classes.join(", ")),
+            )
         })
-        .collect();
-    (!missing.is_empty()).then(|| {
-        ConfigIssue::new(
-            "/data",
-            None,
-            format!(
-                "class(es) {} have training samples but none in the test set, so their test accuracy is undefined: add test images of them (or raise split.test_fraction)",
-                missing.join(", ")
-            ),
-        )
-    })
+    };
+    [
+        issue(
+            named(&|c| all[c] == 0),
+            "have no samples at all (an empty class folder?): add images of them or remove them",
+        ),
+        issue(
+            named(&|c| train[c] > 0 && test[c] == 0),
+            "have training samples but none in the test set, so their test accuracy is undefined: add test images of them (or raise split.test_fraction)",
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// The forgetting scenario of a Trojan cleanse: the rows an `[attack]` poisoned.
