@@ -15,12 +15,12 @@ PY=${PYTHON:-python3}
 if ! .venv/bin/python -c "import torch, numpy, safetensors, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
   echo "setup: installing torch==$TORCH_VERSION, numpy, safetensors, pillow==$PILLOW_VERSION into .venv (one time, a few minutes)" >&2
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION" numpy safetensors "pillow==$PILLOW_VERSION"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-cache-dir "torch==$TORCH_VERSION" numpy safetensors "pillow==$PILLOW_VERSION"
 fi
 # A .venv made before Pillow was needed (or with another version) gets just Pillow.
 if ! .venv/bin/python -c "import PIL, sys; sys.exit(PIL.__version__ != '$PILLOW_VERSION')" 2>/dev/null; then
   echo "setup: installing pillow==$PILLOW_VERSION into .venv" >&2
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check "pillow==$PILLOW_VERSION"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-cache-dir "pillow==$PILLOW_VERSION"
 fi
 
 torch_dir=$(.venv/bin/python -c "import os, torch; print(os.path.dirname(torch.__file__))" 2>/dev/null)
