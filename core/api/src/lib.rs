@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod conformance;
 pub mod data;
 pub mod device;
+pub mod exec;
 pub mod forget;
 pub mod grad;
 pub mod io;

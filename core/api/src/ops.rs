@@ -31,7 +31,7 @@ extern "C" {
     ) -> *const c_char;
 }
 
-fn check(err: *const c_char) -> Result<(), TchError> {
+pub(crate) fn check(err: *const c_char) -> Result<(), TchError> {
     if err.is_null() {
         return Ok(());
     }

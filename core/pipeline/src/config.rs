@@ -11,6 +11,7 @@ use crate::data::{
     self, Augment, DataError, Dataset, DatasetName, Split, SplitConfig, SyntheticConfig,
 };
 use crate::eval::EvalConfig;
+use crate::exec::{Execution, Precision};
 use crate::forget::ForgetSet;
 use crate::method::{Kind, Pruner, Unlearner};
 use crate::model::Arch;
@@ -122,6 +123,29 @@ pub struct ModelConfig {
     /// model, otherwise as the dense one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<PathBuf>,
+    /// Float arithmetic of every forward pass (training, pruning, unlearning, evaluation): `fp32`,
+    /// `tf32` (float32 with TF32 tensor-core products on a GPU) or `bf16` (autocast mixed
+    /// precision; weights stay float32). `--precision` overrides it.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub precision: Precision,
+    /// Images and convolution weights in the channels-last memory format (faster convolutions on
+    /// GPUs with tensor cores). `--channels-last` sets it.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub channels_last: bool,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+impl ModelConfig {
+    /// How the run's models compute.
+    pub fn execution(&self) -> Execution {
+        Execution {
+            precision: self.precision,
+            channels_last: self.channels_last,
+        }
+    }
 }
 
 fn default_arch() -> Arch {
@@ -133,6 +157,8 @@ impl Default for ModelConfig {
         ModelConfig {
             arch: default_arch(),
             checkpoint: None,
+            precision: Precision::default(),
+            channels_last: false,
         }
     }
 }

@@ -11,8 +11,8 @@ pub mod report;
 
 pub use unlearn_api::conformance;
 pub use unlearn_api::{
-    bounds, checkpoint, device, forget, grad, io, mask, method, metric, model, objective, ops,
-    optim, plugin, registry, rng, scenario, testing, train,
+    bounds, checkpoint, device, exec, forget, grad, io, mask, method, metric, model, objective,
+    ops, optim, plugin, registry, rng, scenario, testing, train,
 };
 pub use unlearn_api::{
     export_plugin, register_arch, register_attack, register_metric, register_pruner,

@@ -270,12 +270,17 @@ impl StageKeys {
     pub fn new(plan: &Plan, seed: u64, data: &Value) -> Result<StageKeys, PipelineError> {
         let cfg = &plan.config;
         let spec = crate::config::model_spec(cfg.model.arch, &plan.dataset);
-        let common = json!({
+        let mut common = json!({
             "unlearn": env!("CARGO_PKG_VERSION"),
             "revision": COMPUTATION_REVISION,
             "data": data,
             "model": spec,
         });
+        // Other arithmetic gives other weights; fp32 keys stay as they were before the option.
+        let exec = cfg.model.execution();
+        if !exec.is_default() {
+            common["execution"] = json!(exec);
+        }
         // Keeping rewind weights does not change training: the point is not part of the key
         // (the entry records which one it holds).
         let dense = match &plan.checkpoint {
@@ -488,6 +493,8 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
     claim_output_dir(out)?;
     let cache_dir = opts.cache_dir.clone().unwrap_or_else(|| out.join("cache"));
     let cache = Cache::open(&cache_dir)?;
+    // Every model the run builds (or loads) computes as the config says.
+    crate::exec::set_default(plan.config.model.execution()).map_err(ModelError::from)?;
     let data_id = data_identity(plan);
     let clean_train = plan.dataset.subset(&plan.split.train);
     let train = match &plan.attack {

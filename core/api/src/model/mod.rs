@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
+use crate::exec::{Execution, Precision};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("architecture {arch} expects {expected} input, the data set has {found}")]
@@ -89,6 +91,7 @@ pub struct Model {
     spec: ModelSpec,
     vs: nn::VarStore,
     net: Box<dyn ModuleT>,
+    exec: Execution,
 }
 
 impl std::fmt::Debug for Model {
@@ -117,7 +120,14 @@ impl Model {
         let norm = Normalize::new(&root / "normalize", &spec.mean, &spec.std);
         let body = (def.build)(&root, &spec);
         let net = Box::new(Normalized { norm, body });
-        Ok(Model { spec, vs, net })
+        let mut m = Model {
+            spec,
+            vs,
+            net,
+            exec: Execution::default(),
+        };
+        m.set_execution(crate::exec::default())?;
+        Ok(m)
     }
 
     /// A model made of existing tensors and a forward function: how a model crosses the plugin
@@ -150,7 +160,13 @@ impl Model {
             let trainable = t.requires_grad();
             let _ = path.add(leaf, t, trainable);
         }
-        Ok(Model { spec, vs, net })
+        // The owner's forward applies the owner's execution settings.
+        Ok(Model {
+            spec,
+            vs,
+            net,
+            exec: Execution::default(),
+        })
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -165,15 +181,55 @@ impl Model {
         &self.vs
     }
 
-    /// Logits for inputs in [0, 1]; `train` selects BatchNorm's batch statistics (and updates
-    /// its running averages).
+    /// Logits (float32) for inputs in [0, 1]; `train` selects BatchNorm's batch statistics (and
+    /// updates its running averages). Computed as [`Model::execution`] says.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.net.forward_t(x, train)
+        let x = if self.exec.channels_last && x.dim() == 4 {
+            crate::exec::channels_last(x).expect("a 4-D tensor converts to channels-last")
+        } else {
+            x.shallow_clone()
+        };
+        if self.exec.precision == Precision::Bf16 {
+            let _autocast = crate::exec::Autocast::enter(self.device(), Kind::BFloat16)
+                .expect("set_execution checked autocast on this device");
+            self.net.forward_t(&x, train).to_kind(Kind::Float)
+        } else {
+            self.net.forward_t(&x, train)
+        }
     }
 
-    /// A deep copy (same spec, same device, same values).
+    /// How this model computes.
+    pub fn execution(&self) -> Execution {
+        self.exec
+    }
+
+    /// Changes how this model computes: its 4-D weights move to (or from) channels-last in place,
+    /// and `Tf32` turns on libtorch's process-wide TF32 switch (which only
+    /// [`crate::exec::set_default`] and [`crate::exec::set_tf32`] turn off). Values are unchanged.
+    pub fn set_execution(&mut self, e: Execution) -> Result<(), ModelError> {
+        if e.precision == Precision::Bf16 {
+            // Checked here so that `forward_t` cannot fail on it.
+            drop(crate::exec::Autocast::enter(self.device(), Kind::BFloat16)?);
+        }
+        if e.channels_last != self.exec.channels_last {
+            let _g = tch::no_grad_guard();
+            for (_, mut t) in self.vs.variables() {
+                if t.dim() == 4 {
+                    crate::exec::set_memory_format_(&mut t, e.channels_last)?;
+                }
+            }
+        }
+        if e.precision == Precision::Tf32 {
+            crate::exec::set_tf32(true)?;
+        }
+        self.exec = e;
+        Ok(())
+    }
+
+    /// A deep copy (same spec, same device, same values, same execution).
     pub fn try_clone(&self) -> Result<Model, ModelError> {
         let mut m = Model::build(self.spec.clone(), self.device())?;
+        m.set_execution(self.exec)?;
         m.vs.copy(&self.vs)?;
         Ok(m)
     }
