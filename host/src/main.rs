@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use unlearn_pipeline::config::{self, ConfigError, Plan};
 use unlearn_pipeline::device::{self, DeviceChoice};
+use unlearn_pipeline::exec::Precision;
 use unlearn_pipeline::method::Kind;
 use unlearn_pipeline::model::Arch;
 use unlearn_pipeline::pipeline::{self, RunOptions};
@@ -46,6 +47,14 @@ struct Cli {
     /// --kind arch`; built in: small-cnn, conv6, resnet18, resnet20, resnet56, vgg16-bn).
     #[arg(long, global = true)]
     arch: Option<Arch>,
+    /// Float arithmetic, overriding the config's `model.precision`: fp32, tf32 (TF32 tensor cores
+    /// for float32 products on a GPU) or bf16 (autocast mixed precision).
+    #[arg(long, global = true)]
+    precision: Option<Precision>,
+    /// Images and convolution weights in the channels-last memory format (sets the config's
+    /// `model.channels_last`).
+    #[arg(long, global = true)]
+    channels_last: bool,
     /// Load plugin libraries from this folder (every library in it) or file; repeatable. Also
     /// read: UNLEARN_PLUGIN_PATH (folders or files, `:`-separated) and a config's `plugins`.
     #[arg(long = "plugin-dir", global = true, value_name = "DIR")]
@@ -250,6 +259,7 @@ fn real_main() -> Result<()> {
     for problem in plugin::host::extend(&mut registry, &plugin_paths) {
         eprintln!("warning: plugin skipped: {problem}");
     }
+    let overrides = cli.model_overrides();
     match cli.command {
         Command::List { kind, json } => list(&registry, kind, json),
         Command::Schema {
@@ -268,7 +278,7 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         Command::Validate { config } => {
-            let plan = load_plan(&registry, &config, cli.arch)?;
+            let plan = load_plan(&registry, &config, &overrides)?;
             let pruners: Vec<&str> = plan.pruners.iter().map(|p| p.label.as_str()).collect();
             println!(
                 "{}: valid ({} scenario(s), {} unlearner(s){}{})",
@@ -293,7 +303,7 @@ fn real_main() -> Result<()> {
             cache,
             dry_run,
         } => {
-            let plan = load_plan(&registry, &config, cli.arch)?;
+            let plan = load_plan(&registry, &config, &overrides)?;
             let out = out
                 .unwrap_or_else(|| Path::new("runs").join(config.file_stem().unwrap_or_default()));
             if dry_run {
@@ -308,7 +318,7 @@ fn real_main() -> Result<()> {
             }
             let mut raw = config::parse_config_text(DEMO_CONFIG, false)
                 .map_err(|(_, m)| anyhow::anyhow!("built-in demo config: {m}"))?;
-            override_arch(&mut raw, cli.arch);
+            override_model(&mut raw, &overrides);
             let plan = config::plan(&raw, &registry, Path::new(".")).map_err(|issues| {
                 ConfigError::Invalid {
                     path: "<built-in demo>".into(),
@@ -373,7 +383,31 @@ fn real_main() -> Result<()> {
                 "cuda available: {} ({} device(s)), cudnn: {}",
                 r.cuda_available, r.cuda_devices, r.cudnn_available
             );
-            println!("cpu threads: {}", r.cpu_threads);
+            println!(
+                "libtorch cuda runtime: {}, cudnn: {}",
+                r.cuda_runtime.as_deref().unwrap_or("none (a CPU-only build)"),
+                r.cudnn.as_deref().unwrap_or("none")
+            );
+            println!(
+                "cpu threads: {}, cpu kernels: {}",
+                r.cpu_threads, r.cpu_capability
+            );
+            for g in &r.gpus {
+                println!(
+                    "gpu {}: {}, {:.1} GiB, compute capability {}.{}, {} SMs at {:.0} MHz, driver CUDA {}",
+                    g.index,
+                    g.name,
+                    g.memory_bytes as f64 / (1u64 << 30) as f64,
+                    g.compute_capability.0,
+                    g.compute_capability.1,
+                    g.multiprocessors,
+                    g.clock_khz as f64 / 1000.0,
+                    g.driver_cuda
+                );
+            }
+            if r.gpus.is_empty() && r.cuda_devices > 0 {
+                println!("gpu: libtorch sees {} device(s), but the CUDA driver library did not describe them", r.cuda_devices);
+            }
             println!("device: {}", device::device_name(chosen));
             Ok(())
         }
@@ -565,18 +599,45 @@ fn list(registry: &Registry, kind: Option<ListKind>, json: bool) -> Result<()> {
 }
 
 /// Sets `model.arch` in a parsed config (the `--arch` flag).
-fn override_arch(raw: &mut serde_json::Value, arch: Option<Arch>) {
-    if let (Some(arch), Some(obj)) = (arch, raw.as_object_mut()) {
-        let model = obj.entry("model").or_insert_with(|| serde_json::json!({}));
-        if let Some(m) = model.as_object_mut() {
-            m.insert("arch".into(), serde_json::json!(arch.name()));
+/// What the global flags change in a config's `model` table.
+struct ModelOverrides {
+    arch: Option<Arch>,
+    precision: Option<Precision>,
+    channels_last: bool,
+}
+
+impl Cli {
+    fn model_overrides(&self) -> ModelOverrides {
+        ModelOverrides {
+            arch: self.arch,
+            precision: self.precision,
+            channels_last: self.channels_last,
         }
     }
 }
 
-fn load_plan(registry: &Registry, path: &Path, arch: Option<Arch>) -> Result<Plan> {
+fn override_model(raw: &mut serde_json::Value, o: &ModelOverrides) {
+    let Some(obj) = raw.as_object_mut() else {
+        return;
+    };
+    let model = obj.entry("model").or_insert_with(|| serde_json::json!({}));
+    let Some(m) = model.as_object_mut() else {
+        return;
+    };
+    if let Some(arch) = o.arch {
+        m.insert("arch".into(), serde_json::json!(arch.name()));
+    }
+    if let Some(p) = o.precision {
+        m.insert("precision".into(), serde_json::json!(p.name()));
+    }
+    if o.channels_last {
+        m.insert("channels_last".into(), serde_json::json!(true));
+    }
+}
+
+fn load_plan(registry: &Registry, path: &Path, overrides: &ModelOverrides) -> Result<Plan> {
     let mut raw = config::read_config_file(path).map_err(bad)?;
-    override_arch(&mut raw, arch);
+    override_model(&mut raw, overrides);
     let base = path.parent().unwrap_or(Path::new("."));
     config::plan(&raw, registry, base).map_err(|issues| {
         bad(ConfigError::Invalid {
