@@ -47,6 +47,15 @@ pub type BuildFn = fn(root: &nn::Path, spec: &ModelSpec) -> Box<dyn ModuleT>;
 /// How a parameter starts: its layer's kind, the layer's weight shape, and whether it is the bias.
 pub type InitFn = fn(layer: LayerKind, weight_shape: &[i64], is_bias: bool) -> Init;
 
+/// Floating-point operations of one forward pass of ONE image of `spec.input` (`[C, H, W]`) into
+/// `spec.classes` classes, counted as PyTorch's `torch.utils.flop_counter.FlopCounterMode`
+/// counts them: only convolutions and matrix products (conv, mm, addmm, bmm), 2 FLOPs per
+/// multiply-add; bias adds, BatchNorm, activations, pooling, padding and the input
+/// normalisation are not counted. A training step on one image is counted as 3 times this
+/// (forward, then backward to the inputs and to the weights, each about one forward), the usual
+/// convention (Kaplan et al. 2020, *Scaling Laws for Neural Language Models*, section 2.1).
+pub type FlopsFn = fn(&ModelSpec) -> f64;
+
 /// A registered architecture (collected with `inventory`; see [`register_arch!`]).
 pub struct ArchDef {
     /// What configs (`model.arch`), `--arch` and checkpoints call it.
@@ -60,11 +69,13 @@ pub struct ArchDef {
     pub init: InitFn,
     /// Name prefix of the final classifier layer (its weight has one row per class).
     pub classifier: &'static str,
+    /// Its forward-pass FLOPs per image ([`FlopsFn`]), if known; see [`forward_flops`].
+    pub flops: Option<FlopsFn>,
 }
 
 impl ArchDef {
     /// An architecture with PyTorch's initialisation ([`pytorch_init`]), any image of at least
-    /// 1x1, and `fc` as its classifier; the `const` setters below change those.
+    /// 1x1, `fc` as its classifier and no FLOP count; the `const` setters below change those.
     pub const fn new(name: &'static str, summary: &'static str, build: BuildFn) -> ArchDef {
         ArchDef {
             name,
@@ -74,6 +85,7 @@ impl ArchDef {
             build,
             init: pytorch_init,
             classifier: "fc",
+            flops: None,
         }
     }
 
@@ -97,6 +109,12 @@ impl ArchDef {
         self
     }
 
+    /// Its forward-pass FLOP count per image ([`FlopsFn`]).
+    pub const fn with_flops(mut self, f: FlopsFn) -> ArchDef {
+        self.flops = Some(f);
+        self
+    }
+
     /// Used by [`register_arch!`].
     pub const fn from_crate(mut self, krate: &'static str) -> ArchDef {
         self.krate = krate;
@@ -105,6 +123,68 @@ impl ArchDef {
 }
 
 inventory::collect!(ArchDef);
+
+/// The forward-pass FLOPs of one image for `spec` ([`FlopsFn`]): None when its architecture is
+/// not registered, has no FLOP count, or does not take `spec.input`.
+pub fn forward_flops(spec: &ModelSpec) -> Option<f64> {
+    let def = spec.arch.def().ok()?;
+    let flops = def.flops?;
+    (spec.input[0] >= 1 && def.inputs.check(spec.input).is_ok()).then(|| flops(spec))
+}
+
+/// The activations of one image as they flow through the layers, `[C, H, W]`, for counting
+/// FLOPs as [`FlopsFn`] does: each layer changes the shape as PyTorch's does and returns the
+/// FLOPs it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Activation {
+    pub c: i64,
+    pub h: i64,
+    pub w: i64,
+}
+
+/// The output side of a convolution or pooling window: floor((n + 2p - k) / s) + 1.
+const fn out_side(n: i64, k: i64, stride: i64, padding: i64) -> i64 {
+    (n + 2 * padding - k).div_euclid(stride) + 1
+}
+
+impl Activation {
+    pub(super) fn input(spec: &ModelSpec) -> Activation {
+        let [c, h, w] = spec.input;
+        Activation { c, h, w }
+    }
+
+    /// A `k` x `k` convolution to `cout` channels: 2 FLOPs per multiply-add, `Cin * k * k` of
+    /// them for each output element (the bias is not counted).
+    pub(super) fn conv(&mut self, cout: i64, k: i64, stride: i64, padding: i64) -> f64 {
+        self.h = out_side(self.h, k, stride, padding);
+        self.w = out_side(self.w, k, stride, padding);
+        let flops = 2 * self.c * k * k * cout * self.h * self.w;
+        self.c = cout;
+        flops as f64
+    }
+
+    /// A `k` x `k` max-pool with stride `k` (PyTorch's default), no FLOPs.
+    pub(super) fn max_pool(&mut self, k: i64) -> f64 {
+        self.h = out_side(self.h, k, k, 0);
+        self.w = out_side(self.w, k, k, 0);
+        0.0
+    }
+
+    /// An adaptive average pool to `side` x `side`, no FLOPs.
+    pub(super) fn adaptive_pool(&mut self, side: i64) -> f64 {
+        self.h = side;
+        self.w = side;
+        0.0
+    }
+
+    /// A linear layer on the flattened activations, to `out` features: 2 FLOPs per multiply-add
+    /// (the bias is not counted).
+    pub(super) fn linear(&mut self, out: i64) -> f64 {
+        let flops = 2 * self.c * self.h * self.w * out;
+        *self = Activation { c: out, h: 1, w: 1 };
+        flops as f64
+    }
+}
 
 /// Registers an [`ArchDef`] (a `const` expression) as an architecture:
 ///
@@ -184,7 +264,8 @@ crate::register_arch!(ArchDef::new(
         Box::new(PlainCnn::small(root, c, k))
     },
 )
-.min_side(2));
+.min_side(2)
+.with_flops(PlainCnn::small_flops));
 
 crate::register_arch!(ArchDef::new(
     "conv6",
@@ -194,7 +275,8 @@ crate::register_arch!(ArchDef::new(
         Box::new(PlainCnn::conv6(root, c, k))
     },
 )
-.min_side(4));
+.min_side(4)
+.with_flops(PlainCnn::conv6_flops));
 
 crate::register_arch!(ArchDef::new(
     "resnet18",
@@ -205,7 +287,8 @@ crate::register_arch!(ArchDef::new(
     },
 )
 .min_side(8)
-.with_init(resnet18_init));
+.with_init(resnet18_init)
+.with_flops(ResNet::resnet18_flops));
 
 crate::register_arch!(ArchDef::new(
     "resnet20",
@@ -216,7 +299,8 @@ crate::register_arch!(ArchDef::new(
     },
 )
 .min_side(4)
-.with_init(cifar_resnet_init));
+.with_init(cifar_resnet_init)
+.with_flops(|spec| ResNet::cifar_flops(spec, 3)));
 
 crate::register_arch!(ArchDef::new(
     "resnet56",
@@ -227,7 +311,8 @@ crate::register_arch!(ArchDef::new(
     },
 )
 .min_side(4)
-.with_init(cifar_resnet_init));
+.with_init(cifar_resnet_init)
+.with_flops(|spec| ResNet::cifar_flops(spec, 9)));
 
 crate::register_arch!(ArchDef::new(
     "vgg16-bn",
@@ -239,7 +324,8 @@ crate::register_arch!(ArchDef::new(
 )
 .min_side(16)
 .with_init(vgg_init)
-.classifier("classifier.4"));
+.classifier("classifier.4")
+.with_flops(Vgg::vgg16_bn_flops));
 
 /// A model's architecture: the name of a registered [`ArchDef`]. Serialised as that name (the
 /// names of configs, `--arch` and checkpoint metadata). The built-ins are constants

@@ -13,7 +13,7 @@ mod resnet;
 mod small_cnn;
 mod vgg;
 
-pub use arch::{pytorch_init, Arch, ArchDef, BuildFn, InitFn, Inputs};
+pub use arch::{forward_flops, pytorch_init, Arch, ArchDef, BuildFn, FlopsFn, InitFn, Inputs};
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};

@@ -20,10 +20,29 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
+use super::arch::Activation;
+use super::ModelSpec;
+
+/// A stage: output width (planes), stride of its first block, number of BasicBlocks.
+type Stage = (i64, i64, usize);
+
+/// ResNet-18's stages (torchvision's widths; the CIFAR stem keeps stage 1 at stride 1).
+const RESNET18_STAGES: [Stage; 4] = [(64, 1, 2), (128, 2, 2), (256, 2, 2), (512, 2, 2)];
+
+/// He et al.'s CIFAR ResNet-(6n+2) stages: widths 16/32/64 of `n` blocks.
+const fn cifar_stages(n: usize) -> [Stage; 3] {
+    [(16, 1, n), (32, 2, n), (64, 2, n)]
+}
+
+/// A conv's padding: "same" for odd `k` at stride 1.
+const fn padding(k: i64) -> i64 {
+    k / 2
+}
+
 fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64) -> nn::Conv2D {
     let cfg = nn::ConvConfig {
         stride,
-        padding: k / 2,
+        padding: padding(k),
         bias: false,
         ..Default::default()
     };
@@ -130,7 +149,7 @@ impl ResNet {
         root: &nn::Path,
         in_channels: i64,
         classes: i64,
-        stages: &[(i64, i64, usize)],
+        stages: &[Stage],
         down: Downsample,
     ) -> Self {
         let stem = stages[0].0;
@@ -157,14 +176,57 @@ impl ResNet {
 
     /// ResNet-18, CIFAR form: stages 64/128/256/512 of 2 blocks, torchvision downsample.
     pub(super) fn resnet18(root: &nn::Path, in_channels: i64, classes: i64) -> Self {
-        let stages = [(64, 1, 2), (128, 2, 2), (256, 2, 2), (512, 2, 2)];
-        Self::new(root, in_channels, classes, &stages, Downsample::Conv)
+        Self::new(
+            root,
+            in_channels,
+            classes,
+            &RESNET18_STAGES,
+            Downsample::Conv,
+        )
     }
 
     /// He et al.'s CIFAR ResNet-(6n+2): stages 16/32/64 of `n` blocks, option A shortcuts.
     pub(super) fn cifar(root: &nn::Path, in_channels: i64, classes: i64, n: usize) -> Self {
-        let stages = [(16, 1, n), (32, 2, n), (64, 2, n)];
-        Self::new(root, in_channels, classes, &stages, Downsample::PadA)
+        Self::new(
+            root,
+            in_channels,
+            classes,
+            &cifar_stages(n),
+            Downsample::PadA,
+        )
+    }
+
+    /// Forward FLOPs of one image ([`super::FlopsFn`]) through [`ResNet::new`]'s layers: the
+    /// stem conv, each block's two 3x3 convs and its 1x1 downsample conv if it has one (option A
+    /// shortcuts only slice and pad), and `fc`.
+    fn flops(spec: &ModelSpec, stages: &[Stage], down: Downsample) -> f64 {
+        let mut x = Activation::input(spec);
+        let mut flops = x.conv(stages[0].0, 3, 1, padding(3));
+        for &(planes, stride, n) in stages {
+            for b in 0..n {
+                let stride = if b == 0 { stride } else { 1 };
+                let mut skip = x;
+                let changes_shape = stride != 1 || x.c != planes;
+                flops += x.conv(planes, 3, stride, padding(3));
+                flops += x.conv(planes, 3, 1, padding(3));
+                if changes_shape && matches!(down, Downsample::Conv) {
+                    flops += skip.conv(planes, 1, stride, padding(1));
+                    debug_assert_eq!(skip, x, "the downsample conv must match the block");
+                }
+            }
+        }
+        x.adaptive_pool(1);
+        flops + x.linear(spec.classes as i64)
+    }
+
+    /// [`ResNet::resnet18`]'s forward FLOPs per image.
+    pub(super) fn resnet18_flops(spec: &ModelSpec) -> f64 {
+        Self::flops(spec, &RESNET18_STAGES, Downsample::Conv)
+    }
+
+    /// [`ResNet::cifar`]'s forward FLOPs per image.
+    pub(super) fn cifar_flops(spec: &ModelSpec, n: usize) -> f64 {
+        Self::flops(spec, &cifar_stages(n), Downsample::PadA)
     }
 }
 

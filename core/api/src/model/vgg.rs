@@ -14,10 +14,23 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
+use super::arch::Activation;
+use super::ModelSpec;
+
 /// Configuration D without its last max-pool; 0 marks a 2x2 max-pool.
 const CFG: [i64; 17] = [
     64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512,
 ];
+
+/// The features' conv layers: 3x3, stride 1, padding 1 (the side is kept).
+const CONV_K: i64 = 3;
+const CONV_PADDING: i64 = 1;
+/// The max-pools' window and stride.
+const POOL: i64 = 2;
+/// The side the features are averaged down to before the head.
+const POOLED_SIDE: i64 = 2;
+/// The width of the head's two hidden layers.
+const HEAD_WIDTH: i64 = 256;
 
 #[derive(Debug)]
 enum Layer {
@@ -35,7 +48,7 @@ impl Vgg {
     pub(super) fn vgg16_bn(root: &nn::Path, in_channels: i64, classes: i64) -> Self {
         let f = root / "features";
         let conv_cfg = nn::ConvConfig {
-            padding: 1,
+            padding: CONV_PADDING,
             bias: false,
             ..Default::default()
         };
@@ -47,7 +60,7 @@ impl Vgg {
                 features.push(Layer::MaxPool);
                 index += 1;
             } else {
-                let conv = nn::conv2d(&f / index, cin, width, 3, conv_cfg);
+                let conv = nn::conv2d(&f / index, cin, width, CONV_K, conv_cfg);
                 let bn = nn::batch_norm2d(&f / (index + 1), width, Default::default());
                 features.push(Layer::Conv(Box::new((conv, bn))));
                 index += 3; // conv, BatchNorm, ReLU
@@ -55,15 +68,32 @@ impl Vgg {
             }
         }
         let c = root / "classifier";
+        let pooled = cin * POOLED_SIDE * POOLED_SIDE;
         let classifier = [
-            nn::linear(&c / 0, cin * 2 * 2, 256, Default::default()),
-            nn::linear(&c / 2, 256, 256, Default::default()),
-            nn::linear(&c / 4, 256, classes, Default::default()),
+            nn::linear(&c / 0, pooled, HEAD_WIDTH, Default::default()),
+            nn::linear(&c / 2, HEAD_WIDTH, HEAD_WIDTH, Default::default()),
+            nn::linear(&c / 4, HEAD_WIDTH, classes, Default::default()),
         ];
         Vgg {
             features,
             classifier,
         }
+    }
+
+    /// [`Vgg::vgg16_bn`]'s forward FLOPs per image ([`super::FlopsFn`]): the 13 convs of
+    /// [`CFG`] at the sides the max-pools leave, and the head's three linear layers.
+    pub(super) fn vgg16_bn_flops(spec: &ModelSpec) -> f64 {
+        let mut x = Activation::input(spec);
+        let mut flops = 0.0;
+        for &width in &CFG {
+            flops += if width == 0 {
+                x.max_pool(POOL)
+            } else {
+                x.conv(width, CONV_K, 1, CONV_PADDING)
+            };
+        }
+        x.adaptive_pool(POOLED_SIDE);
+        flops + x.linear(HEAD_WIDTH) + x.linear(HEAD_WIDTH) + x.linear(spec.classes as i64)
     }
 }
 
@@ -73,11 +103,11 @@ impl ModuleT for Vgg {
         for layer in &self.features {
             h = match layer {
                 Layer::Conv(cb) => h.apply(&cb.0).apply_t(&cb.1, train).relu(),
-                Layer::MaxPool => h.max_pool2d_default(2),
+                Layer::MaxPool => h.max_pool2d_default(POOL),
             };
         }
         let [l0, l2, l4] = &self.classifier;
-        h.adaptive_avg_pool2d([2, 2])
+        h.adaptive_avg_pool2d([POOLED_SIDE, POOLED_SIDE])
             .flatten(1, -1)
             .apply(l0)
             .relu()
