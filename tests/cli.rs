@@ -308,8 +308,169 @@ fn info_reports_the_device() {
         }),
         "{out}"
     );
+    // libtorch's own build facts, read through the shim.
+    assert!(out.contains("libtorch cuda runtime: 13.0"), "{out}");
+    assert!(out.contains("cpu kernels: "), "{out}");
+    assert_eq!(out.contains("gpu 0: "), cuda, "{out}");
     let o = unlearn(&["--device", "tpu", "info"]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// `unlearn bench` at a tiny size: every row of the grid, the references beside them, RTE, and
+/// each reported rate recomputed from the measured images and seconds.
+#[test]
+fn bench_measures_the_grid_the_references_and_rte() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bench");
+    let python = std::env::var("UNLEARN_SKIP_PYTHON").map_or(true, |v| v != "1");
+    let refs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/train");
+    let mut args = vec![
+        "--device",
+        "cpu",
+        "bench",
+        "--archs",
+        "small-cnn",
+        "--precisions",
+        "fp32,bf16",
+        "--samples",
+        "24",
+        "--size",
+        "8",
+        "--classes",
+        "3",
+        "--batch",
+        "8",
+        "--epochs",
+        "1",
+        "--sweep",
+        "4",
+        "--rte",
+        "--rte-samples",
+        "120",
+        "--rte-arch",
+        "small-cnn",
+        "--workers",
+        "0",
+        "--out",
+    ];
+    let out_s = out.to_str().unwrap().to_string();
+    args.push(&out_s);
+    let refs_s = refs.to_str().unwrap().to_string();
+    if python {
+        args.extend(["--references", &refs_s]);
+    }
+    let o = unlearn(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = std::fs::read_to_string(out.join("bench.md")).unwrap();
+    assert_eq!(stdout(&o).trim(), md.trim(), "bench.md is what was printed");
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("bench.json")).unwrap()).unwrap();
+    let rows = r["rows"].as_array().unwrap();
+    let of = |kind: &str, imp: &str| {
+        rows.iter()
+            .filter(|x| x["kind"] == kind && x["implementation"] == imp)
+            .count()
+    };
+    // 2 precisions x 2 memory formats.
+    assert_eq!(of("train", "unlearn"), 4);
+    assert_eq!(of("eval", "unlearn"), 4);
+    assert_eq!(of("sweep", "unlearn"), 1);
+    assert_eq!(of("reference", "pytorch-tuned"), if python { 4 } else { 0 });
+    assert_eq!(of("reference", "pytorch-seed"), if python { 1 } else { 0 });
+    let peak = |p: &serde_json::Value| {
+        r["peaks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| &k["precision"] == p)
+            .map(|k| k["matmul_tflops"].as_f64().unwrap())
+            .unwrap()
+    };
+    let spec = unlearn_pipeline::model::ModelSpec {
+        arch: unlearn_pipeline::model::Arch::SmallCnn,
+        input: [3, 8, 8],
+        classes: 3,
+        mean: vec![0.5; 3],
+        std: vec![0.25; 3],
+    };
+    let flops = unlearn_pipeline::model::forward_flops(&spec).unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1e-12);
+    for x in rows {
+        let f = |k: &str| x[k].as_f64().unwrap();
+        let ips = f("images") / f("seconds");
+        assert!(close(f("images_per_s"), ips), "{x}");
+        assert!(close(f("cifar10_epoch_s"), 50_000.0 / ips), "{x}");
+        // Training counts 3 forward passes, evaluation one; the CPU's peak is the measured matmul.
+        let passes = if x["kind"] == "eval" { 1.0 } else { 3.0 };
+        let tflops = flops * passes * ips / 1e12;
+        assert!(close(f("tflops"), tflops), "{x}");
+        assert!(
+            close(f("peak_percent"), 100.0 * tflops / peak(&x["precision"])),
+            "{x}"
+        );
+        if x["kind"] == "reference" {
+            // One warm-up epoch untimed, then --epochs timed, over --samples images.
+            assert_eq!(f("images"), 24.0, "{x}");
+        }
+    }
+    if python {
+        assert!(
+            md.contains("| pytorch-seed |") && md.contains("x |"),
+            "{md}"
+        );
+    }
+    let rte = r["rte"].as_array().unwrap();
+    let names: Vec<&str> = rte.iter().map(|t| t["method"].as_str().unwrap()).collect();
+    assert_eq!(names, ["retrain", "FT", "GA", "FF", "IU", "l1-sparse"]);
+    for t in rte {
+        let measured = t["seconds_measured"].as_f64().unwrap();
+        let scale = match (t["paper_epochs"].as_f64(), t["epochs_run"].as_f64()) {
+            (Some(p), Some(run)) => p / run,
+            _ => 1.0,
+        };
+        assert!(
+            close(t["seconds_paper"].as_f64().unwrap(), measured * scale),
+            "{t}"
+        );
+    }
+    assert_eq!(rte[0]["paper_epochs"], 160, "retrain's paper setting");
+
+    // Bad input: a clear message and exit 2, nothing written.
+    let bad = dir.path().join("bad");
+    let bad_s = bad.to_str().unwrap();
+    for (flags, says) in [
+        (vec!["--batch", "0"], "--batch"),
+        (vec!["--samples", "2"], "--samples"),
+        (vec!["--sweep", "0"], "batch size"),
+        (vec!["--precisions", "fp16"], "fp16"),
+        (
+            vec![
+                "--references",
+                "/nonexistent/refs",
+                "--archs",
+                "small-cnn",
+                "--size",
+                "8",
+                "--samples",
+                "8",
+                "--classes",
+                "2",
+                "--precisions",
+                "fp32",
+                "--contiguous-only",
+                "--sweep",
+                "none",
+            ],
+            "not found",
+        ),
+    ] {
+        let mut a = vec!["--device", "cpu", "bench", "--out", bad_s];
+        a.extend(flags);
+        let o = unlearn(&a);
+        assert_eq!(o.status.code(), Some(2), "{a:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{a:?}: {}", stderr(&o));
+        assert!(!bad.join("bench.json").exists());
+    }
 }
 
 /// Runs the tiny pipeline and checks results.json against independent computations, then

@@ -1,10 +1,10 @@
-"""The same training loop as unlearn's (core/api/examples/bench_train.rs) in PyTorch eager: random
+"""The same training loop as unlearn's (core/pipeline/src/bench.rs, `unlearn bench`) in PyTorch eager: random
 CIFAR-sized u8 data on the device, per-batch index_select, /255, random crop (4-pixel zero padding)
 and horizontal flip on the device, forward, cross-entropy, backward, SGD (momentum 0.9, wd 5e-4,
 lr 0.1). The first epoch is a warm-up and is not timed. Prints one JSON line.
 
 Without --precision / --channels-last this is "pytorch-eager", the same loop as unlearn's with
-torch's default flags (scripts/bench-train.sh). With either it is "pytorch-tuned", the fastest
+torch's default flags. With either it is "pytorch-tuned", the fastest
 ordinary PyTorch setup of the same step that `unlearn bench` compares against:
   --precision fp32  TF32 off for matmuls and cuDNN (true fp32)
   --precision tf32  TF32 on for both (Ampere and later; no effect on CPU)

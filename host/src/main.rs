@@ -118,8 +118,13 @@ enum Command {
         /// The run's output folder (the one given to `run --out`).
         out: PathBuf,
     },
-    /// Show libtorch, CUDA and the device `--device` resolves to.
+    /// Show libtorch, CUDA, the GPU and the device `--device` resolves to.
     Info,
+    /// Measure training and evaluation speed (images/s, s per CIFAR-10 epoch, % of peak FLOP/s)
+    /// per architecture, precision and memory format, a batch-size sweep, the PyTorch references
+    /// (--references) and the paper methods' run times (--rte). `--arch`, `--precision` and
+    /// `--channels-last` narrow the grid to one value.
+    Bench(BenchArgs),
     /// Data sets: list the downloadable ones, fetch them.
     Data {
         #[command(subcommand)]
@@ -156,6 +161,83 @@ enum PluginCommand {
         /// The library file (e.g. target/release/libmy_plugin.so).
         library: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Architectures to measure.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "resnet18,resnet20,vgg16-bn"
+    )]
+    archs: Vec<Arch>,
+    /// Batch size of the grid.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Batch sizes of the sweep (first architecture, its fastest setting); `none` for no sweep.
+    #[arg(long, value_delimiter = ',', default_value = "64,128,256,512,1024")]
+    sweep: Vec<SweepSize>,
+    /// Precisions of the grid.
+    #[arg(long, value_delimiter = ',', default_value = "fp32,tf32,bf16")]
+    precisions: Vec<Precision>,
+    /// Measure only the contiguous memory format (channels-last is measured too by default).
+    #[arg(long, conflicts_with = "channels_last")]
+    contiguous_only: bool,
+    /// Random images per timed epoch (default: 10240 on a GPU, 512 on the CPU).
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Timed epochs, after one warm-up epoch.
+    #[arg(long, default_value_t = 2)]
+    epochs: usize,
+    /// Image side and classes of the random images (CIFAR-10: 32, 10).
+    #[arg(long, default_value_t = 32)]
+    size: i64,
+    #[arg(long, default_value_t = 10)]
+    classes: usize,
+    /// Also run the PyTorch references (the seed's way and a tuned way) from this folder.
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "bench/train")]
+    references: Option<PathBuf>,
+    /// The Python (with torch) that runs the references (default: $UNLEARN_PYTHON, else
+    /// ./.venv/bin/python when there is one, else python3).
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Data-loader workers of the seed-style reference.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Also measure the run time of each of the paper's methods (retrain, FT, GA, FF, IU,
+    /// l1-sparse) at paper scale.
+    #[arg(long)]
+    rte: bool,
+    /// RTE: training images (the paper: 45000) and the most epochs run per method (the time
+    /// is scaled to the method's own epochs).
+    #[arg(long, default_value_t = 45_000)]
+    rte_samples: usize,
+    #[arg(long, default_value_t = 1)]
+    rte_epochs: usize,
+    /// RTE: the architecture (the paper: resnet18).
+    #[arg(long, default_value = "resnet18")]
+    rte_arch: Arch,
+    /// Folder for bench.json and bench.md.
+    #[arg(long, default_value = "runs/bench")]
+    out: PathBuf,
+}
+
+/// A sweep entry: a batch size, or `none`.
+#[derive(Clone, Copy)]
+struct SweepSize(Option<usize>);
+
+impl std::str::FromStr for SweepSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "none" {
+            return Ok(SweepSize(None));
+        }
+        match s.parse::<usize>() {
+            Ok(n) if (1..=1 << 20).contains(&n) => Ok(SweepSize(Some(n))),
+            _ => Err(format!("`{s}`: a batch size from 1 to 1048576, or none")),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -328,6 +410,10 @@ fn real_main() -> Result<()> {
             execute(&plan, cli.device, &out, None, cli.quiet, &notify)
         }
         Command::Data { command } => data(command, cli.quiet),
+        Command::Bench(args) => {
+            let device = cli.device.resolve().map_err(bad)?;
+            bench(args, device, &overrides, &notify)
+        }
         Command::Plugin { command } => match command {
             PluginCommand::New {
                 name,
@@ -385,7 +471,9 @@ fn real_main() -> Result<()> {
             );
             println!(
                 "libtorch cuda runtime: {}, cudnn: {}",
-                r.cuda_runtime.as_deref().unwrap_or("none (a CPU-only build)"),
+                r.cuda_runtime
+                    .as_deref()
+                    .unwrap_or("none (a CPU-only build)"),
                 r.cudnn.as_deref().unwrap_or("none")
             );
             println!(
@@ -412,6 +500,100 @@ fn real_main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `unlearn bench`: measure, print the tables, write bench.json and bench.md.
+fn bench(
+    a: BenchArgs,
+    device: unlearn_pipeline::tch::Device,
+    o: &ModelOverrides,
+    notify: &dyn Fn(&str),
+) -> Result<()> {
+    use unlearn_pipeline::bench::{self, BenchOptions, References, RteOptions};
+    for (name, v) in [
+        ("--batch", a.batch),
+        ("--epochs", a.epochs),
+        ("--classes", a.classes),
+    ] {
+        if v == 0 || v > 1 << 20 {
+            return Err(bad(anyhow::anyhow!(
+                "{name} must be from 1 to 1048576, not {v}"
+            )));
+        }
+    }
+    if !(8..=1024).contains(&a.size) || a.classes < 2 {
+        return Err(bad(anyhow::anyhow!(
+            "--size must be from 8 to 1024 and --classes at least 2"
+        )));
+    }
+    let samples = a
+        .samples
+        .unwrap_or(if device.is_cuda() { 10_240 } else { 512 });
+    if samples < a.classes || samples > 1 << 22 {
+        return Err(bad(anyhow::anyhow!(
+            "--samples must be from --classes ({}) to 4194304, not {samples}",
+            a.classes
+        )));
+    }
+    if a.rte && !(100..=1 << 22).contains(&a.rte_samples) {
+        return Err(bad(anyhow::anyhow!(
+            "--rte-samples must be from 100 to 4194304"
+        )));
+    }
+    let python = a
+        .python
+        .or_else(|| std::env::var_os("UNLEARN_PYTHON").map(PathBuf::from))
+        .or_else(|| Some(PathBuf::from(".venv/bin/python")).filter(|p| p.is_file()))
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let archs = o.arch.map_or(a.archs, |x| vec![x]);
+    let precisions = o.precision.map_or(a.precisions, |p| vec![p]);
+    let formats = if o.channels_last {
+        vec![true]
+    } else if a.contiguous_only {
+        vec![false]
+    } else {
+        vec![false, true]
+    };
+    let opts = BenchOptions {
+        device,
+        archs,
+        batch: a.batch,
+        sweep: a.sweep.iter().filter_map(|s| s.0).collect(),
+        precisions,
+        formats,
+        samples,
+        epochs: a.epochs,
+        size: a.size,
+        classes: a.classes,
+        references: a.references.map(|dir| References {
+            python,
+            dir,
+            workers: a.workers,
+        }),
+        rte: a.rte.then(|| RteOptions {
+            arch: a.rte_arch,
+            train_samples: a.rte_samples,
+            max_epochs: a.rte_epochs.max(1),
+            execution: None,
+        }),
+    };
+    unlearn_pipeline::io::ensure_writable_dir(&a.out)
+        .with_context(|| format!("output folder {}", a.out.display()))?;
+    let report = bench::run(&opts, notify).map_err(bad)?;
+    let md = bench::markdown(&report);
+    println!("{md}");
+    let json = serde_json::to_vec_pretty(&report)?;
+    for (name, bytes) in [("bench.json", &json[..]), ("bench.md", md.as_bytes())] {
+        let path = a.out.join(name);
+        unlearn_pipeline::io::write_atomic(&path, bytes)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    notify(&format!(
+        "wrote {} and {}",
+        a.out.join("bench.json").display(),
+        a.out.join("bench.md").display()
+    ));
+    Ok(())
 }
 
 /// `plugin check`: strict loading of one library, then the conformance suite on its methods.

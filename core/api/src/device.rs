@@ -240,7 +240,10 @@ mod tests {
         let r = report();
         assert!(!r.cpu_capability.is_empty() && r.cpu_capability != "unknown");
         // The pip wheel this project builds against is a CUDA build, GPU or not.
-        assert!(r.cuda_runtime.as_deref().is_some_and(|v| v.contains('.')), "{r:?}");
+        assert!(
+            r.cuda_runtime.as_deref().is_some_and(|v| v.contains('.')),
+            "{r:?}"
+        );
         #[cfg(feature = "host")]
         assert_eq!(r.gpus.len() > 0, r.cuda_devices > 0, "{r:?}");
     }

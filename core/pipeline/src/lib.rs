@@ -3,6 +3,7 @@
 //! `unlearn-data` (data sets) and `unlearn-eval` (metrics), which it re-exports under the module
 //! names the binary uses.
 
+pub mod bench;
 pub mod cache;
 pub mod config;
 pub mod pipeline;
