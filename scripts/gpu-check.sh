@@ -30,7 +30,7 @@ prepare() {
   # Libraries the binary needs besides libtorch and the C/C++ runtime (fonts for the plots), in
   # case that machine lacks them; the system's own come first when present.
   ldd target/release/unlearn | awk '/=> \// {print $3}' |
-    grep -Ev '/(libtorch|libc10|libgomp|libcu|libnv|libc\.|libm\.|libstdc|libgcc|ld-linux)' |
+    grep -E '/lib(fontconfig|freetype|expat|png16|brotli[a-z]*|z|bz2)\.so' |
     while read -r lib; do cp -L "$lib" "$bundle.tmp/lib/"; done
   if [ -f "$tarball" ]; then
     cp "$tarball" "$bundle.tmp/cifar10-jpeg.tar.gz"
@@ -139,7 +139,7 @@ if best:
     line("one CIFAR-10 epoch (50,000 images) at that rate", f"{epoch:.1f} s")
     line("182 epochs of dense training at that rate", f"{182 * epoch:.0f} s", "< 240 s", 182 * epoch < 240)
     if best.get("peak_percent") is not None:
-        line("share of peak FLOP/s", f"{best['peak_percent']:.1f}% ({best['tflops']:.0f} TFLOP/s)")
+        line("share of peak FLOP/s", f"{best['peak_percent']:.1f}% ({best['tflops']:.3g} TFLOP/s)")
 for t in bench.get("rte", []):
     line(f"RTE {t['method']} at paper scale", f"{t['seconds_paper']:.1f} s")
 if train:
