@@ -390,13 +390,8 @@ fn bench_measures_the_grid_the_references_and_rte() {
             .map(|k| k["matmul_tflops"].as_f64().unwrap())
             .unwrap()
     };
-    let spec = unlearn_pipeline::model::ModelSpec {
-        arch: unlearn_pipeline::model::Arch::SmallCnn,
-        input: [3, 8, 8],
-        classes: 3,
-        mean: vec![0.5; 3],
-        std: vec![0.25; 3],
-    };
+    let spec =
+        unlearn_pipeline::testing::spec(unlearn_pipeline::model::Arch::SmallCnn, [3, 8, 8], 3);
     let flops = unlearn_pipeline::model::forward_flops(&spec).unwrap();
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1e-12);
     for x in rows {

@@ -374,13 +374,7 @@ mod tests {
             } else {
                 [3, 32, 32]
             };
-            let spec = crate::model::ModelSpec {
-                arch,
-                input,
-                classes: 10,
-                mean: vec![0.5; input[0] as usize],
-                std: vec![0.25; input[0] as usize],
-            };
+            let spec = crate::testing::spec(arch, input, 10);
             let model = Model::new(spec, Device::Cpu, 0).unwrap();
             let old: Vec<String> = model
                 .parameters()

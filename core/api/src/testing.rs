@@ -12,6 +12,18 @@ use crate::method::{MethodError, TaskData, UnlearnCtx, Unlearner};
 use crate::model::{Arch, Model, ModelSpec};
 use crate::train::{CrossEntropy, Run, Schedule, Stream, Trainer};
 
+/// A model spec for tests: normalisation with mean 0.5 and std 0.25 in every channel.
+pub fn spec(arch: Arch, input: [i64; 3], classes: usize) -> ModelSpec {
+    let c = input[0] as usize;
+    ModelSpec {
+        arch,
+        input,
+        classes,
+        mean: vec![0.5; c],
+        std: vec![0.25; c],
+    }
+}
+
 /// 120 synthetic 8x8 images of 4 classes, split 20%/10%, forgetting class 1.
 pub struct TinyTask {
     pub data: TaskData,

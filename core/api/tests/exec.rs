@@ -225,14 +225,7 @@ fn every_builtin_arch_runs_in_bf16_channels_last() {
         (Arch::Resnet18, [3, 8, 8]),
         (Arch::Vgg16Bn, [3, 32, 32]),
     ] {
-        let spec = ModelSpec {
-            arch,
-            input,
-            classes: 5,
-            mean: vec![0.5; 3],
-            std: vec![0.25; 3],
-        };
-        let mut m = Model::new(spec, Device::Cpu, 0).unwrap();
+        let mut m = Model::new(unlearn_api::testing::spec(arch, input, 5), Device::Cpu, 0).unwrap();
         let x = Tensor::rand([2, 3, input[1], input[2]], (Kind::Float, Device::Cpu));
         let fp32 = m.forward_t(&x, false);
         m.set_execution(e).unwrap();

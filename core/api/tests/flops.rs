@@ -11,6 +11,7 @@ use std::process::Command;
 
 use unlearn_api::model::{forward_flops, Arch, ArchDef, ModelSpec};
 use unlearn_api::tch::nn::{self, ModuleT};
+use unlearn_api::testing::spec;
 
 const SKIP_VAR: &str = "UNLEARN_SKIP_PYTHON";
 
@@ -91,17 +92,6 @@ fn pytorch_flops(python: &Path, cases: &[(Arch, [i64; 3], usize)]) -> BTreeMap<S
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-}
-
-fn spec(arch: Arch, input: [i64; 3], classes: usize) -> ModelSpec {
-    let c = input[0] as usize;
-    ModelSpec {
-        arch,
-        input,
-        classes,
-        mean: vec![0.5; c],
-        std: vec![0.25; c],
-    }
 }
 
 /// Every built-in architecture on each of CIFAR's, TinyImageNet's and the digits' input sizes

@@ -16,7 +16,7 @@ use unlearn_api::tch::Device;
 
 #[path = "support/fuzz.rs"]
 mod harness;
-use harness::{apply, bytes_input, fuzz, op, Bytes};
+use harness::{apply, bytes_input, fuzz, op};
 
 fn spec() -> ModelSpec {
     ModelSpec {
@@ -222,7 +222,7 @@ mod plugin {
     enum Field {
         Keep,
         Null,
-        Text(Bytes),
+        Text(harness::Bytes),
         /// One of the JSON texts that stress a JSON Schema compiler or validator.
         Json(usize),
     }

@@ -226,6 +226,13 @@ impl Model {
         Ok(())
     }
 
+    /// Records `e` without changing any variable: for a model whose variables are laid out as
+    /// `e` says already (a model lent across the plugin boundary), so that its copies compute
+    /// that way.
+    pub(crate) fn assume_execution(&mut self, e: Execution) {
+        self.exec = e;
+    }
+
     /// A deep copy (same spec, same device, same values, same execution).
     pub fn try_clone(&self) -> Result<Model, ModelError> {
         let mut m = Model::build(self.spec.clone(), self.device())?;
@@ -639,16 +646,7 @@ pub(crate) mod tests {
         assert!(!vars["normalize.std"].requires_grad());
     }
 
-    fn spec(arch: Arch, input: [i64; 3], classes: usize) -> ModelSpec {
-        let c = input[0] as usize;
-        ModelSpec {
-            arch,
-            input,
-            classes,
-            mean: vec![0.5; c],
-            std: vec![0.25; c],
-        }
-    }
+    use crate::testing::spec;
 
     #[test]
     fn arch_names_are_serdes() {

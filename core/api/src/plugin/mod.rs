@@ -359,6 +359,32 @@ mod tests {
     }
 
     #[test]
+    fn a_lent_model_and_its_copies_compute_as_the_owners() {
+        let t = TinyTask::new();
+        let mut model = t.trained();
+        let e = crate::exec::Execution {
+            precision: crate::exec::Precision::Bf16,
+            channels_last: true,
+        };
+        model.set_execution(e).unwrap();
+        let owned = wire::OwnedModel::new(&model);
+        // SAFETY: `owned` outlives the model read from it.
+        let lent = unsafe { wire::read_model(&owned.as_ref()) }.unwrap();
+        assert_eq!(lent.execution(), e);
+        let copy = lent.try_clone().unwrap();
+        assert_eq!(copy.execution(), e);
+        assert!(crate::exec::is_channels_last(
+            &copy.var_store().variables()["conv1.weight"]
+        ));
+        let x = t.data.test.images.narrow(0, 0, 2).to_kind(Kind::Float) / 255.0;
+        assert!(copy
+            .forward_t(&x, false)
+            .allclose(&model.forward_t(&x, false), 1e-6, 1e-6, false));
+        drop(lent);
+        drop(copy);
+    }
+
+    #[test]
     fn a_model_forward_kept_past_its_call_is_an_error() {
         let t = TinyTask::new();
         let model = t.trained();
@@ -376,6 +402,12 @@ mod tests {
             }
         };
         assert!(forward(&r).unwrap().equal(&model.forward_t(&x, false)));
+        // A lent model reads as fp32 unless the owner's computes otherwise.
+        // SAFETY: `owned` is alive.
+        assert_eq!(
+            unsafe { wire::read_model(&r) }.unwrap().execution(),
+            crate::exec::Execution::default()
+        );
         drop(owned);
         let e = forward(&r).unwrap_err();
         assert!(

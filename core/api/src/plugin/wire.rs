@@ -554,8 +554,14 @@ impl<'a> OwnedModel<'a> {
     /// `model`'s spec and variables, and its forward under a handle of this side.
     pub fn new(model: &'a Model) -> OwnedModel<'a> {
         let vars: BTreeMap<String, Tensor> = model.var_store().variables().into_iter().collect();
+        // The spec, plus how the model computes when not fp32 (a field older libraries ignore),
+        // so that copies the other side makes compute the same way.
+        let mut spec = serde_json::to_value(model.spec()).expect("specs serialise");
+        if !model.execution().is_default() {
+            spec["execution"] = serde_json::json!(model.execution());
+        }
         OwnedModel {
-            spec: json_cstring(model.spec()),
+            spec: json_cstring(&spec),
             variables: OwnedList::new(&vars),
             lent: lend(model, "model"),
         }
@@ -581,9 +587,20 @@ impl<'a> OwnedModel<'a> {
 /// is dropped before the call returns.
 pub unsafe fn read_model(r: &ModelRef) -> Result<Model, String> {
     let spec: ModelSpec = read_json(r.spec_json, "model spec")?;
+    let exec: Option<crate::exec::Execution> =
+        read_json::<serde_json::Value>(r.spec_json, "model spec")?
+            .get("execution")
+            .map(|e| serde_json::from_value(e.clone()))
+            .transpose()
+            .map_err(|e| format!("model spec: execution: {e}"))?;
     let vars = read_list(&r.variables, "model variables")?.ok_or("the model has no variables")?;
     let net = ForeignNet { forward: r.forward };
-    Model::from_parts(spec, vars, Box::new(net)).map_err(|e| e.to_string())
+    let mut model = Model::from_parts(spec, vars, Box::new(net)).map_err(|e| e.to_string())?;
+    if let Some(e) = exec {
+        // The owner's variables are laid out already, and its forward applies the rest.
+        model.assume_execution(e);
+    }
+    Ok(model)
 }
 
 /// A forward pass that runs on the other side of the boundary.
@@ -880,6 +897,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "host")]
     fn with_call_context(schema: Value) -> Vec<(&'static str, Value)> {
         let mut s = wire_schemas();
         s.iter_mut().find(|(n, _)| *n == "CallContext").unwrap().1 = schema;
@@ -887,6 +905,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "host")]
     fn the_wire_digest_is_computed_from_the_schemas() {
         let host = wire_digest();
         assert_eq!(host.hash.len(), 64);
