@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: one prepared run on a GPU machine that has PyTorch but no Rust toolchain.
 #
-#   scripts/gpu-check.sh prepare [CIFAR_TARBALL]   # here: build, copy the binary (and what it
+#   scripts/gpu-check.sh prepare [CIFAR10]         # here: build, copy the binary (and what it
 #                                                  # needs) into gpu/, an ignored folder
 #   scripts/gpu-check.sh run                       # there, in a copy of this repository with gpu/
 #
@@ -21,7 +21,8 @@ cd "$root"
 bundle=gpu
 
 prepare() {
-  local tarball=${1:-../shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz}
+  # CIFAR-10 as JPEGs: a tarball of train/ and test/, or the folder they were unpacked into.
+  local cifar=${1:-data/cifar10-jpeg}
   ./scripts/setup.sh
   cargo build --quiet --release -p unlearn
   rm -rf "$bundle.tmp" && mkdir -p "$bundle.tmp/lib"
@@ -32,10 +33,12 @@ prepare() {
   ldd target/release/unlearn | awk '/=> \// {print $3}' |
     grep -E '/lib(fontconfig|freetype|expat|png16|brotli[a-z]*|z|bz2)\.so' |
     while read -r lib; do cp -L "$lib" "$bundle.tmp/lib/"; done
-  if [ -f "$tarball" ]; then
-    cp "$tarball" "$bundle.tmp/cifar10-jpeg.tar.gz"
+  if [ -f "$cifar" ]; then
+    cp "$cifar" "$bundle.tmp/cifar10-jpeg.tar.gz"
+  elif [ -d "$cifar/train" ] && [ -d "$cifar/test" ]; then
+    tar czf "$bundle.tmp/cifar10-jpeg.tar.gz" -C "$cifar/" train test
   else
-    echo "gpu-check: no CIFAR-10 tarball at $tarball: the real-data training will be skipped" >&2
+    echo "gpu-check: no CIFAR-10 at $cifar (a tarball, or a folder with train/ and test/): the real-data training will be skipped" >&2
   fi
   rm -rf "$bundle" && mv "$bundle.tmp" "$bundle"
   grep -qx "/$bundle/" .git/info/exclude 2>/dev/null || echo "/$bundle/" >>.git/info/exclude
@@ -156,5 +159,5 @@ PY
 case "${1:-}" in
   prepare) shift; prepare "$@" ;;
   run) run ;;
-  *) echo "usage: scripts/gpu-check.sh prepare [CIFAR_TARBALL] | run" >&2; exit 2 ;;
+  *) echo "usage: scripts/gpu-check.sh prepare [CIFAR10_TARBALL_OR_FOLDER] | run" >&2; exit 2 ;;
 esac
