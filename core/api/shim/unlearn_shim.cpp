@@ -105,10 +105,10 @@ const char *unlearn_autocast_state(int device_type, int *enabled, int *dtype) {
 
 // TF32 for float32 matrix products (cuBLAS) and convolutions (cuDNN), process-wide, as
 // `torch.backends.cuda.matmul.allow_tf32` and `torch.backends.cudnn.allow_tf32` set it.
-const char *unlearn_set_tf32(int allow) {
+const char *unlearn_set_tf32(int cublas, int cudnn) {
   return guard([&] {
-    at::globalContext().setAllowTF32CuBLAS(allow != 0);
-    at::globalContext().setAllowTF32CuDNN(allow != 0);
+    at::globalContext().setAllowTF32CuBLAS(cublas != 0);
+    at::globalContext().setAllowTF32CuDNN(cudnn != 0);
   });
 }
 

@@ -34,7 +34,7 @@ extern "C" {
         enabled: *mut c_int,
         dtype: *mut c_int,
     ) -> *const c_char;
-    fn unlearn_set_tf32(allow: c_int) -> *const c_char;
+    fn unlearn_set_tf32(cublas: c_int, cudnn: c_int) -> *const c_char;
     fn unlearn_get_tf32(cublas: *mut c_int, cudnn: *mut c_int) -> *const c_char;
     fn unlearn_channels_last(t: *const C_tensor, out: *mut *mut C_tensor) -> *const c_char;
     fn unlearn_set_memory_format_(t: *mut C_tensor, channels_last: c_int) -> *const c_char;
@@ -216,8 +216,35 @@ pub fn autocast_state(device: Device) -> Result<(bool, Option<Kind>), TchError> 
 
 /// Switches TF32 for float32 matrix products (cuBLAS) and convolutions (cuDNN), process-wide.
 pub fn set_tf32(allow: bool) -> Result<(), TchError> {
-    // SAFETY: a plain value.
-    check(unsafe { unlearn_set_tf32(allow as c_int) })
+    set_tf32_each(allow, allow)
+}
+
+/// Switches TF32 for cuBLAS products and cuDNN convolutions separately, process-wide.
+pub fn set_tf32_each(cublas: bool, cudnn: bool) -> Result<(), TchError> {
+    // SAFETY: plain values.
+    check(unsafe { unlearn_set_tf32(cublas as c_int, cudnn as c_int) })
+}
+
+/// TF32 switched on or off until dropped; then both switches are as they were.
+#[must_use = "the switches are restored when the guard is dropped"]
+pub struct Tf32Switch {
+    before: (bool, bool),
+}
+
+impl Tf32Switch {
+    pub fn set(allow: bool) -> Result<Tf32Switch, TchError> {
+        let before = tf32()?;
+        set_tf32(allow)?;
+        Ok(Tf32Switch { before })
+    }
+}
+
+impl Drop for Tf32Switch {
+    fn drop(&mut self) {
+        if let Err(e) = set_tf32_each(self.before.0, self.before.1) {
+            eprintln!("[unlearn] restoring TF32: {e}");
+        }
+    }
 }
 
 /// Whether TF32 is allowed for (cuBLAS matrix products, cuDNN convolutions), as libtorch holds it.

@@ -192,6 +192,14 @@ fn tf32_sets_libtorchs_switches() {
     assert_eq!(exec::tf32().unwrap(), (true, true));
     exec::set_tf32(false).unwrap();
     assert_eq!(exec::tf32().unwrap(), (false, false));
+    // PyTorch's defaults: off for products, on for convolutions. A switch restores each.
+    exec::set_tf32_each(false, true).unwrap();
+    assert_eq!(exec::tf32().unwrap(), (false, true));
+    {
+        let _on = exec::Tf32Switch::set(true).unwrap();
+        assert_eq!(exec::tf32().unwrap(), (true, true));
+    }
+    assert_eq!(exec::tf32().unwrap(), (false, true));
 }
 
 #[test]

@@ -320,8 +320,8 @@ pub fn matmul_tflops(device: Device, precision: Precision, n: i64) -> Result<f64
     } else {
         Kind::Float
     };
-    let (was, _) = exec::tf32().map_err(torch("reading TF32"))?;
-    exec::set_tf32(precision == Precision::Tf32).map_err(torch("setting TF32"))?;
+    let _tf32 =
+        exec::Tf32Switch::set(precision == Precision::Tf32).map_err(torch("setting TF32"))?;
     tch::manual_seed(0);
     let a = Tensor::randn([n, n], (kind, device));
     let b = Tensor::randn([n, n], (kind, device));
@@ -338,7 +338,6 @@ pub fn matmul_tflops(device: Device, precision: Precision, n: i64) -> Result<f64
         let s = t0.elapsed().as_secs_f64();
         best = best.max(2.0 * (n as f64).powi(3) * reps as f64 / s / 1e12);
     }
-    exec::set_tf32(was).map_err(torch("restoring TF32"))?;
     Ok(best)
 }
 
@@ -872,10 +871,12 @@ mod tests {
     }
 
     #[test]
-    fn matmul_rate_is_positive_and_leaves_tf32_as_it_was() {
-        let before = exec::tf32().unwrap();
-        let t = matmul_tflops(Device::Cpu, Precision::Tf32, 64).unwrap();
-        assert!(t > 0.0 && t.is_finite());
-        assert_eq!(exec::tf32().unwrap(), before);
+    fn matmul_rate_is_positive() {
+        // (That it restores TF32 is the Tf32Switch test's, in core/api/tests/exec.rs: pipelines
+        // running beside this test set the switches too.)
+        for p in Precision::ALL {
+            let t = matmul_tflops(Device::Cpu, p, 64).unwrap();
+            assert!(t > 0.0 && t.is_finite(), "{p}: {t}");
+        }
     }
 }
