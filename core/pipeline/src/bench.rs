@@ -430,6 +430,24 @@ fn reference(
     ))
 }
 
+/// The arguments both references take: the same run as the grid's (timed epochs after an
+/// untimed warm-up, as here).
+fn reference_args(opts: &BenchOptions, arch: Arch, device: &str) -> Vec<String> {
+    [
+        ("--arch", arch.name().to_string()),
+        ("--batch", opts.batch.to_string()),
+        ("--samples", opts.samples.to_string()),
+        ("--epochs", opts.epochs.to_string()),
+        ("--size", opts.size.to_string()),
+        ("--classes", opts.classes.to_string()),
+        ("--device", device.to_string()),
+        ("--threads", tch::get_num_threads().to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(k, v)| [k.to_string(), v])
+    .collect()
+}
+
 /// Measures everything `opts` asks for; `notify` gets a line per measurement.
 pub fn run(opts: &BenchOptions, notify: &dyn Fn(&str)) -> Result<BenchReport, BenchError> {
     let started = Instant::now();
@@ -502,33 +520,11 @@ pub fn run(opts: &BenchOptions, notify: &dyn Fn(&str)) -> Result<BenchReport, Be
                     tflops_and_peak(arch, &data, t.per_second(), 1.0, peak(precision)),
                 ));
                 if let Some(refs) = &opts.references {
-                    let mut args: Vec<String> = [
-                        "--arch",
-                        arch.name(),
-                        "--batch",
-                        &opts.batch.to_string(),
-                        "--samples",
-                        &opts.samples.to_string(),
-                        // Timed epochs, after an untimed warm-up, as here.
-                        "--epochs",
-                        &opts.epochs.to_string(),
-                        "--size",
-                        &opts.size.to_string(),
-                        "--classes",
-                        &opts.classes.to_string(),
-                        "--device",
-                        &dev,
-                        "--precision",
-                        precision.name(),
-                    ]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect();
+                    let mut args = reference_args(opts, arch, &dev);
+                    args.extend(["--precision".into(), precision.name().into()]);
                     if channels_last {
                         args.push("--channels-last".into());
                     }
-                    let threads = tch::get_num_threads().to_string();
-                    args.extend(["--threads".to_string(), threads.clone()]);
                     let (t, _) = reference(refs, "bench_train.py", &args)?;
                     notify(&format!(
                         "pytorch-tuned {} {e}: {:.0} images/s",
@@ -549,26 +545,8 @@ pub fn run(opts: &BenchOptions, notify: &dyn Fn(&str)) -> Result<BenchReport, Be
         }
         // The seed's way: fp32 (PyTorch's defaults), contiguous, a CPU data loader.
         if let Some(refs) = &opts.references {
-            let args: Vec<String> = vec![
-                "--arch".into(),
-                arch.name().into(),
-                "--batch".into(),
-                opts.batch.to_string(),
-                "--samples".into(),
-                opts.samples.to_string(),
-                "--epochs".into(),
-                opts.epochs.to_string(),
-                "--size".into(),
-                opts.size.to_string(),
-                "--classes".into(),
-                opts.classes.to_string(),
-                "--device".into(),
-                dev.clone(),
-                "--workers".into(),
-                refs.workers.to_string(),
-                "--threads".into(),
-                tch::get_num_threads().to_string(),
-            ];
+            let mut args = reference_args(opts, arch, &dev);
+            args.extend(["--workers".into(), refs.workers.to_string()]);
             let (t, v) = reference(refs, "reference_seed.py", &args)?;
             notify(&format!(
                 "pytorch-seed {}: {:.0} images/s",
