@@ -18,32 +18,34 @@ fn digits_config(forget: Value) -> Value {
 
 /// Recorded with the code before the scenario registry (commit b46b137): per scenario, the
 /// SHA-256 of its forget indices, its size, and the row key of its `original` row. (The row keys
-/// were re-recorded once, when milestones past the last epoch became an error and this config
-/// had to give `milestones = []`; the indices are the originals.)
+/// were re-recorded when milestones past the last epoch became an error and this config had to
+/// give `milestones = []`, and when the data's normalisation became an exact integer computation,
+/// the same on every machine, which changed its last bits and so every key; the indices are the
+/// originals.)
 const GOLDEN: &[(&str, &str, usize, &str)] = &[
     (
         "class-3",
         "34d32ada729a8bd1eceaef352124e641fe19cbdbfa9e6143fb84a4dc9ddfc31a",
         131,
-        "caf128d843ba9841f5a4215077562c06a850d8fd0679f4e8774d21a4a9055105",
+        "f993f260aaaedd00571056223ee24189a6699d3422de88def383edea77f28d37",
     ),
     (
         "random-100",
         "5899b30eae1e9ce567d8a80f2acf30a3f4ddde39a6de9be19eea2b9121b97c81",
         100,
-        "c41d2d5db9012125852729c7dd22f4cfaed002ea2ac5ae97b2d600cfca6465c6",
+        "ab2332bf7d959988bded618a5c27881437cbc307bb49b702a5fa92ed27f99e5d",
     ),
     (
         "random-129",
         "a844ff6910767e4c7a1535bbb6edf14ad177934af8c6c3848244e4097307f1f0",
         129,
-        "bb29cba019686e8ad1be51f3c3cf7f47aa7a3f00f5a6229ed84c4721e33d1c6b",
+        "7f7cb2fc4efff807aae1536a7e38274617b54ffa1c2c1b24e1b6dfa78e5cc89a",
     ),
     (
         "listed",
         "82744994d3f1518029a228531be42b45407b72737623a2de434278c1dfe478e0",
         4,
-        "0b00729f8348a1e64e49434bed2015845cd36e9f8f890524f301a845eddf8572",
+        "b9ab79b8852ee017ef9ac8ba8b6caf9401fe12938adc948fe1a63d0350578bf1",
     ),
 ];
 
@@ -116,6 +118,7 @@ fn run_config(forget: Value, eval: Value, out: &Path) -> unlearn_pipeline::pipel
         &unlearn_pipeline::pipeline::RunOptions {
             device: tch::Device::Cpu,
             out_dir: out.join("run"),
+            what: "test".into(),
             cache_dir: Some(out.join("cache")),
             trainer: unlearn_pipeline::train::Trainer::new(tch::Device::Cpu, false),
             notify: &notify,
@@ -250,6 +253,7 @@ fn ctrl_c_during_a_one_shot_method_starts_no_further_stage() {
         &unlearn_pipeline::pipeline::RunOptions {
             device: tch::Device::Cpu,
             out_dir: dir.path().join("run"),
+            what: "test".into(),
             cache_dir: Some(dir.path().join("cache")),
             trainer: unlearn_pipeline::train::Trainer::new(tch::Device::Cpu, false),
             notify: &notify,

@@ -175,15 +175,55 @@ pub fn index_tensor(indices: &[usize], device: Device) -> Tensor {
     Tensor::from_slice(&v).to_device(device)
 }
 
-/// Per-channel mean and std of `images` scaled by `max_value` (used for data sets that do not
-/// come with published constants).
+/// Per-channel mean and (population) std of u8 `images` (`[N, C, H, W]`) scaled by `max_value`
+/// (for data sets that do not come with published constants). Exact integer sums, so the numbers
+/// are the same bit for bit on every machine, device and thread count: they go into the model's
+/// normalisation, its checkpoints and every stage's cache key.
 pub fn channel_stats(images: &Tensor, max_value: f64) -> (Vec<f64>, Vec<f64>) {
-    let x = images.to_kind(Kind::Double) / max_value;
-    let c = x.size()[1];
-    let per = x.transpose(0, 1).reshape([c, -1]);
-    let mean = Vec::<f64>::try_from(per.mean_dim(1, false, Kind::Double)).unwrap();
-    let std = Vec::<f64>::try_from(per.std_dim(1, false, false)).unwrap();
-    (mean, std)
+    let size = images.size();
+    let c = size.get(1).copied().unwrap_or(0).max(0) as usize;
+    let plane: usize = size.iter().skip(2).map(|&d| d.max(0) as usize).product();
+    let pixels = images
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Uint8)
+        .contiguous()
+        .flatten(0, -1);
+    let pixels = Vec::<u8>::try_from(&pixels).unwrap_or_default();
+    let mut hist = vec![[0u64; 256]; c];
+    if c > 0 && plane > 0 {
+        for img in pixels.chunks(c * plane) {
+            for (ch, values) in img.chunks(plane).enumerate() {
+                for &v in values {
+                    hist[ch][v as usize] += 1;
+                }
+            }
+        }
+    }
+    stats_from_histograms(&hist, max_value)
+}
+
+/// Mean and population std per channel from per-channel histograms of u8 values, scaled by
+/// `max_value`: with n values, s1 = sum v and s2 = sum v^2 as exact integers,
+/// mean = s1 / (n m) and std = sqrt(n s2 - s1^2) / (n m), one rounding each. NaN for a channel
+/// with no values.
+pub fn stats_from_histograms(hist: &[[u64; 256]], max_value: f64) -> (Vec<f64>, Vec<f64>) {
+    hist.iter()
+        .map(|counts| {
+            let (mut n, mut s1, mut s2) = (0u128, 0u128, 0u128);
+            for (v, &k) in counts.iter().enumerate() {
+                let (v, k) = (v as u128, k as u128);
+                n += k;
+                s1 += v * k;
+                s2 += v * v * k;
+            }
+            if n == 0 {
+                return (f64::NAN, f64::NAN);
+            }
+            let scale = n as f64 * max_value;
+            let spread = n * s2 - s1 * s1; // n^2 var, never negative
+            (s1 as f64 / scale, (spread as f64).sqrt() / scale)
+        })
+        .unzip()
 }
 
 /// The first 20 errors, one per line, and how many more there are.
@@ -241,5 +281,42 @@ pub fn check_fits(name: &str, count: usize, dims: usize) -> Result<(), DataError
             memory,
         }),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against a two-pass computation in f64 on a hand-checkable set, and bit-equal however
+    /// many threads libtorch has (the old reduction in libtorch was not).
+    #[test]
+    fn channel_stats_are_exact_and_independent_of_threads() {
+        // Channel 0 holds 0, 1, 2, 3; channel 1 holds 16 everywhere.
+        let px: Vec<u8> = vec![0, 1, 16, 16, 2, 3, 16, 16];
+        let images = Tensor::from_slice(&px).reshape([2, 2, 1, 2]);
+        let (mean, std) = channel_stats(&images, 16.0);
+        assert_eq!(mean, [1.5 / 16.0, 1.0]);
+        assert_eq!(std[1], 0.0);
+        assert!((std[0] - 1.25f64.sqrt() / 16.0).abs() < 1e-16, "{std:?}");
+        // Digit-like data, large enough for libtorch to split a reduction across threads.
+        let n = 4000 * 64;
+        let px: Vec<u8> = (0..n).map(|i| ((i * 7919 + i / 13) % 17) as u8).collect();
+        let images = Tensor::from_slice(&px).reshape([4000, 1, 8, 8]);
+        let before = tch::get_num_threads();
+        let mut seen = Vec::new();
+        for threads in [1, 2, 4] {
+            tch::set_num_threads(threads);
+            seen.push(channel_stats(&images, 16.0));
+        }
+        tch::set_num_threads(before);
+        assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+        let x: Vec<f64> = px.iter().map(|&v| v as f64 / 16.0).collect();
+        let m = x.iter().sum::<f64>() / x.len() as f64;
+        let v = x.iter().map(|a| (a - m).powi(2)).sum::<f64>() / x.len() as f64;
+        assert!((seen[0].0[0] - m).abs() < 1e-12 && (seen[0].1[0] - v.sqrt()).abs() < 1e-12);
+        // No values: NaN, not a panic.
+        let empty = Tensor::zeros([0, 3, 2, 2], (Kind::Uint8, Device::Cpu));
+        assert!(channel_stats(&empty, 255.0).0.iter().all(|v| v.is_nan()));
     }
 }
