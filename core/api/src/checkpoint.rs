@@ -28,6 +28,13 @@
 //! | `dataset` | optional: the data set's name, e.g. `cifar10` |
 //! | `sparsity` | only with a mask: its share of zeros over the masked weights |
 //! | `train_config` | optional: the training configuration, a JSON object |
+//! | `content_sha256` | SHA-256 of every tensor and every other metadata entry ([`CONTENT_DIGEST`]) |
+//!
+//! `content_sha256` makes damage visible: every reader of this module recomputes it and refuses
+//! a file whose tensors or metadata changed after writing (a flipped bit on disk, a partial copy
+//! over the same length). The digest is taken over, in order: each metadata entry but itself,
+//! sorted by key (`key \0 value \0`), then each tensor sorted by name (`name \0 dtype \0 shape
+//! as JSON \0`, its bytes). Files without it (PyTorch's, older unlearn's) are read unchecked.
 //!
 //! From Python: `safetensors.torch.load_file(path)`, drop the `mask/` keys, and
 //! `model.load_state_dict(sd)` on the same module tree (`tests/python/unlearn_models.py`);
@@ -52,6 +59,8 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Prefix of the mask's tensors, beside the weights: `mask/conv1.weight`.
 pub const MASK_PREFIX: &str = "mask/";
 const NUM_BATCHES_TRACKED: &str = ".num_batches_tracked";
+/// The metadata key holding the file's content digest (see the module docs).
+pub const CONTENT_DIGEST: &str = "content_sha256";
 const MAX_CLASSES: usize = 100_000;
 const MAX_CHANNELS: i64 = 64;
 const MAX_SIDE: i64 = 1 << 16;
@@ -67,6 +76,12 @@ pub enum CheckpointError {
     Write(#[from] std::io::Error),
     #[error("{path} is not a readable safetensors file: {reason}")]
     NotSafetensors { path: PathBuf, reason: String },
+    #[error("{path} is damaged: its content no longer matches the digest written with it (content_sha256 {expected:.12}, now {found:.12}); it cannot be trusted (a cache entry is recomputed; otherwise restore or recreate the file)")]
+    Corrupt {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
     #[error("{path} has no metadata `{key}`{}", missing_hint(.key))]
     MissingMetadata { path: PathBuf, key: &'static str },
     #[error("metadata `{key}` = {value:?} is invalid: {reason}")]
@@ -327,8 +342,16 @@ impl View for &Bytes {
 fn write_file(
     path: &Path,
     tensors: &BTreeMap<String, Bytes>,
-    header: HashMap<String, String>,
+    mut header: HashMap<String, String>,
 ) -> Result<(), CheckpointError> {
+    header.remove(CONTENT_DIGEST);
+    let digest = content_digest(
+        &header,
+        tensors
+            .iter()
+            .map(|(k, b)| (k.as_str(), b.dtype, b.shape.as_slice(), b.data.as_slice())),
+    );
+    header.insert(CONTENT_DIGEST.into(), digest);
     crate::io::write_atomic_with(path, |tmp| {
         safetensors::serialize_to_file(tensors.iter(), Some(header), tmp).map_err(|e| match e {
             safetensors::SafeTensorError::IoError(e) => CheckpointError::Write(e),
@@ -632,11 +655,66 @@ fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
     })
 }
 
+/// Parses a safetensors file and, when it carries a [`CONTENT_DIGEST`], checks it.
 fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>, CheckpointError> {
-    SafeTensors::deserialize(bytes).map_err(|e| CheckpointError::NotSafetensors {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| CheckpointError::NotSafetensors {
         path: path.to_path_buf(),
         reason: e.to_string(),
-    })
+    })?;
+    let mut h = header(bytes).unwrap_or_default();
+    if let Some(expected) = h.remove(CONTENT_DIGEST) {
+        let mut names: Vec<&str> = st.names();
+        names.sort();
+        let views: Vec<_> = names
+            .iter()
+            .map(|&n| st.tensor(n).map(|v| (n, v)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| CheckpointError::NotSafetensors {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        let found = content_digest(
+            &h,
+            views
+                .iter()
+                .map(|(n, v)| (*n, v.dtype(), v.shape(), v.data())),
+        );
+        if found != expected {
+            return Err(CheckpointError::Corrupt {
+                path: path.to_path_buf(),
+                expected,
+                found,
+            });
+        }
+    }
+    Ok(st)
+}
+
+/// The content digest of a file's metadata (without the digest itself) and tensors given in
+/// name order (see the module docs).
+fn content_digest<'a>(
+    header: &HashMap<String, String>,
+    tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut keys: Vec<&String> = header.keys().collect();
+    keys.sort();
+    for k in keys {
+        for part in [k.as_bytes(), b"\0", header[k].as_bytes(), b"\0"] {
+            h.update(part);
+        }
+    }
+    for (name, dtype, shape, data) in tensors {
+        h.update(name.as_bytes());
+        h.update(b"\0");
+        h.update(format!("{dtype:?}").as_bytes());
+        h.update(b"\0");
+        h.update(json(shape).as_bytes());
+        h.update(b"\0");
+        h.update(data);
+    }
+    crate::io::hex(&h.finalize())
 }
 
 /// The `__metadata__` of bytes that `parse` accepted.
@@ -913,6 +991,47 @@ mod tests {
             shape: t.size().iter().map(|&d| d as usize).collect(),
             data,
         }
+    }
+
+    /// Any bit flipped after writing, in a weight, in the mask or in the metadata, is refused by
+    /// every reader with the file named; the untouched file still loads.
+    #[test]
+    fn flipped_bits_anywhere_in_a_checkpoint_are_detected() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.safetensors");
+        let (m, mask) = masked_model(2);
+        save(&p, &m, Some(&mask), &provenance()).unwrap();
+        let clean = std::fs::read(&p).unwrap();
+        assert!(load(&p, Device::Cpu).is_ok());
+        let header_len = u64::from_le_bytes(clean[..8].try_into().unwrap()) as usize;
+        let text = String::from_utf8_lossy(&clean[8..8 + header_len]).to_string();
+        // A digit of the stored std, so that the header stays valid JSON with another value.
+        let std_at = 8 + text.find("\"std\":\"[0.").unwrap() + 10;
+        let positions = [
+            8 + header_len + 3, // the first tensor's bytes
+            clean.len() - 1,    // the last tensor's last byte
+            (8 + header_len + clean.len()) / 2,
+            std_at,
+        ];
+        for at in positions {
+            let mut bytes = clean.clone();
+            bytes[at] ^= if at == std_at { 0x01 } else { 0x10 };
+            std::fs::write(&p, &bytes).unwrap();
+            for e in [
+                load(&p, Device::Cpu).map(|_| ()).unwrap_err(),
+                metadata(&p).map(|_| ()).unwrap_err(),
+                read_tensors(&p, Device::Cpu).map(|_| ()).unwrap_err(),
+            ] {
+                assert!(
+                    matches!(e, CheckpointError::Corrupt { .. }),
+                    "byte {at}: {e}"
+                );
+                assert!(e.to_string().contains(&p.display().to_string()), "{e}");
+            }
+        }
+        std::fs::write(&p, &clean).unwrap();
+        let (back, _, _) = load(&p, Device::Cpu).unwrap();
+        same_values(&m, &back);
     }
 
     #[test]

@@ -44,12 +44,56 @@ fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
-/// Creates `dir` and proves it is writable, before any work is done.
+/// Creates `dir` and proves it is writable, before any work is done. A path that exists but is
+/// not a folder (or lies below a file) is an error that says so, rather than the OS's "File
+/// exists".
 pub fn ensure_writable_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    ensure_dir(dir)?;
     let probe = dir.join(format!(".write-probe-{}", std::process::id()));
     std::fs::write(&probe, b"")?;
     std::fs::remove_file(&probe)
+}
+
+/// Creates `dir` (and its parents) unless it is a folder already. A path that is a file, or lies
+/// below one, is an `ErrorKind::NotADirectory` error naming the part that is not a folder.
+pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    let not_a_folder = |p: &Path| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!("{} exists and is not a folder", p.display()),
+        )
+    };
+    match std::fs::create_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // The first ancestor (or the path itself) that exists but is no folder.
+            let blocker = dir
+                .ancestors()
+                .find(|a| a.exists() && !a.is_dir() && !a.as_os_str().is_empty());
+            match blocker {
+                Some(b) => Err(not_a_folder(b)),
+                None => Err(e),
+            }
+        }
+    }
+}
+
+/// Serde for an `f64` that may be NaN (an accuracy on an empty split): written as `null`, read
+/// back from `null` as NaN, so a file the program wrote can always be read again.
+pub mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -96,5 +140,32 @@ mod tests {
         let f = d.path().join("file");
         std::fs::write(&f, b"").unwrap();
         assert!(ensure_writable_dir(&f.join("out")).is_err());
+        // The file itself, and a path below it: "is not a folder", naming the file.
+        for p in [f.clone(), f.join("out").join("deeper")] {
+            let e = ensure_writable_dir(&p).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::NotADirectory, "{e}");
+            assert_eq!(
+                e.to_string(),
+                format!("{} exists and is not a folder", f.display())
+            );
+        }
+    }
+
+    #[test]
+    fn nan_is_written_as_null_and_read_back() {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct A {
+            #[serde(with = "nan_as_null")]
+            x: f64,
+        }
+        assert_eq!(
+            serde_json::to_string(&A { x: f64::NAN }).unwrap(),
+            r#"{"x":null}"#
+        );
+        assert!(serde_json::from_str::<A>(r#"{"x":null}"#)
+            .unwrap()
+            .x
+            .is_nan());
+        assert_eq!(serde_json::from_str::<A>(r#"{"x":0.25}"#).unwrap().x, 0.25);
     }
 }
