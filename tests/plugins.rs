@@ -210,6 +210,7 @@ fn the_example_as_a_cdylib_matches_the_same_code_built_in() {
         &RunOptions {
             device: Device::Cpu,
             out_dir: tmp.path().join("builtin"),
+            what: "test".into(),
             cache_dir: None,
             trainer: Trainer::new(Device::Cpu, false),
             notify: &notify,
@@ -396,6 +397,147 @@ fn broken_libraries_are_clear_messages_and_the_rest_still_loads() {
         "{err}"
     );
     assert!(listed(&o).iter().any(|(n, _)| n == "SalUn"));
+}
+
+/// The end of the loadable part of an ELF file (the largest `p_offset + p_filesz` of its
+/// `PT_LOAD` segments): what the loader maps, so what a damaged copy must damage.
+fn loaded_size(elf: &[u8]) -> usize {
+    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap()) as usize;
+    assert_eq!(&elf[..4], b"\x7fELF");
+    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    (0..phnum)
+        .map(|i| phoff + i * phentsize)
+        .filter(|&h| u32::from_le_bytes(elf[h..h + 4].try_into().unwrap()) == 1)
+        .map(|h| u64_at(h + 8) + u64_at(h + 32))
+        .max()
+        .unwrap()
+}
+
+/// Libraries that would kill whoever loads them, on the plugin path: one cut to half of what
+/// the loader maps (SIGBUS), one with bytes of its code and tables overwritten, one whose entry
+/// writes through a null pointer (SIGSEGV), one whose entry ends the process, and a FIFO named
+/// like a library. Each costs one clear message naming its file; `list`, `validate` and `run`
+/// go on with everything else, and `plugin check` on each fails with the message (at once, for
+/// the FIFO, which a loader would block on).
+#[test]
+fn libraries_that_crash_their_loader_are_reported_never_fatal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = plugin_dir(tmp.path(), "broken", &[EXAMPLE]);
+    let good = std::fs::read(built(EXAMPLE)).unwrap();
+    let end = loaded_size(&good);
+    let truncated = dir.join(format!("libtruncated{}", std::env::consts::DLL_SUFFIX));
+    std::fs::write(&truncated, &good[..end / 2]).unwrap();
+    let mut flipped = good.clone();
+    for i in (4096..end).step_by(61) {
+        flipped[i] ^= 0xa5;
+    }
+    let damaged = dir.join(format!("libdamaged{}", std::env::consts::DLL_SUFFIX));
+    std::fs::write(&damaged, &flipped).unwrap();
+    let fifo = dir.join(format!("libfifo{}", std::env::consts::DLL_SUFFIX));
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let misbehaving = plugin_dir(tmp.path(), "misbehaving", &[MISBEHAVING]);
+    let crashing = misbehaving.join(built(MISBEHAVING).file_name().unwrap());
+
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        DIGITS_RL_SALUN
+            .replace("epochs = 3", "epochs = 1")
+            .replace("epochs = 2", "epochs = 1"),
+    )
+    .unwrap();
+    for (mode, expected) in [
+        (
+            "segfault",
+            "killed the process that tried it with signal 11 (SIGSEGV",
+        ),
+        ("exit", "made the process that tried it exit with status 3"),
+    ] {
+        let env = [("UNLEARN_TEST_PLUGIN_MODE", mode)];
+        let both = format!("{}:{}", dir.display(), misbehaving.display());
+        let with_path = [env[0], ("UNLEARN_PLUGIN_PATH", both.as_str())];
+        let o = Command::new(env!("CARGO_BIN_EXE_unlearn"))
+            .args(["list", "--json"])
+            .envs(with_path)
+            .output()
+            .unwrap();
+        let err = text(&o.stderr);
+        assert!(o.status.success(), "{mode}: {err}");
+        for (file, what) in [
+            (
+                &truncated,
+                "killed the process that tried it with signal 7 (SIGBUS",
+            ),
+            // Whichever way the loader meets the damage (a crash, a refusal): one message.
+            (&damaged, ""),
+            (&fifo, "a named pipe (FIFO), not a plugin library"),
+            (&crashing, expected),
+        ] {
+            let line = err
+                .lines()
+                .find(|l| l.contains(&file.display().to_string()))
+                .unwrap_or_else(|| panic!("{mode}: no message names {}: {err}", file.display()));
+            assert!(
+                line.starts_with("warning: plugin skipped: ") && line.contains(what),
+                "{line}"
+            );
+        }
+        let names: Vec<String> = listed(&o).into_iter().map(|(n, _)| n).collect();
+        for still in ["FT", "OMP", "RL", "SalUn"] {
+            assert!(names.contains(&still.to_string()), "{still} in {names:?}");
+        }
+        for args in [
+            vec!["validate", cfg.to_str().unwrap()],
+            vec![
+                "--device",
+                "cpu",
+                "-q",
+                "run",
+                cfg.to_str().unwrap(),
+                "--out",
+            ],
+        ] {
+            let mut args = args;
+            let out = tmp.path().join(format!("out-{mode}"));
+            if args.contains(&"run") {
+                args.push(out.to_str().unwrap());
+            }
+            let o = Command::new(env!("CARGO_BIN_EXE_unlearn"))
+                .args(&args)
+                .envs(with_path)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{mode} {args:?}: {}", text(&o.stderr));
+            assert!(text(&o.stderr).contains(&crashing.display().to_string()));
+        }
+        let o = unlearn(&["plugin", "check", crashing.to_str().unwrap()], &env);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+        assert!(text(&o.stderr).contains(expected), "{}", text(&o.stderr));
+    }
+    for (file, what) in [
+        (&truncated, "SIGBUS"),
+        (&damaged, ""),
+        (&fifo, "a named pipe (FIFO)"),
+    ] {
+        let t0 = std::time::Instant::now();
+        let o = unlearn(&["plugin", "check", file.to_str().unwrap()], &[]);
+        assert!(
+            t0.elapsed().as_secs() < 30,
+            "plugin check on {}",
+            file.display()
+        );
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+        let err = text(&o.stderr);
+        assert!(
+            err.contains(&file.display().to_string()) && err.contains(what),
+            "{err}"
+        );
+    }
 }
 
 #[test]

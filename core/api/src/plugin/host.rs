@@ -85,32 +85,68 @@ pub enum PluginError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{}: {what}, not a plugin library (a regular file) or a folder of them", path.display())]
+    NotAFile { path: PathBuf, what: &'static str },
+    #[error("{}: trying to load it {how}, so it was not loaded: the file is damaged (cut short, overwritten) or not a library for this machine; rebuild it, or remove it from the plugin path", path.display())]
+    Crashed { path: PathBuf, how: String },
+}
+
+/// What a path is when it is neither a regular file nor a folder (a FIFO would block a reader).
+fn special_file(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_fifo() {
+        "a named pipe (FIFO)"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
 }
 
 /// The libraries a plugin path names: a library file itself, or the libraries
-/// (`*`[`std::env::consts::DLL_SUFFIX`]) directly in a folder, sorted by name.
-pub fn libraries_in(path: &Path) -> Result<Vec<PathBuf>, PluginError> {
+/// (`*`[`std::env::consts::DLL_SUFFIX`]) directly in a folder, sorted by name. Only regular
+/// files are libraries: a FIFO or device named like one is a problem of its own (reading it could
+/// block), reported beside the libraries found.
+pub fn libraries_in(path: &Path) -> Result<(Vec<PathBuf>, Vec<PluginError>), PluginError> {
     let io = |source| PluginError::Io {
         path: path.to_path_buf(),
         source,
     };
     let meta = std::fs::metadata(path).map_err(io)?;
     if meta.is_file() {
-        return Ok(vec![path.to_path_buf()]);
+        return Ok((vec![path.to_path_buf()], Vec::new()));
+    }
+    if !meta.is_dir() {
+        return Err(PluginError::NotAFile {
+            path: path.to_path_buf(),
+            what: special_file(&meta),
+        });
     }
     let mut found = Vec::new();
+    let mut problems = Vec::new();
     for entry in std::fs::read_dir(path).map_err(io)? {
         let p = entry.map_err(io)?.path();
         let is_lib = p
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.ends_with(std::env::consts::DLL_SUFFIX));
-        if is_lib && p.is_file() {
-            found.push(p);
+        if !is_lib {
+            continue;
+        }
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_file() => found.push(p),
+            Ok(m) if !m.is_dir() => problems.push(PluginError::NotAFile {
+                what: special_file(&m),
+                path: p,
+            }),
+            _ => {}
         }
     }
     found.sort();
-    Ok(found)
+    Ok((found, problems))
 }
 
 /// A checked library: its name and version, and its methods ready for the registry.
@@ -145,6 +181,21 @@ pub fn load(path: &Path) -> Result<Library, PluginError> {
         path: path.to_path_buf(),
         source,
     })?;
+    // Only a regular file is opened: the loader would block on a FIFO.
+    let meta = std::fs::metadata(&canonical).map_err(|source| PluginError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(PluginError::NotAFile {
+            path: path.to_path_buf(),
+            what: if meta.is_dir() {
+                "a folder (`plugin check` takes one library file)"
+            } else {
+                special_file(&meta)
+            },
+        });
+    }
     let descriptor = {
         let mut cache = loaded().lock().unwrap_or_else(|p| p.into_inner());
         match cache.get(&canonical) {
@@ -467,11 +518,36 @@ unsafe fn method(
 /// method that fails is left out, and its problem (naming the library) returned; the others
 /// are added.
 pub fn extend(registry: &mut Registry, paths: &[PathBuf]) -> Vec<PluginError> {
+    extend_probed(registry, paths, &|_| Ok(()))
+}
+
+/// Whether this process has loaded the library at `path` already (loading it again returns the
+/// same descriptor, so it needs no probe).
+pub fn is_loaded(path: &Path) -> bool {
+    path.canonicalize().is_ok_and(|c| {
+        loaded()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&c)
+    })
+}
+
+/// [`extend`], asking `probe` first about every library not loaded yet: a library the probe
+/// refuses (the host tries it in a child process, which a damaged library can crash) is reported
+/// and never opened here.
+pub fn extend_probed(
+    registry: &mut Registry,
+    paths: &[PathBuf],
+    probe: &dyn Fn(&Path) -> Result<(), PluginError>,
+) -> Vec<PluginError> {
     let mut problems = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for p in paths {
         let libs = match libraries_in(p) {
-            Ok(l) => l,
+            Ok((l, not_files)) => {
+                problems.extend(not_files);
+                l
+            }
             Err(e) => {
                 problems.push(e);
                 continue;
@@ -481,6 +557,12 @@ pub fn extend(registry: &mut Registry, paths: &[PathBuf]) -> Vec<PluginError> {
             // The same file named twice (e.g. a folder and a file in it) loads once.
             if !seen.insert(lib.canonicalize().unwrap_or_else(|_| lib.clone())) {
                 continue;
+            }
+            if !is_loaded(&lib) {
+                if let Err(e) = probe(&lib) {
+                    problems.push(e);
+                    continue;
+                }
             }
             match load(&lib) {
                 Ok(l) => {
