@@ -359,32 +359,84 @@ fn a_corrupt_entry_is_named_discarded_and_recomputed() {
     assert_eq!(metrics(&r2), metrics(&r1));
 }
 
-/// Two runs into one folder at the same time: each reports its own rows, and the stage they
-/// share (the dense model) is computed once, by whichever got its lock first.
+fn spawn_run(cfg: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_unlearn"))
+        .args(["--device", "cpu", "run", cfg.to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap()])
+        .args(extra)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `cond` holds, failing after two minutes.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !cond() {
+        assert!(t0.elapsed().as_secs() < 120, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Two configs run at once into one output folder (two `study.toml` files with one default
+/// output name): the second is refused at once, naming the first (pid, what it runs); the
+/// folder's results.json, report.md, results.csv and training.csv all come from the first.
 #[test]
-fn two_runs_at_once_keep_their_own_rows() {
+fn two_runs_into_one_folder_never_mix() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    std::fs::create_dir(&out).unwrap();
-    std::fs::write(out.join(".unlearn-output"), b"").unwrap();
+    let a = config(dir.path(), "a.toml", OMP, &ft(0.01, "only-in-a"));
+    let b = config(dir.path(), "b.toml", "", &ft(0.02, "only-in-b"));
+    let first = spawn_run(&a, &out, &[], &[]);
+    // Once the first holds the folder (its lock names it), the second starts.
+    wait_until("the first run to claim the folder", || {
+        std::fs::read_to_string(out.join(".unlearn-lock")).is_ok_and(|t| t.contains("a.toml"))
+    });
+    let o = unlearn(&[
+        "--device",
+        "cpu",
+        "run",
+        b.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("is in use by another unlearn process")
+            && e.contains(&format!("pid {}", first.id()))
+            && e.contains("a.toml"),
+        "{e}"
+    );
+    let oa = first.wait_with_output().unwrap();
+    assert!(oa.status.success(), "{}", stderr(&oa));
+    for f in ["results.json", "report.md", "results.csv"] {
+        let text = std::fs::read_to_string(out.join(f)).unwrap();
+        assert!(
+            text.contains("only-in-a") && !text.contains("only-in-b"),
+            "{f}"
+        );
+    }
+    let training = std::fs::read_to_string(out.join("training.csv")).unwrap();
+    assert!(training.contains("OMP"), "the first config's training");
+}
+
+/// Two runs with their own output folders sharing one stage cache, at once: each reports its
+/// own rows, and the stage they share (the dense model) is computed once, by whichever got its
+/// lock first.
+#[test]
+fn two_runs_sharing_a_cache_compute_a_shared_stage_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
     let a = config(dir.path(), "a.toml", "", &ft(0.01, "only-in-a"));
     let b = config(dir.path(), "b.toml", "", &ft(0.02, "only-in-b"));
-    let spawn = |cfg: &Path| {
-        Command::new(env!("CARGO_BIN_EXE_unlearn"))
-            .args([
-                "--device",
-                "cpu",
-                "run",
-                cfg.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let (pa, pb) = (spawn(&a), spawn(&b));
+    let c = ["--cache", cache.to_str().unwrap()];
+    let (pa, pb) = (
+        spawn_run(&a, &dir.path().join("oa"), &c, &[]),
+        spawn_run(&b, &dir.path().join("ob"), &c, &[]),
+    );
     let (oa, ob) = (
         pa.wait_with_output().unwrap(),
         pb.wait_with_output().unwrap(),
@@ -398,6 +450,236 @@ fn two_runs_at_once_keep_their_own_rows() {
         .filter(|o| stderr(o).contains("training the dense model"))
         .count();
     assert_eq!(trained, 1, "{}\n{}", stderr(&oa), stderr(&ob));
+}
+
+/// A run stopped (Ctrl-Z, SIGSTOP) while it computes a stage: a second run that needs the same
+/// stage says whom it waits for (pid, host, what, since when), that the holder is stopped and
+/// how to resume it, and keeps saying it; once the holder goes on, both finish.
+#[test]
+fn a_stopped_lock_holder_is_named_and_waited_for_with_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let cfg = config(dir.path(), "slow.toml", OMP, &ft(0.01, "FT"));
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("epochs = 3", "epochs = 40");
+    std::fs::write(&cfg, text).unwrap();
+    let c = ["--cache", cache.to_str().unwrap()];
+    let holder = spawn_run(&cfg, &dir.path().join("o1"), &c, &[]);
+    let pid = holder.id().to_string();
+    wait_until("the dense stage's lock", || {
+        std::fs::read_dir(cache.join("locks")).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("slow.toml")))
+        })
+    });
+    let signal = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    signal("-STOP");
+    let waiter = spawn_run(
+        &cfg,
+        &dir.path().join("o2"),
+        &c,
+        &[("UNLEARN_LOCK_NOTICE_SECS", "0.5")],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(4000));
+    signal("-CONT");
+    let (oh, ow) = (
+        holder.wait_with_output().unwrap(),
+        waiter.wait_with_output().unwrap(),
+    );
+    assert!(oh.status.success(), "{}", stderr(&oh));
+    assert!(ow.status.success(), "{}", stderr(&ow));
+    let e = stderr(&ow);
+    let said: Vec<&str> = e
+        .lines()
+        .filter(|l| l.contains(&format!("held by pid {pid} on ")))
+        .collect();
+    assert!(said.len() >= 3, "said it {} time(s):\n{e}", said.len());
+    assert!(
+        said.iter()
+            .all(|l| l.contains("slow.toml") && l.contains("waiting")),
+        "{e}"
+    );
+    assert!(
+        said.iter()
+            .filter(|l| l.contains("stopped") && l.contains(&format!("kill -CONT {pid}")))
+            .count()
+            >= 2,
+        "{e}"
+    );
+}
+
+/// Every stage key, and so every normalisation a model is built with, is the same whatever the
+/// number of threads (a cache shared by machines with other core counts must hit): the dry run
+/// of the digits (whose mean and std the data set's pixels give) under 1 and 2 threads lists
+/// the same keys, and a run under one reuses the other's stages.
+#[test]
+fn stage_keys_do_not_depend_on_the_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("digits.toml");
+    let text = std::fs::read_to_string(config(dir.path(), "x.toml", OMP, &ft(0.01, "FT")))
+        .unwrap()
+        .replace(
+            "dataset = \"synthetic\"\nsynthetic = { samples = 200, classes = 4, noise = 6.0 }",
+            "dataset = \"digits\"\nsubset = { per_class = 20 }",
+        )
+        .replace("epochs = 3", "epochs = 1");
+    std::fs::write(&cfg, text).unwrap();
+    let out = dir.path().join("out");
+    let keys = |threads: &str| -> Vec<String> {
+        let o = Command::new(env!("CARGO_BIN_EXE_unlearn"))
+            .args(["run", cfg.to_str().unwrap(), "--dry-run", "--out"])
+            .arg(&out)
+            .env("OMP_NUM_THREADS", threads)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+            .filter(|k| k.len() == 12)
+            .collect()
+    };
+    let one = keys("1");
+    assert_eq!(one.len(), 6, "{one:?}");
+    assert_eq!(one, keys("2"));
+    assert_eq!(one, keys("3"));
+    let o = Command::new(env!("CARGO_BIN_EXE_unlearn"))
+        .args([
+            "--device",
+            "cpu",
+            "-q",
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+        ])
+        .arg(&out)
+        .env("OMP_NUM_THREADS", "2")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = Command::new(env!("CARGO_BIN_EXE_unlearn"))
+        .args(["run", cfg.to_str().unwrap(), "--dry-run", "--out"])
+        .arg(&out)
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&o).contains("6 stages: 6 cached, 0 to run"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+/// Flipped bits anywhere in the cache are found, named and recomputed to the same numbers: in
+/// a dense model's weights, in a row's recorded metrics (still valid JSON), in a mid-training
+/// checkpoint of an interrupted stage; an entry copied under another key is no entry of it.
+#[test]
+fn flipped_bits_in_cache_entries_and_checkpoints_are_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cfg = config(dir.path(), "a.toml", OMP, &ft(0.01, "FT"));
+    let (r1, _) = run(&cfg, &out, &[]);
+    let key = |kind: &str, label: &str| -> String {
+        r1["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["kind"] == kind && s["label"] == label)
+            .unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let flip = |p: &Path, at: usize, mask: u8| {
+        let mut b = std::fs::read(p).unwrap();
+        let at = at.min(b.len() - 1);
+        b[at] ^= mask;
+        std::fs::write(p, b).unwrap();
+    };
+    // One bit of one weight, deep in the file (its length and header unchanged).
+    let dense_key = key("dense", "dense training");
+    let dense = out.join("cache/dense").join(&dense_key);
+    let size = std::fs::metadata(dense.join("model.safetensors"))
+        .unwrap()
+        .len() as usize;
+    flip(&dense.join("model.safetensors"), size - 100, 0x01);
+    // One digit of the FT row's recorded RA (valid JSON, another number).
+    let row_key = key("row", "FT on class-1 (sparse)");
+    let meta = out.join("cache/row").join(&row_key).join("meta.json");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    let ra = r1["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["label"] == "FT" && x["model"] == "sparse")
+        .unwrap()["metrics"]["ra"]
+        .to_string();
+    let changed = ra.replacen(|c: char| c.is_ascii_digit() && c != '9', "9", 1);
+    assert_ne!(changed, ra);
+    assert!(text.contains(&format!("\"ra\": {ra}")), "{text}");
+    std::fs::write(
+        &meta,
+        text.replacen(&format!("\"ra\": {ra}"), &format!("\"ra\": {changed}"), 1),
+    )
+    .unwrap();
+    let (r2, o) = run(&cfg, &out, &[]);
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!(
+            "cache entry dense/{} is unreadable",
+            &dense_key[..12]
+        )) && e.contains("model.safetensors")
+            && e.contains("damaged"),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!("cache entry row/{} is unreadable", &row_key[..12]))
+            && e.contains("seal"),
+        "{e}"
+    );
+    assert_eq!(metrics(&r2), metrics(&r1));
+
+    // A mid-training checkpoint: a run stopped in its dense training leaves one; a flipped bit
+    // in it is named, the loop starts over, and the result is the uninterrupted one.
+    let slow = config(dir.path(), "slow.toml", OMP, &ft(0.01, "FT"));
+    let text = std::fs::read_to_string(&slow)
+        .unwrap()
+        .replace("epochs = 3", "epochs = 150");
+    std::fs::write(&slow, text).unwrap();
+    let clean = dir.path().join("clean");
+    let (want, _) = run(&slow, &clean, &[]);
+    let out2 = dir.path().join("out2");
+    let child = spawn_run(&slow, &out2, &[], &[]);
+    let state = || {
+        walk(&out2.join("cache/partial"))
+            .into_iter()
+            .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+    };
+    wait_until("a saved training state", || state().is_some());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let _ = child.wait_with_output();
+    let saved = state().unwrap();
+    let size = std::fs::metadata(&saved).unwrap().len() as usize;
+    flip(&saved, size / 2, 0x10);
+    let (got, o) = run(&slow, &out2, &[]);
+    let e = stderr(&o);
+    assert!(
+        e.contains("is unusable") && e.contains("damaged") && e.contains("starting over"),
+        "{e}"
+    );
+    assert_eq!(metrics(&got), metrics(&want));
 }
 
 /// A study in one file: two seeds, a list of pruners with a sparsity sweep. Every seed runs

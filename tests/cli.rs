@@ -230,7 +230,9 @@ fn unwritable_output_directory_fails_before_any_work() {
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
     assert!(
-        e.contains("output directory") && e.contains("a-file/out"),
+        e.contains("output folder")
+            && e.contains("a-file/out")
+            && e.contains("a-file exists and is not a folder"),
         "{e}"
     );
     assert!(
@@ -452,6 +454,8 @@ fn bench_measures_the_grid_the_references_and_rte() {
                 "8",
                 "--samples",
                 "8",
+                "--batch",
+                "4",
                 "--classes",
                 "2",
                 "--precisions",
@@ -667,6 +671,8 @@ fn run_results_are_consistent_and_a_rerun_resumes() {
     }
     let old_dir = dir.path().join("old");
     std::fs::create_dir_all(&old_dir).unwrap();
+    // The marker an older unlearn left in its output folders (plain text).
+    std::fs::write(old_dir.join(".unlearn-output"), b"").unwrap();
     std::fs::write(
         old_dir.join("results.json"),
         serde_json::to_vec(&old).unwrap(),
@@ -723,7 +729,8 @@ fn divergence_is_a_clear_error_and_writes_no_results() {
     // Which epoch diverges first depends on floating-point summation order (thread count).
     assert!(e.contains("error: GA on class-1 (dense): the loss or the weights became non-finite (NaN or inf) in epoch "), "{e}");
     assert!(
-        e.contains(" of 3; lower the learning rate") && e.matches("non-finite").count() == 1,
+        e.contains(" of 3: training diverged; lower the learning rate")
+            && e.matches("non-finite").count() == 1,
         "{e}"
     );
     assert!(!out.join("results.json").exists() && !out.join("report.md").exists());

@@ -15,6 +15,7 @@ use unlearn_pipeline::plugin;
 use unlearn_pipeline::registry::Registry;
 use unlearn_pipeline::train::Trainer;
 
+mod probe;
 mod scaffold;
 
 // Built-in plugins register themselves when linked; naming them here links them.
@@ -176,8 +177,9 @@ struct BenchArgs {
     #[arg(long, default_value_t = 256)]
     batch: usize,
     /// Batch sizes of the sweep (first architecture, its fastest setting); `none` for no sweep.
-    #[arg(long, value_delimiter = ',', default_value = "64,128,256,512,1024")]
-    sweep: Vec<SweepSize>,
+    /// Default: 64,128,256,512,1024, leaving out those larger than --samples.
+    #[arg(long, value_delimiter = ',')]
+    sweep: Option<Vec<SweepSize>>,
     /// Precisions of the grid.
     #[arg(long, value_delimiter = ',', default_value = "fp32,tf32,bf16")]
     precisions: Vec<Precision>,
@@ -258,6 +260,9 @@ enum DataCommand {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = probe::child_main() {
+        return code;
+    }
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -337,8 +342,9 @@ fn real_main() -> Result<()> {
     }
     plugin_paths.extend(config_plugins);
     let mut registry = Registry::builtin().context("building the method registry")?;
-    // A broken library is reported and skipped: every other method still works.
-    for problem in plugin::host::extend(&mut registry, &plugin_paths) {
+    // A broken library is reported and skipped: every other method still works. Each is tried
+    // in a child process first, so that one that crashes whoever loads it costs only that child.
+    for problem in plugin::host::extend_probed(&mut registry, &plugin_paths, &probe::probe) {
         eprintln!("warning: plugin skipped: {problem}");
     }
     let overrides = cli.model_overrides();
@@ -391,7 +397,8 @@ fn real_main() -> Result<()> {
             if dry_run {
                 return print_plan(&plan, &cache.unwrap_or_else(|| out.join("cache")));
             }
-            execute(&plan, cli.device, &out, cache, cli.quiet, &notify)
+            let what = format!("unlearn run {}", config.display());
+            execute(&plan, cli.device, &out, cache, &what, cli.quiet, &notify)
         }
         Command::Demo { out, print_config } => {
             if print_config {
@@ -407,7 +414,15 @@ fn real_main() -> Result<()> {
                     issues,
                 }
             })?;
-            execute(&plan, cli.device, &out, None, cli.quiet, &notify)
+            execute(
+                &plan,
+                cli.device,
+                &out,
+                None,
+                "unlearn demo",
+                cli.quiet,
+                &notify,
+            )
         }
         Command::Data { command } => data(command, cli.quiet),
         Command::Bench(args) => {
@@ -433,33 +448,7 @@ fn real_main() -> Result<()> {
             }
             PluginCommand::Check { library } => check_plugin(&library),
         },
-        Command::Report { out } => {
-            let path = out.join("results.json");
-            let bytes = std::fs::read(&path).map_err(|e| {
-                bad(anyhow::anyhow!(
-                    "cannot read {}: {e} (is {} a run's output folder?)",
-                    path.display(),
-                    out.display()
-                ))
-            })?;
-            let mut results: pipeline::RunResults =
-                serde_json::from_slice(&bytes).map_err(|e| {
-                    bad(anyhow::anyhow!(
-                        "{} is not the results of this unlearn version: {e}",
-                        path.display()
-                    ))
-                })?;
-            pipeline::recompute_gaps(&mut results);
-            pipeline::write_reports(&results, &out)?;
-            println!("{}", unlearn_pipeline::report::results_table(&results));
-            notify(&format!(
-                "wrote {}, {} and {}",
-                out.join("report.md").display(),
-                out.join("results.csv").display(),
-                out.join("plots").display()
-            ));
-            Ok(())
-        }
+        Command::Report { out } => report(&out, &notify),
         Command::Info => {
             let r = device::report();
             let chosen = cli.device.resolve().map_err(bad)?;
@@ -510,20 +499,26 @@ fn bench(
     notify: &dyn Fn(&str),
 ) -> Result<()> {
     use unlearn_pipeline::bench::{self, BenchOptions, References, RteOptions};
-    for (name, v) in [
-        ("--batch", a.batch),
-        ("--epochs", a.epochs),
-        ("--classes", a.classes),
+    for (name, v, min) in [
+        ("--batch", a.batch, 1),
+        ("--epochs", a.epochs, 1),
+        ("--classes", a.classes, 2),
     ] {
-        if v == 0 || v > 1 << 20 {
+        if v < min || v > 1 << 20 {
             return Err(bad(anyhow::anyhow!(
-                "{name} must be from 1 to 1048576, not {v}"
+                "{name} must be from {min} to 1048576, not {v}"
             )));
         }
     }
-    if !(8..=1024).contains(&a.size) || a.classes < 2 {
+    if !(8..=1024).contains(&a.size) {
         return Err(bad(anyhow::anyhow!(
-            "--size must be from 8 to 1024 and --classes at least 2"
+            "--size must be from 8 to 1024, not {}",
+            a.size
+        )));
+    }
+    if o.channels_last && a.contiguous_only {
+        return Err(bad(anyhow::anyhow!(
+            "--channels-last (measure only channels-last) and --contiguous-only (measure only the contiguous format) contradict each other: give one"
         )));
     }
     let samples = a
@@ -535,6 +530,37 @@ fn bench(
             a.classes
         )));
     }
+    // A row is labelled with its batch size: a batch larger than the images it runs on would
+    // measure another size than its label says.
+    if a.batch > samples {
+        return Err(bad(anyhow::anyhow!(
+            "--batch {} is larger than --samples {samples}: a batch cannot hold more images than are measured",
+            a.batch
+        )));
+    }
+    let sweep: Vec<usize> = match &a.sweep {
+        Some(given) => {
+            let sizes: Vec<usize> = given.iter().filter_map(|s| s.0).collect();
+            if let Some(b) = sizes.iter().find(|&&b| b > samples) {
+                return Err(bad(anyhow::anyhow!(
+                    "--sweep {b} is larger than --samples {samples}: a batch cannot hold more images than are measured (raise --samples or leave {b} out)"
+                )));
+            }
+            sizes
+        }
+        None => {
+            let (keep, skip): (Vec<usize>, Vec<usize>) = [64, 128, 256, 512, 1024]
+                .iter()
+                .partition(|&&b| b <= samples);
+            if !skip.is_empty() {
+                notify(&format!(
+                    "sweep: batch {} left out (larger than the {samples} images measured; raise --samples to include it)",
+                    skip.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            keep
+        }
+    };
     if a.rte && !(100..=1 << 22).contains(&a.rte_samples) {
         return Err(bad(anyhow::anyhow!(
             "--rte-samples must be from 100 to 4194304"
@@ -558,7 +584,7 @@ fn bench(
         device,
         archs,
         batch: a.batch,
-        sweep: a.sweep.iter().filter_map(|s| s.0).collect(),
+        sweep,
         precisions,
         formats,
         samples,
@@ -577,17 +603,22 @@ fn bench(
             execution: None,
         }),
     };
-    unlearn_pipeline::io::ensure_writable_dir(&a.out)
-        .with_context(|| format!("output folder {}", a.out.display()))?;
+    // Claimed before measuring: a folder that is not unlearn bench's is refused at once.
+    let out = unlearn_pipeline::output::OutputDir::claim(
+        &a.out,
+        unlearn_pipeline::output::Producer::Bench,
+        "unlearn bench",
+    )
+    .map_err(bad)?;
+    out.check_layout(&[], &["bench.json", "bench.md"])
+        .map_err(bad)?;
     let report = bench::run(&opts, notify).map_err(bad)?;
     let md = bench::markdown(&report);
     println!("{md}");
     let json = serde_json::to_vec_pretty(&report)?;
-    for (name, bytes) in [("bench.json", &json[..]), ("bench.md", md.as_bytes())] {
-        let path = a.out.join(name);
-        unlearn_pipeline::io::write_atomic(&path, bytes)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
+    out.write("bench.json", &json)?;
+    out.write("bench.md", md.as_bytes())?;
+    out.finish()?;
     notify(&format!(
         "wrote {} and {}",
         a.out.join("bench.json").display(),
@@ -598,6 +629,9 @@ fn bench(
 
 /// `plugin check`: strict loading of one library, then the conformance suite on its methods.
 fn check_plugin(path: &Path) -> Result<()> {
+    if !plugin::host::is_loaded(path) && path.is_file() {
+        probe::probe(path).map_err(bad)?;
+    }
     let lib = plugin::host::load(path).map_err(bad)?;
     println!(
         "{}: {} {} (plugin ABI {}.{}, this unlearn {}.{}; libtorch {}), {} method(s)",
@@ -878,20 +912,11 @@ fn execute(
     device: DeviceChoice,
     out: &Path,
     cache_dir: Option<PathBuf>,
+    what: &str,
     quiet: bool,
     notify: &dyn Fn(&str),
 ) -> Result<()> {
     let device = device.resolve().map_err(bad)?;
-    // A `--cache` that cannot be a folder is the user's path, found now rather than as a failed
-    // stage after training.
-    if let Some(dir) = &cache_dir {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            bad(anyhow::anyhow!(
-                "cache directory {} cannot be created: {e}",
-                dir.display()
-            ))
-        })?;
-    }
     let trainer = Trainer::new(device, !quiet);
     let cancel = trainer.cancel.clone();
     // First Ctrl-C: stop at the next batch (finished stages stay in the cache for resuming);
@@ -912,23 +937,84 @@ fn execute(
     let opts = RunOptions {
         device,
         out_dir: out.to_path_buf(),
+        what: what.to_string(),
         cache_dir,
         trainer,
         notify,
     };
-    let results = pipeline::run(plan, &opts).map_err(|e| match e {
-        pipeline::PipelineError::Output { .. }
-        | pipeline::PipelineError::ForeignOutput { .. }
-        | pipeline::PipelineError::Input { .. } => bad(e),
-        e if e.is_cancelled() => Interrupted(e.into()).into(),
-        e => anyhow::Error::from(e),
-    })?;
+    let results = pipeline::run(plan, &opts).map_err(pipeline_error)?;
     println!("{}", unlearn_pipeline::report::results_table(&results));
     notify(&format!(
         "wrote {} and {} ({:.1} s)",
         out.join("results.json").display(),
         out.join("report.md").display(),
         results.seconds
+    ));
+    Ok(())
+}
+
+/// A pipeline error with its exit code: the user's paths and files are bad input (2), Ctrl-C is
+/// 130, the rest a failed run (1).
+fn pipeline_error(e: pipeline::PipelineError) -> anyhow::Error {
+    use pipeline::PipelineError as E;
+    match e {
+        E::Output { .. } | E::OutputDir(_) | E::Input { .. } | E::Results { .. } => bad(e),
+        e if e.is_cancelled() => Interrupted(e.into()).into(),
+        e => anyhow::Error::from(e),
+    }
+}
+
+/// `unlearn report DIR`: the reports of a run's output folder from its results.json, which must
+/// be consistent (every number in its range, no repeated row); only a folder unlearn made is
+/// written into, and figures an earlier report drew that this one does not are removed.
+fn report(out: &Path, notify: &dyn Fn(&str)) -> Result<()> {
+    use unlearn_pipeline::output::{OutputDir, Producer};
+    let path = out.join("results.json");
+    let bytes = std::fs::read(&path).map_err(|e| {
+        bad(anyhow::anyhow!(
+            "cannot read {}: {e} (is {} a run's output folder?)",
+            path.display(),
+            out.display()
+        ))
+    })?;
+    let mut results: pipeline::RunResults = serde_json::from_slice(&bytes).map_err(|e| {
+        bad(anyhow::anyhow!(
+            "{} is not the results of this unlearn version: {e}",
+            path.display()
+        ))
+    })?;
+    let problems = pipeline::check_results(&results);
+    if !problems.is_empty() {
+        let shown: Vec<String> = problems.iter().take(10).cloned().collect();
+        return Err(bad(anyhow::anyhow!(
+            "{} is inconsistent, so no report is drawn from it ({} problem(s)):\n  {}{}",
+            path.display(),
+            problems.len(),
+            shown.join("\n  "),
+            if problems.len() > 10 { "\n  ..." } else { "" }
+        )));
+    }
+    let dir = OutputDir::claim(
+        out,
+        Producer::Run,
+        &format!("unlearn report {}", out.display()),
+    )
+    .map_err(bad)?;
+    dir.check_layout(&["plots"], &["results.csv", "training.csv", "report.md"])
+        .map_err(bad)?;
+    dir.record("results.json").map_err(bad)?;
+    for m in &results.models {
+        dir.record(&m.file).map_err(bad)?;
+    }
+    pipeline::recompute_gaps(&mut results);
+    pipeline::write_reports(&results, &dir).map_err(pipeline_error)?;
+    dir.finish().map_err(bad)?;
+    println!("{}", unlearn_pipeline::report::results_table(&results));
+    notify(&format!(
+        "wrote {}, {} and {}",
+        out.join("report.md").display(),
+        out.join("results.csv").display(),
+        out.join("plots").display()
     ));
     Ok(())
 }

@@ -278,6 +278,14 @@ fn is_api(dir: &Path) -> bool {
 
 /// Accepts an absent or empty folder; returns whether it exists.
 fn check_destination(dir: &Path) -> Result<bool> {
+    // `--dir` itself (or a folder above it) may be a file: say so, not the OS's "Not a directory".
+    if let Some(file) = dir
+        .ancestors()
+        .skip(1)
+        .find(|a| !a.as_os_str().is_empty() && a.exists() && !a.is_dir())
+    {
+        bail!("{} exists and is not a folder", file.display());
+    }
     match fs::symlink_metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e).with_context(|| format!("{}", dir.display())),

@@ -177,6 +177,8 @@ pub struct Metrics {
     /// Accuracy on the whole test set, forgotten class included (equals `ta` except in
     /// class-wise forgetting).
     pub ta_full: f64,
+    /// Accuracy on the validation split: NaN (`null` in JSON) when there is none.
+    #[serde(with = "unlearn_api::io::nan_as_null")]
     pub val: f64,
     /// MIA-Efficacy per feature: share of `D_f` predicted non-member.
     pub mia_efficacy: BTreeMap<MiaFeature, MiaScore>,

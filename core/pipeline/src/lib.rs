@@ -6,6 +6,8 @@
 pub mod bench;
 pub mod cache;
 pub mod config;
+pub mod lock;
+pub mod output;
 pub mod pipeline;
 pub mod plot;
 pub mod report;

@@ -22,15 +22,16 @@ use crate::eval::backdoor::{apply_poisoning, attack_success_rate};
 use crate::eval::gap::{gap, Gap};
 use crate::eval::{evaluate, Metrics, MiaError, SplitOutputs};
 use crate::forget::ForgetSet;
-use crate::io::{ensure_writable_dir, write_atomic};
+use crate::io::write_atomic;
 use crate::mask::Mask;
 use crate::method::{MethodError, PruneCtx, RewindPoint, TaskData, UnlearnCtx};
 use crate::model::{Model, ModelError, ModelSpec, Snapshot};
+use crate::output::{OutputDir, Producer};
 use crate::train::{CrossEntropy, Run, RunLog, Trainer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("output directory {path}: {source}")]
+    #[error("output folder {path}: {source}")]
     Output {
         path: PathBuf,
         source: std::io::Error,
@@ -50,8 +51,13 @@ pub enum PipelineError {
     /// Ctrl-C: the run stopped before starting `next` (finished stages are in the cache).
     #[error("interrupted before {next}; finished stages are cached: re-run to resume")]
     Cancelled { next: String },
-    #[error("refusing to write into {path}: it is not empty and was not made by unlearn (choose a new or empty folder with --out)")]
-    ForeignOutput { path: PathBuf },
+    #[error(transparent)]
+    OutputDir(#[from] crate::output::OutputError),
+    #[error("{}: {}", path.display(), problems.join("; "))]
+    Results {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
     #[error(transparent)]
     Cache(#[from] CacheError),
     #[error(transparent)]
@@ -88,6 +94,9 @@ fn method_message(label: &str, e: &MethodError) -> String {
 pub struct RunOptions<'a> {
     pub device: Device,
     pub out_dir: PathBuf,
+    /// What the run is, for others who find its output folder or a stage it computes locked
+    /// (e.g. `unlearn run study.toml`).
+    pub what: String,
     pub trainer: Trainer,
     /// The stage cache (default: `<out>/cache`); several runs can share one.
     pub cache_dir: Option<PathBuf>,
@@ -133,8 +142,12 @@ pub struct ModelSummary {
     pub parameters: i64,
     /// Seconds of training (dense: the dense schedule; sparse: pruning and retraining).
     pub train_seconds: f64,
+    #[serde(with = "crate::io::nan_as_null")]
     pub train_accuracy: f64,
+    /// NaN (`null` in results.json) without a validation split.
+    #[serde(with = "crate::io::nan_as_null")]
     pub val_accuracy: f64,
+    #[serde(with = "crate::io::nan_as_null")]
     pub test_accuracy: f64,
 }
 
@@ -213,8 +226,11 @@ impl Variant {
 /// that a re-run does not evaluate it again.
 #[derive(Debug, Serialize, Deserialize)]
 struct Accuracies {
+    #[serde(with = "crate::io::nan_as_null")]
     train: f64,
+    #[serde(with = "crate::io::nan_as_null")]
     val: f64,
+    #[serde(with = "crate::io::nan_as_null")]
     test: f64,
 }
 
@@ -490,9 +506,58 @@ struct ModelMeta {
 pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineError> {
     let started = Instant::now();
     let out = &opts.out_dir;
-    claim_output_dir(out)?;
     let cache_dir = opts.cache_dir.clone().unwrap_or_else(|| out.join("cache"));
-    let cache = Cache::open(&cache_dir)?;
+    // Paths that can never be folders are found before anything is written: the output folder
+    // first, then the cache.
+    if let Some(file) = not_a_folder(out) {
+        return Err(PipelineError::Output {
+            path: out.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                format!("{} exists and is not a folder", file.display()),
+            ),
+        });
+    }
+    if let Some(name) = crate::output::cache_collision(out, &cache_dir) {
+        return Err(PipelineError::Input {
+            path: cache_dir,
+            message: format!(
+                "the stage cache cannot be where the run writes its own outputs ({name} in {}): choose a cache outside it, or its default {}",
+                out.display(),
+                out.join("cache").display()
+            ),
+        });
+    }
+    if let Some(file) = not_a_folder(&cache_dir) {
+        return Err(PipelineError::Input {
+            path: cache_dir.clone(),
+            message: format!(
+                "the stage cache cannot be created: {} exists and is not a folder",
+                file.display()
+            ),
+        });
+    }
+    let outdir = OutputDir::claim(out, Producer::Run, &opts.what)?;
+    outdir.check_layout(
+        &["models", "plots"],
+        &["results.json", "results.csv", "training.csv", "report.md"],
+    )?;
+    let config_digest = hex(&Sha256::digest(
+        crate::cache::canonical_json(
+            &serde_json::to_value(&plan.config).expect("configs serialise"),
+        )
+        .as_bytes(),
+    ));
+    if outdir.set_config(&config_digest) {
+        (opts.notify)(&format!(
+            "{} held the output of another config: its reports, figures and models are replaced (its stages stay in the cache)",
+            out.display()
+        ));
+    }
+    let cache = Cache::open(&cache_dir).map_err(|e| PipelineError::Input {
+        path: cache_dir.clone(),
+        message: format!("the stage cache cannot be created: {e}"),
+    })?;
     // Every model the run builds (or loads) computes as the config says.
     crate::exec::set_default(plan.config.model.execution()).map_err(ModelError::from)?;
     let data_id = data_identity(plan);
@@ -516,7 +581,9 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
     let progress = Progress::new(plan);
     for &seed in &plan.seeds {
         let keys = StageKeys::new(plan, seed, &data_id)?;
-        run_seed(plan, opts, &cache, &progress, &data, seed, &keys, &mut all)?;
+        run_seed(
+            plan, opts, &outdir, &cache, &progress, &data, seed, &keys, &mut all,
+        )?;
     }
     (opts.notify)(&format!(
         "{} stages: {} from the cache, {} computed",
@@ -548,29 +615,33 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
         seconds: started.elapsed().as_secs_f64(),
     };
     let json = serde_json::to_vec_pretty(&results).expect("results serialise");
-    let write = |name: &str, bytes: &[u8]| {
-        let path = out.join(name);
-        write_atomic(&path, bytes).map_err(|source| PipelineError::Output { path, source })
-    };
-    write("results.json", &json)?;
-    write_reports(&results, out)?;
+    outdir.write("results.json", &json)?;
+    write_reports(&results, &outdir)?;
+    outdir.finish()?;
     Ok(results)
 }
 
+/// The path itself or the first of its ancestors that exists but is not a folder: what makes
+/// `path` impossible to create as a folder.
+fn not_a_folder(path: &Path) -> Option<&Path> {
+    path.ancestors()
+        .find(|a| !a.as_os_str().is_empty() && a.exists() && !a.is_dir())
+}
+
 /// `results.csv`, `training.csv`, `report.md` and the figures under `plots/`, from a run's
-/// results alone (what `unlearn report <out>` regenerates).
-pub fn write_reports(results: &RunResults, out: &Path) -> Result<(), PipelineError> {
-    let write = |name: &str, bytes: &[u8]| {
-        let path = out.join(name);
-        write_atomic(&path, bytes).map_err(|source| PipelineError::Output { path, source })
-    };
-    write("results.csv", crate::report::csv(results).as_bytes())?;
-    write(
+/// results alone (what `unlearn report <out>` regenerates), into the output folder `out` holds.
+pub fn write_reports(results: &RunResults, out: &OutputDir) -> Result<(), PipelineError> {
+    out.write("results.csv", crate::report::csv(results).as_bytes())?;
+    out.write(
         "training.csv",
         crate::report::training_csv(results).as_bytes(),
     )?;
-    write("report.md", crate::report::markdown(results).as_bytes())?;
-    crate::plot::write_all(results, &out.join("plots"))?;
+    out.write("report.md", crate::report::markdown(results).as_bytes())?;
+    for path in crate::plot::write_all(results, &out.folder("plots")?)? {
+        if let Some(name) = path.file_name() {
+            out.record(&format!("plots/{}", name.to_string_lossy()))?;
+        }
+    }
     Ok(())
 }
 
@@ -587,6 +658,7 @@ struct SeedResults {
 fn run_seed(
     plan: &Plan,
     opts: &RunOptions<'_>,
+    outdir: &OutputDir,
     cache: &Cache,
     progress: &Progress,
     data: &TaskData,
@@ -595,7 +667,6 @@ fn run_seed(
     all: &mut SeedResults,
 ) -> Result<(), PipelineError> {
     let cfg = &plan.config;
-    let out = &opts.out_dir;
     let spec = crate::config::model_spec(cfg.model.arch, &plan.dataset);
     let eval_batch = cfg.eval.batch_size;
     let provenance = Provenance {
@@ -607,6 +678,7 @@ fn run_seed(
         cache,
         trainer: &opts.trainer,
         notify: opts.notify,
+        what: &opts.what,
         device: opts.device,
         progress,
     };
@@ -684,10 +756,18 @@ fn run_seed(
         "dense"
     };
     let file = model_file(plan, seed, name, None);
-    export_model(cache, StageKind::Dense, &keys.dense, out, &file)?;
-    let entry = cache.entry(StageKind::Dense, &keys.dense);
+    export_model(cache, StageKind::Dense, &keys.dense, outdir, &file)?;
     let mut variants = vec![variant(
-        name, None, seed, file, dense, dense_mask, seconds, data, eval_batch, &entry,
+        name,
+        None,
+        seed,
+        file,
+        dense,
+        dense_mask,
+        seconds,
+        data,
+        eval_batch,
+        (cache, StageKind::Dense, &keys.dense),
     )];
 
     // Sparse models.
@@ -741,7 +821,7 @@ fn run_seed(
             });
         };
         let file = model_file(plan, seed, "sparse", Some(i));
-        export_model(cache, StageKind::Sparse, key, out, &file)?;
+        export_model(cache, StageKind::Sparse, key, outdir, &file)?;
         variants.push(variant(
             "sparse",
             Some(p.label.clone()),
@@ -752,7 +832,7 @@ fn run_seed(
             seconds,
             data,
             eval_batch,
-            &cache.entry(StageKind::Sparse, key),
+            (cache, StageKind::Sparse, key),
         ));
     }
     for v in &variants {
@@ -883,20 +963,28 @@ fn backdoor(
 }
 
 /// The stages of a plan and whether the cache already holds each (for `run --dry-run`).
+/// Reads the cache only: it creates and writes nothing (a cache folder that does not exist is an
+/// empty cache).
 pub fn dry_run(plan: &Plan, cache_dir: &Path) -> Result<Vec<PlannedStage>, PipelineError> {
-    let cache = Cache::open(cache_dir)?;
+    // A cache the run could never create is said now, as the run would say it.
+    if let Some(file) = not_a_folder(cache_dir) {
+        return Err(PipelineError::Input {
+            path: cache_dir.to_path_buf(),
+            message: format!(
+                "the stage cache cannot be created: {} exists and is not a folder",
+                file.display()
+            ),
+        });
+    }
+    let cache = Cache::peek(cache_dir);
     let data_id = data_identity(plan);
     let seconds = |kind, key: &StageKey| -> f64 {
         match kind {
             StageKind::Row => cache
-                .meta::<CachedRow>(kind, key)
-                .ok()
-                .flatten()
+                .peek_meta::<CachedRow>(kind, key)
                 .map_or(0.0, |r| r.seconds),
             _ => cache
-                .meta::<ModelMeta>(kind, key)
-                .ok()
-                .flatten()
+                .peek_meta::<ModelMeta>(kind, key)
                 .map_or(0.0, |m| m.train_seconds),
         }
     };
@@ -997,6 +1085,8 @@ struct StageRunner<'a> {
     /// Each computed stage runs its loops on a copy scoped to it (checkpoints and logs).
     trainer: &'a Trainer,
     notify: &'a dyn Fn(&str),
+    /// This run, as others waiting for a stage it computes see it.
+    what: &'a str,
     device: Device,
     progress: &'a Progress,
 }
@@ -1179,7 +1269,7 @@ impl StageRunner<'_> {
             self.progress.cached(kind);
             return Ok((m, mask, r, s, report(true, s, log)));
         }
-        let _lock = self.cache.lock(kind, key)?;
+        let _lock = self.cache.lock(kind, key, label, self.what, self.notify)?;
         // Another process may have computed it while this one waited.
         if let Some(((m, mask, r, s), log)) = self.load_model(kind, key, spec, rewind_point)? {
             self.progress.cached(kind);
@@ -1262,7 +1352,7 @@ impl StageRunner<'_> {
             self.progress.cached(kind);
             return Ok(report(r, true));
         }
-        let _lock = self.cache.lock(kind, key)?;
+        let _lock = self.cache.lock(kind, key, label, self.what, self.notify)?;
         if let Some(r) = cached()? {
             self.progress.cached(kind);
             return Ok(report(r, true));
@@ -1302,59 +1392,15 @@ fn export_model(
     cache: &Cache,
     kind: StageKind,
     key: &StageKey,
-    out: &Path,
+    out: &OutputDir,
     file: &str,
 ) -> Result<(), PipelineError> {
-    let dest = out.join(file);
-    let output = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| PipelineError::Output { path, source }
-    };
-    let dir = dest.parent().expect("a file in the output folder");
-    std::fs::create_dir_all(dir).map_err(output(dir))?;
     let src = cache.entry(kind, key).join("model.safetensors");
-    let bytes = std::fs::read(&src).map_err(output(&src))?;
-    write_atomic(&dest, &bytes).map_err(output(&dest))
-}
-
-/// The file that marks a folder as an unlearn output folder.
-pub const OUTPUT_MARKER: &str = ".unlearn-output";
-
-/// Makes `out` this program's output folder: creates it, or accepts it when it is empty, marked
-/// as unlearn's, or an output folder of an earlier version (it has `state/fingerprint`). Any
-/// other non-empty folder is refused before anything is written into it.
-pub fn claim_output_dir(out: &Path) -> Result<(), PipelineError> {
-    let output = |source| PipelineError::Output {
-        path: out.to_path_buf(),
-        source,
-    };
-    let marker = out.join(OUTPUT_MARKER);
-    if out.exists() && !marker.exists() {
-        // What a run killed while claiming the folder leaves behind does not make it foreign.
-        let own_temporary = |name: &str| {
-            name.starts_with(".write-probe-")
-                || (name.starts_with(&format!(".{OUTPUT_MARKER}.")) && name.ends_with(".tmp"))
-        };
-        let mut entries = std::fs::read_dir(out)
-            .map_err(output)?
-            .filter_map(|e| e.ok())
-            .filter(|e| !own_temporary(&e.file_name().to_string_lossy()));
-        let legacy = out.join("state").join("fingerprint").is_file();
-        if entries.next().is_some() && !legacy {
-            return Err(PipelineError::ForeignOutput {
-                path: out.to_path_buf(),
-            });
-        }
-    }
-    ensure_writable_dir(out).map_err(output)?;
-    if !marker.exists() {
-        write_atomic(
-            &marker,
-            b"This folder holds the output of `unlearn run`; unlearn writes into it.\n",
-        )
-        .map_err(output)?;
-    }
-    Ok(())
+    let bytes = std::fs::read(&src).map_err(|source| PipelineError::State {
+        path: src.clone(),
+        message: source.to_string(),
+    })?;
+    Ok(out.write(file, &bytes)?)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1444,13 +1490,16 @@ fn variant(
     train_seconds: f64,
     data: &TaskData,
     batch: usize,
-    entry: &Path,
+    (cache, kind, key): (&Cache, StageKind, &StageKey),
 ) -> Variant {
     let outputs = std::cell::OnceCell::new();
-    let acc_file = entry.join("accuracy.json");
+    // Added to the entry after it was stored, so sealed on its own (to the entry's key): a
+    // damaged or foreign file is recomputed, never shown.
+    let acc_file = cache.entry(kind, key).join("accuracy.json");
     let known = std::fs::read(&acc_file)
         .ok()
-        .and_then(|b| serde_json::from_slice::<Accuracies>(&b).ok());
+        .and_then(|b| crate::cache::open_sealed(key, &b))
+        .and_then(|v| serde_json::from_value::<Accuracies>(v).ok());
     let acc = known.unwrap_or_else(|| {
         let o = SplitOutputs::compute(&model, &data.train, &data.val, &data.test, batch);
         let acc = Accuracies {
@@ -1460,10 +1509,8 @@ fn variant(
         };
         let _ = outputs.set(o);
         // Best effort: without it, the next run evaluates the model again.
-        let _ = write_atomic(
-            &acc_file,
-            &serde_json::to_vec(&acc).expect("numbers serialise"),
-        );
+        let value = serde_json::to_value(&acc).expect("numbers serialise");
+        let _ = write_atomic(&acc_file, &crate::cache::seal_json(key, &value));
         acc
     });
     // What the mask covers (the pruner's `prunable` selection); without one, the conv weights.
@@ -1497,29 +1544,197 @@ fn variant(
 }
 
 /// Recomputes every row's gap from the stored metrics, group by group (a group: the rows of one
-/// seed, scenario and model, consecutive in `rows`). `unlearn report` calls it because which MIA
-/// scores count is judged when results are read (`MiaScore`'s deserialisation), so gaps stored
-/// by an older rule would disagree with the flags shown beside them.
+/// seed, scenario and model, wherever they stand in `rows`). `unlearn report` calls it because
+/// which MIA scores count is judged when results are read (`MiaScore`'s deserialisation), so
+/// gaps stored by an older rule would disagree with the flags shown beside them; and a gap
+/// stored without a `retrain` row in its group is dropped.
 pub fn recompute_gaps(results: &mut RunResults) {
-    for group in results.rows.chunk_by_mut(|a, b| {
-        (a.seed, &a.scenario, &a.model, &a.pruner) == (b.seed, &b.scenario, &b.model, &b.pruner)
-    }) {
-        add_gaps(group);
+    let mut groups: BTreeMap<(u64, String, String, Option<String>), Vec<usize>> = BTreeMap::new();
+    for (i, r) in results.rows.iter().enumerate() {
+        let k = (
+            r.seed,
+            r.scenario.clone(),
+            r.model.clone(),
+            r.pruner.clone(),
+        );
+        groups.entry(k).or_default().push(i);
+    }
+    for idx in groups.values() {
+        let mut group: Vec<Row> = idx.iter().map(|&i| results.rows[i].clone()).collect();
+        add_gaps(&mut group);
+        for (&i, r) in idx.iter().zip(group) {
+            results.rows[i] = r;
+        }
     }
 }
 
-/// Fills in each row's gap to the group's `retrain` row, if the group has one.
+/// Fills in each row's gap to the group's `retrain` row; without one, no row has a gap.
 fn add_gaps(group: &mut [Row]) {
-    let Some(reference) = group
+    let reference = group
         .iter()
         .find(|r| r.method == "retrain")
-        .map(|r| r.metrics.clone())
-    else {
-        return;
-    };
+        .map(|r| r.metrics.clone());
     for r in group {
-        r.gap = Some(gap(&r.metrics, &reference));
+        r.gap = reference
+            .as_ref()
+            .map(|reference| gap(&r.metrics, reference));
     }
+}
+
+/// Every inconsistency of a results.json that the reports would show as if it were a result: a
+/// number out of its range or not finite (accuracies and MIA scores are percentages), a row of
+/// an unknown seed or scenario, the same row twice (it would count as another seed), a model
+/// file outside the folder. What `unlearn report` refuses to draw.
+pub fn check_results(r: &RunResults) -> Vec<String> {
+    let mut out = Vec::new();
+    // 1e200 as `1e200`, not as 201 digits.
+    let show = |v: f64| {
+        if v != 0.0 && v.is_finite() && !(1e-4..1e6).contains(&v.abs()) {
+            format!("{v:e}")
+        } else {
+            format!("{v}")
+        }
+    };
+    let pct = |what: String, v: f64, out: &mut Vec<String>| {
+        if !(v.is_finite() && (0.0..=100.0).contains(&v)) {
+            out.push(format!(
+                "{what} is {}, not a percentage in [0, 100]",
+                show(v)
+            ));
+        }
+    };
+    let pct_or_nan = |what: String, v: f64, out: &mut Vec<String>| {
+        if !v.is_nan() {
+            pct(what, v, out)
+        }
+    };
+    let finite = |what: String, v: f64, min: f64, out: &mut Vec<String>| {
+        if !(v.is_finite() && v >= min) {
+            out.push(format!(
+                "{what} is {}, not a finite number >= {}",
+                show(v),
+                show(min)
+            ));
+        }
+    };
+    if r.seeds.is_empty() {
+        out.push("`seeds` is empty".into());
+    }
+    let mut seen_seeds = std::collections::BTreeSet::new();
+    for s in &r.seeds {
+        if !seen_seeds.insert(s) {
+            out.push(format!("seed {s} is listed twice in `seeds`"));
+        }
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for s in &r.scenarios {
+        if !names.insert(s.name.as_str()) {
+            out.push(format!("scenario `{}` is listed twice", s.name));
+        }
+    }
+    for (i, m) in r.models.iter().enumerate() {
+        let at = |f: &str| format!("models[{i}].{f}");
+        if !r.seeds.contains(&m.seed) {
+            out.push(format!("{} {} is not one of `seeds`", at("seed"), m.seed));
+        }
+        pct(at("train_accuracy"), m.train_accuracy, &mut out);
+        pct_or_nan(at("val_accuracy"), m.val_accuracy, &mut out);
+        pct(at("test_accuracy"), m.test_accuracy, &mut out);
+        if !(0.0..=1.0).contains(&m.sparsity) {
+            out.push(format!(
+                "{} is {}, not in [0, 1]",
+                at("sparsity"),
+                m.sparsity
+            ));
+        }
+        finite(at("train_seconds"), m.train_seconds, 0.0, &mut out);
+        let inside = Path::new(&m.file)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !inside || m.file.is_empty() {
+            out.push(format!(
+                "{} `{}` is not a path inside the folder",
+                at("file"),
+                m.file
+            ));
+        }
+    }
+    let mut rows = std::collections::BTreeSet::new();
+    for (i, row) in r.rows.iter().enumerate() {
+        let at = |f: &str| format!("rows[{i}].{f}");
+        if !r.seeds.contains(&row.seed) {
+            out.push(format!("{} {} is not one of `seeds`", at("seed"), row.seed));
+        }
+        if !names.contains(row.scenario.as_str()) {
+            out.push(format!(
+                "{} `{}` is not one of `scenarios`",
+                at("scenario"),
+                row.scenario
+            ));
+        }
+        let key = (row.seed, &row.scenario, &row.model, &row.pruner, &row.label);
+        if !rows.insert(key) {
+            out.push(format!(
+                "rows[{i}] repeats the row of seed {}, scenario `{}`, model `{}`, method `{}` (a repeated row would count as another seed)",
+                row.seed, row.scenario, row.model, row.label
+            ));
+        }
+        let m = &row.metrics;
+        for (f, v) in [
+            ("ua", m.ua),
+            ("ra", m.ra),
+            ("ta", m.ta),
+            ("ta_full", m.ta_full),
+        ] {
+            pct(at(&format!("metrics.{f}")), v, &mut out);
+        }
+        pct_or_nan(at("metrics.val"), m.val, &mut out);
+        for (set, scores) in [
+            ("mia_efficacy", &m.mia_efficacy),
+            ("mia_privacy", &m.mia_privacy),
+        ] {
+            for (feature, s) in scores {
+                pct(at(&format!("metrics.{set}.{feature:?}")), s.value, &mut out);
+            }
+        }
+        for (f, v) in [("asr", m.asr), ("asr_non_target", m.asr_non_target)] {
+            if let Some(v) = v {
+                pct(at(&format!("metrics.{f}")), v, &mut out);
+            }
+        }
+        if let Some(t) = row.rte {
+            finite(at("rte"), t, 0.0, &mut out);
+        }
+        if !(0.0..=1.0).contains(&row.sparsity) {
+            out.push(format!(
+                "{} is {}, not in [0, 1]",
+                at("sparsity"),
+                row.sparsity
+            ));
+        }
+        for (name, v) in &row.extra {
+            finite(at(&format!("extra.{name}")), *v, f64::MIN, &mut out);
+        }
+    }
+    for (i, st) in r.stages.iter().enumerate() {
+        for run in &st.training {
+            for (e, ep) in run.epochs.iter().enumerate() {
+                let at = |f: &str| format!("stages[{i}] `{}` epoch {}: {f}", st.label, e + 1);
+                if !ep.loss.is_nan() {
+                    finite(at("loss"), ep.loss.abs(), 0.0, &mut out);
+                }
+                for (f, v) in [
+                    ("train_accuracy", ep.train_accuracy),
+                    ("val_accuracy", ep.val_accuracy),
+                ] {
+                    if let Some(v) = v {
+                        pct(at(f), v, &mut out);
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 fn scenario_summary(f: &ForgetSet) -> ScenarioSummary {
