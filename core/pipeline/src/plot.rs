@@ -71,6 +71,9 @@ fn family(pruner: &str) -> &str {
     }
 }
 
+/// Per model (its pruner; None for the dense one): its sparsities and its values over seeds.
+type ByModel<'a> = BTreeMap<Option<&'a str>, (Vec<f64>, Vec<(f64, bool)>)>;
+
 /// The panels of one scenario's figure.
 pub fn panels(results: &RunResults, scenario: &str) -> Vec<Panel> {
     panels_of(results, scenario, &METRICS)
@@ -124,24 +127,33 @@ fn panels_of(results: &RunResults, scenario: &str, metrics: &[Metric]) -> Vec<Pa
             let series = order
                 .iter()
                 .filter_map(|name| {
-                    // sparsity in 0.1% steps -> values over seeds
-                    let mut by_x: BTreeMap<i64, Vec<(f64, bool)>> = BTreeMap::new();
+                    // One point per model (the dense one, or one pruner's sparse one): its
+                    // values over seeds, at its mean sparsity. Two models at the same sparsity
+                    // (the dense model and a 0% pruner) stay two points, never one average.
+                    let mut by_model: ByModel = BTreeMap::new();
                     for r in &rows {
                         if lines_of(r).contains(name) {
                             if let Some(v) = value(r) {
-                                let x = (r.sparsity * 1000.0).round() as i64;
-                                by_x.entry(x).or_default().push(v);
+                                let p = by_model.entry(r.pruner.as_deref()).or_default();
+                                p.0.push(r.sparsity);
+                                p.1.push(v);
                             }
                         }
                     }
-                    let (points, uninformative): (Vec<(f64, f64, f64)>, Vec<bool>) = by_x
-                        .into_iter()
-                        .map(|(x, v)| {
+                    let mut points: Vec<((f64, f64, f64), bool)> = by_model
+                        .into_values()
+                        .map(|(xs, v)| {
+                            // in 0.1% steps, as the tables show it
+                            let x =
+                                (1000.0 * xs.iter().sum::<f64>() / xs.len() as f64).round() / 10.0;
                             let values: Vec<f64> = v.iter().map(|p| p.0).collect();
                             let (mean, std) = mean_std(&values);
-                            ((x as f64 / 10.0, mean, std), v.iter().any(|p| p.1))
+                            ((x, mean, std), v.iter().any(|p| p.1))
                         })
-                        .unzip();
+                        .collect();
+                    points.sort_by(|a, b| a.0 .0.total_cmp(&b.0 .0));
+                    let (points, uninformative): (Vec<(f64, f64, f64)>, Vec<bool>) =
+                        points.into_iter().unzip();
                     (!points.is_empty()).then(|| Series {
                         name: name.clone(),
                         points,
@@ -178,7 +190,7 @@ pub fn write_all(results: &RunResults, dir: &Path) -> Result<Vec<PathBuf>, PlotE
         path: path.to_path_buf(),
         message,
     };
-    std::fs::create_dir_all(dir).map_err(|e| err(dir, e.to_string()))?;
+    crate::io::ensure_dir(dir).map_err(|e| err(dir, e.to_string()))?;
     let mut written = Vec::new();
     for (i, s) in results.scenarios.iter().enumerate() {
         let panels = panels(results, &s.name);
@@ -329,6 +341,15 @@ fn draw<DB: DrawingBackend>(
             .label_style(("sans-serif", 14))
             .axis_desc_style(("sans-serif", 15))
             .draw()?;
+        if panel.series.is_empty() {
+            // Empty axes would read as "all zero": say that nothing was measured.
+            let (w, h) = cell.dim_in_pixel();
+            cell.draw(&Text::new(
+                "not computed in this run",
+                (w as i32 / 2 - 95, h as i32 / 2),
+                ("sans-serif", 18).into_font().color(&BLACK.mix(0.6)),
+            ))?;
+        }
         for s in &panel.series {
             let c = color(&s.name);
             if s.points.iter().any(|p| p.2 > 0.0) {

@@ -5,9 +5,11 @@ use std::fmt::Write;
 use crate::eval::{MiaFeature, MiaScore};
 use crate::pipeline::{Row, RunResults};
 
-/// A number with two decimals, or `-` when absent.
+/// A number with two decimals, or `-` when absent (or NaN: an accuracy without a split).
 fn num(v: Option<f64>) -> String {
-    v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into())
+    v.filter(|x| !x.is_nan())
+        .map(|x| format!("{x:.2}"))
+        .unwrap_or_else(|| "-".into())
 }
 
 /// An MIA score, or a flag when the attack is uninformative and the number means nothing.
@@ -230,18 +232,21 @@ pub fn mean_std_table(results: &RunResults) -> String {
             let col = |f: &dyn Fn(&Row) -> Option<f64>| {
                 mean_std(&group.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
             };
-            let informative: Vec<f64> = group
+            // Seeds whose attack ran (none with `[eval] mia = false`: then plainly `-`).
+            let scored: Vec<&MiaScore> = group.iter().filter_map(|r| r.metrics.mia()).collect();
+            let informative: Vec<f64> = scored
                 .iter()
-                .filter_map(|r| r.metrics.mia().filter(|s| s.informative).map(|s| s.value))
+                .filter(|s| s.informative)
+                .map(|s| s.value)
                 .collect();
-            let mia = if informative.len() == group.len() {
+            let mia = if informative.len() == scored.len() {
                 mean_std(&informative)
             } else {
                 format!(
                     "{} ({}/{} informative)†",
                     mean_std(&informative),
                     informative.len(),
-                    group.len()
+                    scored.len()
                 )
             };
             vec![
@@ -504,6 +509,12 @@ pub fn markdown(results: &RunResults) -> String {
     let _ = writeln!(out, "\n## Unlearning\n");
     let _ = writeln!(out, "UA = 100 - accuracy on the forget set; RA, TA: accuracy on the retain and test sets (in class-wise forgetting TA counts the test samples of the other classes, as the paper's code does; \"TA all\" the whole test set); MIA-Efficacy: share of the forget set a confidence-based membership attack calls non-member; RTE: seconds of the unlearning step; Avg. Gap: mean |difference| to `retrain` on the same scenario and model (lower is better). All in percent except RTE.\n");
 
+    if results.rows.iter().all(|r| r.metrics.mia().is_none()) {
+        let _ = writeln!(
+            out,
+            "MIA-Efficacy was not computed (`[eval] mia = false`): its columns show `-`.\n"
+        );
+    }
     // The registered metrics the config asked for, each with its summary.
     let asked: Vec<&str> = results
         .config
