@@ -650,7 +650,9 @@ macro_rules! sgd_config {
             /// L2 weight decay of SGD (the paper's: 5e-4).
             #[schemars(range(min = 0.0, max = 1.0))]
             pub weight_decay: f64,
-            /// Epochs at which the lr is multiplied by 0.1.
+            /// Epochs at which the lr is multiplied by 0.1. With another `epochs` than the
+            /// default and no `milestones` in a config, the default milestones scaled to it:
+            /// floor(m * epochs / default epochs), each from 1 to epochs - 1.
             #[schemars(inner(range(min = 1, max = 100_000)))]
             pub milestones: Vec<usize>,
             /// sgd (momentum, optional Nesterov), adam or adamw.
@@ -663,9 +665,9 @@ macro_rules! sgd_config {
             #[serde(skip_serializing_if = "::unlearn_api::train::is_default_betas")]
             #[schemars(length(equal = 2), inner(range(min = 0.0, max = 1.0)))]
             pub betas: Vec<f64>,
-            /// Epsilon of adam and adamw.
+            /// Epsilon of adam and adamw, > 0.
             #[serde(skip_serializing_if = "::unlearn_api::train::is_default_eps")]
-            #[schemars(range(min = 0.0, max = 1.0))]
+            #[schemars(range(max = 1.0), extend("exclusiveMinimum" = 0.0))]
             pub eps: f64,
             $($( $(#[$fmeta])* pub $field: $fty, )*)?
         }

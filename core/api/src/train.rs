@@ -22,7 +22,7 @@ use crate::rng::permutation;
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// `epoch` is 0-based; the message counts from 1.
-    #[error("{label}: the loss or the weights became non-finite (NaN or inf) in epoch {} of {epochs}; lower the learning rate or the number of epochs", epoch + 1)]
+    #[error("{label}: the loss or the weights became non-finite (NaN or inf) in epoch {} of {epochs}: training diverged; lower the learning rate (or the number of epochs), and check the method's settings that scale or divide its loss (a loss weight, a temperature, an optimizer's eps)", epoch + 1)]
     NonFinite {
         label: String,
         epoch: usize,
@@ -68,7 +68,9 @@ pub struct Schedule {
     pub weight_decay: f64,
     #[schemars(range(min = 1, max = crate::bounds::MAX_BATCH_SIZE))]
     pub batch_size: usize,
-    /// Epochs at which the lr is multiplied by `gamma`.
+    /// Epochs at which the lr is multiplied by `gamma`. Default: 91 and 136 of 182 epochs (one
+    /// half and three quarters); with another `epochs` and no `milestones` in a config, those
+    /// scaled to it: floor(m * epochs / 182), each from 1 to epochs - 1 (5 and 7 for 10 epochs).
     #[schemars(inner(range(min = 1, max = 100_000)))]
     pub milestones: Vec<usize>,
     #[schemars(range(max = 1.0), extend("exclusiveMinimum" = 0.0))]
@@ -86,9 +88,9 @@ pub struct Schedule {
     #[serde(skip_serializing_if = "is_default_betas")]
     #[schemars(length(equal = 2), inner(range(min = 0.0, max = 1.0)))]
     pub betas: Vec<f64>,
-    /// Adam's and AdamW's epsilon.
+    /// Adam's and AdamW's epsilon, > 0 (it keeps the step's division away from 0 / 0).
     #[serde(skip_serializing_if = "is_default_eps")]
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(range(max = 1.0), extend("exclusiveMinimum" = 0.0))]
     pub eps: f64,
 }
 
@@ -204,10 +206,13 @@ impl Schedule {
                 format!("betas {:?} must be two numbers in [0, 1)", self.betas),
             ));
         }
-        if !(self.eps.is_finite() && self.eps >= 0.0) {
+        if !(self.eps.is_finite() && self.eps > 0.0) {
             out.push((
                 "eps",
-                format!("eps {} must be finite and non-negative", self.eps),
+                format!(
+                    "eps {} must be a finite number > 0 (Adam divides by sqrt(v) + eps, which is 0 for a weight whose gradient is 0)",
+                    self.eps
+                ),
             ));
         }
         if self.nesterov && (self.optimizer != OptimizerKind::Sgd || self.momentum == 0.0) {

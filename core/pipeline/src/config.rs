@@ -328,14 +328,30 @@ impl Plan {
     }
 }
 
-/// `0.95` as `95%`, `0.995` as `99.5%`.
-fn percent(share: f64) -> String {
-    format!("{}%", (share * 1000.0).round() / 10.0)
+/// `0.95` as `95%`, `0.995` as `99.5%`; with `decimals` > 1, to that many decimals of a percent
+/// (trailing zeros dropped).
+fn percent(share: f64, decimals: usize) -> String {
+    let scale = 10f64.powi(decimals as i32);
+    format!("{}%", (share * 100.0 * scale).round() / scale)
 }
 
-/// The pruner entries of a config, as `(path, entry)`: `[prune]` or `[[prune]]`, with each
-/// `sparsity` list expanded into one entry per value (path `/prune/i`, or `/prune` for a table).
-fn pruner_entries(raw: &Value, issues: &mut Vec<ConfigIssue>) -> Vec<(String, Value)> {
+/// The fewest decimals (at least 1, at most 6) of a percent that tell every value of a sweep
+/// apart, so that each sparse model of a sweep gets a label of its own; None when even 6 do not.
+fn sweep_decimals(values: &[f64]) -> Option<usize> {
+    (1..=6).find(|&d| {
+        let labels: std::collections::BTreeSet<String> =
+            values.iter().map(|&v| percent(v, d)).collect();
+        labels.len() == values.len()
+    })
+}
+
+/// The pruner entries of a config, as `(path, entry, decimals)`: `[prune]` or `[[prune]]`, with
+/// each `sparsity` list expanded into one entry per value (path `/prune/i`, or `/prune` for a
+/// table), and for a swept entry the decimals its labels need to tell its values apart.
+fn pruner_entries(
+    raw: &Value,
+    issues: &mut Vec<ConfigIssue>,
+) -> Vec<(String, Value, Option<usize>)> {
     let list: Vec<(String, &Value)> = match raw.get("prune") {
         Some(Value::Array(a)) => a
             .iter()
@@ -349,6 +365,20 @@ fn pruner_entries(raw: &Value, issues: &mut Vec<ConfigIssue>) -> Vec<(String, Va
     for (path, entry) in list {
         match entry.get("sparsity") {
             Some(Value::Array(values)) => {
+                let distinct: Vec<f64> = values
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, v)| !values[..*j].contains(v))
+                    .filter_map(|(_, v)| v.as_f64())
+                    .collect();
+                let decimals = sweep_decimals(&distinct);
+                if decimals.is_none() {
+                    issues.push(ConfigIssue::new(
+                        &format!("{path}/sparsity"),
+                        Some(Value::Array(values.clone())),
+                        "two sparsities of this sweep differ by less than 0.000001%, too little to tell their models apart: keep one of them",
+                    ));
+                }
                 if values.is_empty() {
                     issues.push(ConfigIssue::new(
                         &format!("{path}/sparsity"),
@@ -367,10 +397,14 @@ fn pruner_entries(raw: &Value, issues: &mut Vec<ConfigIssue>) -> Vec<(String, Va
                     }
                     let mut e = entry.clone();
                     e["sparsity"] = v.clone();
-                    out.push((format!("{path}/sparsity/{j}"), e));
+                    out.push((
+                        format!("{path}/sparsity/{j}"),
+                        e,
+                        Some(decimals.unwrap_or(1)),
+                    ));
                 }
             }
-            _ => out.push((path, entry.clone())),
+            _ => out.push((path, entry.clone(), None)),
         }
     }
     out
@@ -383,22 +417,182 @@ pub fn schema_validator(schema: &Value) -> jsonschema::Validator {
 
 fn issues_from_schema(schema: &Value, instance: &Value, prefix: &str) -> Vec<ConfigIssue> {
     let validator = schema_validator(schema);
-    validator
-        .iter_errors(instance)
-        .map(|e| {
-            ConfigIssue::new(
-                &format!("{prefix}{}", e.instance_path()),
-                None,
-                e.to_string(),
-            )
+    let mut out = Vec::new();
+    for e in validator.iter_errors(instance) {
+        schema_issues(&e, schema, prefix, &mut out);
+    }
+    out
+}
+
+/// The issues of one schema error, said so that a user can act on them. A value that matches
+/// none of a choice's alternatives (`anyOf`/`oneOf`) is explained by them rather than by the
+/// keyword's name: an optional value (`T` or nothing) by what is wrong with it as a `T`, a choice
+/// of constants by the valid ones, other choices by each alternative's first problem. An unknown
+/// key is listed with the keys that are allowed there.
+fn schema_issues(
+    e: &jsonschema::ValidationError<'_>,
+    root: &Value,
+    prefix: &str,
+    out: &mut Vec<ConfigIssue>,
+) {
+    use jsonschema::error::{TypeKind, ValidationErrorKind as K};
+    let path = format!("{prefix}{}", e.instance_path());
+    let context = match e.kind() {
+        K::AnyOf { context } | K::OneOfNotValid { context } => context,
+        K::AdditionalProperties { .. } => {
+            let allowed: Vec<String> = schema_at(root, &e.schema_path().to_string())
+                .and_then(|additional| {
+                    // `.../additionalProperties`: the object schema is its parent.
+                    let parent = e.schema_path().to_string();
+                    let parent = parent.strip_suffix("/additionalProperties")?;
+                    let _ = additional;
+                    schema_at(root, parent)?
+                        .get("properties")?
+                        .as_object()
+                        .cloned()
+                })
+                .map(|p| p.keys().map(|k| format!("`{k}`")).collect())
+                .unwrap_or_default();
+            let mut m = e.to_string();
+            if !allowed.is_empty() {
+                m += &format!(" (allowed here: {})", allowed.join(", "));
+            }
+            out.push(ConfigIssue::new(&path, None, m));
+            return;
+        }
+        _ => {
+            out.push(ConfigIssue::new(&path, None, e.to_string()));
+            return;
+        }
+    };
+    // The null alternative of an optional value says nothing about what was given.
+    let is_null_type = |x: &jsonschema::ValidationError<'_>| {
+        matches!(
+            x.kind(),
+            K::Type {
+                kind: TypeKind::Single(jsonschema::JsonType::Null)
+            }
+        )
+    };
+    let alternatives: Vec<&Vec<jsonschema::ValidationError<'static>>> = context
+        .iter()
+        .filter(|errs| !(errs.len() == 1 && is_null_type(&errs[0])))
+        .collect();
+    let constants: Option<Vec<String>> = alternatives
+        .iter()
+        .map(|errs| match errs.as_slice() {
+            [x] => match x.kind() {
+                K::Constant { expected_value } => Some(expected_value.to_string()),
+                _ => None,
+            },
+            _ => None,
         })
-        .collect()
+        .collect();
+    match (alternatives.as_slice(), constants) {
+        (_, Some(valid)) if !valid.is_empty() => out.push(ConfigIssue::new(
+            &path,
+            None,
+            format!(
+                "{} is not one of the valid values: {}",
+                e.instance(),
+                valid.join(", ")
+            ),
+        )),
+        ([only], _) => {
+            for x in only.iter() {
+                schema_issues(x, root, prefix, out);
+            }
+        }
+        (alts, _) if !alts.is_empty() => {
+            let each: Vec<String> = alts
+                .iter()
+                .enumerate()
+                .filter_map(|(i, errs)| {
+                    let x = errs.first()?;
+                    let at = x.instance_path().to_string();
+                    let at = at
+                        .strip_prefix(&e.instance_path().to_string())
+                        .unwrap_or(&at);
+                    Some(format!(
+                        "({}) {}{}",
+                        i + 1,
+                        if at.is_empty() {
+                            String::new()
+                        } else {
+                            format!("at {at}: ")
+                        },
+                        x
+                    ))
+                })
+                .collect();
+            out.push(ConfigIssue::new(
+                &path,
+                None,
+                format!(
+                    "{} fits none of the {} forms this value can take: {}",
+                    e.instance(),
+                    alts.len(),
+                    each.join("; ")
+                ),
+            ));
+        }
+        _ => out.push(ConfigIssue::new(&path, None, e.to_string())),
+    }
+}
+
+/// The subschema at a JSON pointer into `root`, following `$ref`s the pointer passes through
+/// (a segment `$ref` stands for the schema the reference names, as in a keyword location).
+fn schema_at<'a>(root: &'a Value, pointer: &str) -> Option<&'a Value> {
+    let mut cur = root;
+    for seg in pointer.split('/').skip(1) {
+        let seg = seg.replace("~1", "/").replace("~0", "~");
+        cur = if seg == "$ref" {
+            let target = cur.get("$ref")?.as_str()?.strip_prefix('#')?;
+            root.pointer(target)?
+        } else {
+            match cur {
+                Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+                _ => cur.get(&seg)?,
+            }
+        };
+    }
+    Some(cur)
 }
 
 /// Validates `raw` (a parsed config) against the schemas and the rules, resolving everything.
 /// `base_dir` anchors relative paths (index files).
 pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, Vec<ConfigIssue>> {
+    // `[train]` milestones left out scale with its `epochs`, as every method's do.
+    let mut raw = raw.clone();
+    if let Some(train) = raw.get_mut("train").and_then(Value::as_object_mut) {
+        let defaults = serde_json::to_value(Schedule::default()).expect("schedules serialise");
+        scale_default_milestones(&defaults, train);
+    }
+    let raw = &raw;
     let mut issues = issues_from_schema(&pipeline_schema(), raw, "");
+    // A method entry without `method`: name the ones there are.
+    for issue in &mut issues {
+        if !issue.message.contains("\"method\" is a required property") {
+            continue;
+        }
+        let kind = [
+            ("/attack", Kind::Attack),
+            ("/prune", Kind::Pruner),
+            ("/unlearn", Kind::Unlearner),
+        ]
+        .into_iter()
+        .find(|(p, _)| issue.path.starts_with(p))
+        .map(|(_, k)| k);
+        if let Some(kind) = kind {
+            let names: Vec<&str> = registry.list(Some(kind)).map(|m| m.name.as_str()).collect();
+            issue.message += &format!(
+                " (`method` names the {}: one of {}; `unlearn list --kind {}`)",
+                kind.name(),
+                names.join(", "),
+                kind.name()
+            );
+        }
+    }
     // A listed plugin that is not there is a typo in the config, not a broken library (those
     // are skipped with a warning): its methods would only show up as unknown ones.
     if let Some(list) = raw.get("plugins").and_then(Value::as_array) {
@@ -415,7 +609,9 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
 
     // Methods: known, of the right kind, and their settings valid against their own schema.
     let mut pruners: Vec<Planned<Box<dyn Pruner>>> = Vec::new();
-    for (path, entry) in pruner_entries(raw, &mut issues) {
+    // Where each pruner's entry is (for the checks that need the data).
+    let mut pruner_paths: Vec<String> = Vec::new();
+    for (path, entry, decimals) in pruner_entries(raw, &mut issues) {
         // A swept value's path names the list item; the method's own checks report under it.
         let (entry_path, sweep) = match path.split_once("/sparsity/") {
             Some((p, _)) => (p.to_string(), Some(path.clone())),
@@ -430,8 +626,8 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
             |m, p| m.build_pruner(p),
         );
         let Some(mut p) = planned else { continue };
-        if sweep.is_some() {
-            p.label = format!("{} {}", p.label, percent(p.instance.sparsity()));
+        if let (Some(_), Some(d)) = (&sweep, decimals) {
+            p.label = format!("{} {}", p.label, percent(p.instance.sparsity(), d));
         }
         if let Some(other) = pruners
             .iter()
@@ -465,6 +661,7 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
             }
         }
         pruners.push(p);
+        pruner_paths.push(entry_path);
     }
     let mut unlearners = Vec::new();
     if let Some(list) = raw.get("unlearn").and_then(Value::as_array) {
@@ -557,6 +754,19 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
             }
         }
         issues.extend(class_coverage_issues(dataset, split));
+        // `pt` rewinds to the epoch of best validation accuracy: without a validation split
+        // there is none, and it would silently rewind to epoch 1.
+        if split.val.is_empty() {
+            for (p, path) in pruners.iter().zip(&pruner_paths) {
+                if p.instance.rewind_point() == Some(crate::method::RewindPoint::BestValidation) {
+                    issues.push(ConfigIssue::new(
+                        &format!("{path}/rewind"),
+                        Some(Value::from("pt")),
+                        format!("{} rewinds to the epoch of best validation accuracy, but the split has no validation set: give `[data.split] val_fraction` > 0, or another rewind point", p.label),
+                    ));
+                }
+            }
+        }
     }
     let mut forget = Vec::new();
     // The name of the `poisoned` scenario, when the config gives one.
@@ -814,6 +1024,27 @@ fn plan_attack(
         ));
         return None;
     }
+    // A backdoor needs a trigger: an attack whose trigger changes no pixel of any poisoned image
+    // (Blended with a vanishing alpha) only relabels, and there is no backdoor to cleanse.
+    let originals = data.train.images.index_select(
+        0,
+        &crate::data::index_tensor(&poisoning.rows, tch::Device::Cpu),
+    );
+    if !poisoning.rows.is_empty() && poisoning.images.equal(&originals) {
+        issues.push(ConfigIssue::new(
+            "/attack",
+            None,
+            format!(
+                "{}'s trigger changes no pixel of any of the {} poisoned images (pixel values 0 to {}), only their labels, so there is no backdoor to learn or cleanse: make the trigger stronger (for a blend, an alpha of at least 0.5 / {} = {:.3} can change a pixel)",
+                planned.label,
+                poisoning.rows.len(),
+                data.train.max_value,
+                data.train.max_value,
+                0.5 / data.train.max_value
+            ),
+        ));
+        return None;
+    }
     if poisoning.rows.len() == data.train.len() {
         issues.push(ConfigIssue::new(
             "/attack",
@@ -847,6 +1078,39 @@ fn plan_attack(
     })
 }
 
+/// Milestones left out beside a given `epochs` are the defaults' scaled to it: each default
+/// milestone m of the default's E0 epochs becomes floor(m * epochs / E0), keeping those from 1
+/// to epochs - 1, once each. So 91 and 136 of 182 epochs (one half and three quarters) become
+/// 5 and 7 of 10, and a shorter schedule never inherits milestones past its end. Applies to any
+/// settings whose defaults have both `epochs` and `milestones` (`[train]`, the SGD methods,
+/// plugins' too).
+pub fn scale_default_milestones(defaults: &Value, given: &mut Map<String, Value>) {
+    if given.contains_key("milestones") {
+        return;
+    }
+    let (Some(e0), Some(ms)) = (
+        defaults.get("epochs").and_then(Value::as_u64),
+        defaults.get("milestones").and_then(Value::as_array),
+    ) else {
+        return;
+    };
+    let Some(e) = given.get("epochs").and_then(Value::as_u64) else {
+        return;
+    };
+    if e == e0 || e0 == 0 {
+        return;
+    }
+    let mut scaled: Vec<u64> = Vec::new();
+    for m in ms {
+        let Some(m) = m.as_u64() else { return };
+        let x = (m as u128 * e as u128 / e0 as u128) as u64;
+        if (1..e).contains(&x) && scaled.last() != Some(&x) {
+            scaled.push(x);
+        }
+    }
+    given.insert("milestones".into(), Value::from(scaled));
+}
+
 fn plan_method<T>(
     entry: &Value,
     path: &str,
@@ -873,6 +1137,7 @@ fn plan_method<T>(
         Some(Value::String(s)) => s,
         _ => name.to_string(),
     };
+    scale_default_milestones(&method.default_config, &mut params);
     let params = Value::Object(params);
     let schema_issues = issues_from_schema(&method.schema, &params, path);
     if !schema_issues.is_empty() {
@@ -1044,6 +1309,56 @@ mod tests {
         let issues = issues_from_schema(&pipeline_schema(), &v, "");
         let lr = issues.iter().find(|i| i.path == "/train/lr").unwrap();
         assert!(lr.message.contains("\"nan\" is not of type"), "{lr}");
+    }
+
+    /// Left-out milestones scale with a given `epochs`: floor(m * epochs / default epochs), from
+    /// 1 to epochs - 1, once each; given milestones, the default epochs or no epochs change
+    /// nothing.
+    #[test]
+    fn default_milestones_scale_with_the_epochs_given() {
+        let scaled = |defaults: Value, given: Value| {
+            let mut g = given.as_object().unwrap().clone();
+            scale_default_milestones(&defaults, &mut g);
+            g.get("milestones").cloned()
+        };
+        let dense = serde_json::to_value(Schedule::default()).unwrap();
+        assert_eq!(dense["milestones"], serde_json::json!([91, 136]));
+        let retrain = serde_json::json!({"epochs": 160, "milestones": [91, 136]});
+        let at = |d: &Value, e: u64| scaled(d.clone(), serde_json::json!({ "epochs": e }));
+        // 91 and 136 of 182: one half and three quarters.
+        assert_eq!(at(&dense, 10), Some(serde_json::json!([5, 7])));
+        assert_eq!(at(&dense, 364), Some(serde_json::json!([182, 272])));
+        assert_eq!(at(&retrain, 10), Some(serde_json::json!([5, 8])));
+        assert_eq!(at(&dense, 2), Some(serde_json::json!([1])));
+        assert_eq!(at(&dense, 1), Some(serde_json::json!([])));
+        assert_eq!(at(&dense, 182), None);
+        let given = serde_json::json!({"epochs": 10, "milestones": [3]});
+        assert_eq!(scaled(dense.clone(), given), Some(serde_json::json!([3])));
+        assert_eq!(scaled(dense.clone(), serde_json::json!({"lr": 0.1})), None);
+        let ft = serde_json::json!({"epochs": 10, "milestones": []});
+        assert_eq!(at(&ft, 30), Some(serde_json::json!([])));
+        // What a run then computes with: a schedule the rules accept.
+        for e in 1..400u64 {
+            let ms: Vec<usize> =
+                serde_json::from_value(at(&dense, e).unwrap_or(dense["milestones"].clone()))
+                    .unwrap();
+            let s = Schedule {
+                epochs: e as usize,
+                milestones: ms,
+                ..Schedule::default()
+            };
+            assert!(s.issues().is_empty(), "{e}: {:?}", s.issues());
+        }
+    }
+
+    /// The labels of a sweep tell its values apart with as few decimals as that takes.
+    #[test]
+    fn sweep_labels_are_distinct() {
+        assert_eq!(sweep_decimals(&[0.5, 0.9, 0.95]), Some(1));
+        assert_eq!(sweep_decimals(&[0.5, 0.5001]), Some(2));
+        assert_eq!(percent(0.5001, 2), "50.01%");
+        assert_eq!(percent(0.995, 1), "99.5%");
+        assert_eq!(sweep_decimals(&[0.5, 0.5 + 1e-13]), None);
     }
 
     #[test]

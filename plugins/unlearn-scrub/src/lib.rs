@@ -31,8 +31,9 @@ sgd_config!(
         /// Forget-set samples per max-step (SCRUB's del_batch_size).
         #[schemars(range(min = 1, max = 1_048_576))]
         forget_batch_size: usize = 32,
-        /// Distillation temperature T of the KL between teacher and student, > 0 (SCRUB's kd_T).
-        #[schemars(range(max = 1000.0), extend("exclusiveMinimum" = 0.0))]
+        /// Distillation temperature T of the KL between teacher and student, from 0.01 to 1000
+        /// (SCRUB's kd_T; below 0.01 the softened logits overflow float32 and the loss is NaN).
+        #[schemars(range(min = 0.01, max = 1000.0))]
         temperature: f64 = 4.0,
         /// Weight of KL(teacher || student) in the min-steps on the retain set (SCRUB's alpha).
         #[schemars(range(min = 0.0, max = 1000.0))]
@@ -49,10 +50,10 @@ sgd_config!(
                 format!("msteps {} must be at most epochs ({})", c.msteps, c.epochs),
             ));
         }
-        if !(c.temperature.is_finite() && c.temperature > 0.0) {
+        if !(c.temperature.is_finite() && (0.01..=1000.0).contains(&c.temperature)) {
             issues.push((
                 "temperature".to_string(),
-                format!("temperature {} must be a finite number > 0", c.temperature),
+                format!("temperature {} must be from 0.01 to 1000", c.temperature),
             ));
         }
         issues
