@@ -509,12 +509,14 @@ pub fn run(opts: &BenchOptions, notify: &dyn Fn(&str)) -> Result<BenchReport, Be
                     fastest = Some((r.images_per_s, e));
                 }
                 rows.push(r);
-                let t = eval_throughput(&data, arch, e, opts.batch.max(256), opts.epochs)?;
+                // Evaluation batches are larger (at least 256), never larger than the images.
+                let eval_batch = opts.batch.max(256).min(opts.samples);
+                let t = eval_throughput(&data, arch, e, eval_batch, opts.epochs)?;
                 rows.push(row(
                     "eval",
                     "unlearn",
                     arch,
-                    opts.batch.max(256),
+                    eval_batch,
                     e,
                     t,
                     tflops_and_peak(arch, &data, t.per_second(), 1.0, peak(precision)),
