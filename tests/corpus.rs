@@ -87,6 +87,13 @@ struct Case {
     needles: Vec<String>,
     /// A defect the case exposes that is not fixed yet: the case is listed, not run.
     known_defect: Option<&'static str>,
+    /// The case's folder must be exactly as the case made it afterwards (nothing written,
+    /// created or changed: a refused command, a dry run).
+    untouched: bool,
+    /// What stdout must contain (for cases that succeed).
+    stdout_needles: Vec<String>,
+    /// A lock file this test holds while the command runs (as another unlearn process would).
+    locked: Option<String>,
 }
 
 impl Case {
@@ -100,7 +107,22 @@ impl Case {
             code,
             needles: needles.iter().map(|s| s.to_string()).collect(),
             known_defect: None,
+            untouched: false,
+            stdout_needles: Vec::new(),
+            locked: None,
         }
+    }
+    fn locked(mut self, path: &str) -> Case {
+        self.locked = Some(path.into());
+        self
+    }
+    fn untouched(mut self) -> Case {
+        self.untouched = true;
+        self
+    }
+    fn prints(mut self, needles: &[&str]) -> Case {
+        self.stdout_needles = needles.iter().map(|s| s.to_string()).collect();
+        self
     }
     fn file(mut self, path: &str, bytes: impl Into<Vec<u8>>) -> Case {
         self.files.push((path.into(), Entry::File(bytes.into())));
@@ -678,7 +700,18 @@ fn checkpoint_cases(dense: &[u8]) -> Vec<Case> {
         validate("checkpoint", name, &cfg, &n).file("ck.safetensors", bytes)
     };
     let (tensors, meta) = parse_safetensors(dense);
+    // Edited as another tool would write the file: without unlearn's content digest, so that
+    // the checks behind it are what the case meets.
     let edit = |f: &dyn Fn(&mut Tensors, &mut Value)| {
+        let (mut t, mut m) = (tensors.clone(), meta.clone());
+        if let Some(o) = m.as_object_mut() {
+            o.remove("content_sha256");
+        }
+        f(&mut t, &mut m);
+        build_safetensors(&t, &m)
+    };
+    // Edited in place, the digest left as it was: a damaged file.
+    let damage = |f: &dyn Fn(&mut Tensors, &mut Value)| {
         let (mut t, mut m) = (tensors.clone(), meta.clone());
         f(&mut t, &mut m);
         build_safetensors(&t, &m)
@@ -715,6 +748,19 @@ fn checkpoint_cases(dense: &[u8]) -> Vec<Case> {
         case("header length huge", huge, &[]),
         case("header not JSON", not_json, &[]),
         case("header a JSON array", safetensors(&json!([1, 2]), &[]), &[]),
+        case(
+            "a weight's bit flipped, the digest kept",
+            damage(&|t, _| t.get_mut("fc.bias").unwrap().2[1] ^= 0x08),
+            &["is damaged", "content_sha256"],
+        ),
+        case(
+            "the metadata's std changed, the digest kept",
+            damage(&|_, m| {
+                let std = m["std"].as_str().unwrap().replacen('3', "4", 1);
+                m["std"] = json!(std);
+            }),
+            &["is damaged"],
+        ),
         case("NaN weight", fill(f32::NAN), &["non-finite"]),
         case("inf weight", fill(f32::INFINITY), &["non-finite"]),
         case(
@@ -836,6 +882,9 @@ fn checkpoint_header_cases(dense: &[u8]) -> Vec<Case> {
     let header: Value = serde_json::from_slice(&dense[8..8 + n]).unwrap();
     let case = |name: &str, f: &dyn Fn(&mut Value), needles: &[&str]| {
         let mut h = header.clone();
+        if let Some(m) = h["__metadata__"].as_object_mut() {
+            m.remove("content_sha256");
+        }
         f(&mut h);
         let mut all = vec!["/model/checkpoint", "ck.safetensors"];
         all.extend(needles);
@@ -1540,7 +1589,7 @@ fn cli_cases() -> Vec<Case> {
             "plugin new --dir a file",
             &["plugin", "new", "good", "--dir", "{d}/afile"],
             2,
-            &["afile"],
+            &["afile exists and is not a folder"],
         )
         .file("afile", "x"),
         Case::new(
@@ -1614,7 +1663,11 @@ fn cli_cases() -> Vec<Case> {
             o,
             "run --cache is a file",
             BASE,
-            &["cache directory", "cache/c"],
+            &[
+                "stage cache cannot be created",
+                "cache/c",
+                "is not a folder",
+            ],
         )
         .file("cache", "x")
         .with_args(&[
@@ -1668,8 +1721,367 @@ fn cli_cases() -> Vec<Case> {
     ]
 }
 
-/// The model a real run of BASE writes, as the checkpoint cases' starting point.
-fn dense_checkpoint() -> Vec<u8> {
+/// The study layer: output folders (which only unlearn's own, never two runs at once, a dry
+/// run writes nothing), `report` on inconsistent results, `bench`'s folder and flags, settings
+/// that cannot mean what they say, defaults that scale with the schedule, and messages that
+/// name the valid alternatives.
+fn study_cases(results: &Value) -> Vec<Case> {
+    let st = "study";
+    let run_args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["--device", "cpu", "-q", "run", "{d}/c.toml"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run_case = |name: &str, extra: &[&str], code: i32, needles: &[&str]| {
+        let args = run_args(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Case::new(st, name, &args, code, needles).file("c.toml", BASE)
+    };
+    let bench = |name: &str, args: &[&str], needles: &[&str]| {
+        let mut a = vec![
+            "--device",
+            "cpu",
+            "bench",
+            "--archs",
+            "small-cnn",
+            "--size",
+            "8",
+        ];
+        a.extend(args);
+        Case::new(st, name, &a, 2, needles)
+    };
+    // A run's folder whose results.json is edited by `edit`.
+    let report = |name: &str, edit: &dyn Fn(&mut Value), needles: &[&str]| {
+        let mut v = results.clone();
+        edit(&mut v);
+        Case::new(st, name, &["report", "{d}/run"], 2, needles)
+            .file("run/.unlearn-output", "")
+            .file("run/results.json", serde_json::to_vec_pretty(&v).unwrap())
+            .file("run/report.md", "the last good report")
+            .untouched()
+    };
+    let marker_of_run = r#"{"note": "", "made_by": "run", "unlearn": "0.1.0", "files": []}"#;
+    let ok = |name: &str, text: String, stdout: &[&str]| {
+        Case::new(st, name, &["validate", "{d}/c.toml"], 0, &[])
+            .file("c.toml", text)
+            .prints(stdout)
+    };
+    let cfg = |name: &str, edits: &[(&str, &str)], needles: &[&str]| {
+        validate(st, name, &base_with(edits), needles)
+    };
+    vec![
+        // Where unlearn writes.
+        run_case(
+            "dry run into a new folder",
+            &["--out", "{d}/new", "--dry-run"],
+            0,
+            &[],
+        )
+        .untouched(),
+        run_case(
+            "dry run into a foreign folder",
+            &["--out", "{d}/theirs", "--dry-run"],
+            0,
+            &[],
+        )
+        .file("theirs/data.csv", "1,2")
+        .untouched(),
+        run_case(
+            "dry run with a new shared cache",
+            &["--out", "{d}/o", "--cache", "{d}/shared", "--dry-run"],
+            0,
+            &[],
+        )
+        .untouched(),
+        run_case(
+            "run --cache inside the outputs (models)",
+            &["--out", "{d}/o", "--cache", "{d}/o/models"],
+            2,
+            &["o/models", "where the run writes its own outputs"],
+        )
+        .untouched(),
+        run_case(
+            "run --cache is the output folder",
+            &["--out", "{d}/o", "--cache", "{d}/o"],
+            2,
+            &["where the run writes its own outputs"],
+        )
+        .untouched(),
+        run_case(
+            "run --out is a file",
+            &["--out", "{d}/f"],
+            2,
+            &["output folder", "/f exists and is not a folder"],
+        )
+        .file("f", "x")
+        .untouched(),
+        run_case(
+            "run --out below a file",
+            &["--out", "{d}/f/out"],
+            2,
+            &["is not a folder"],
+        )
+        .file("f", "x")
+        .untouched(),
+        run_case(
+            "run with a file where its figures go",
+            &["--out", "{d}/o"],
+            2,
+            &["o/plots", "exists and is not a folder"],
+        )
+        .file("o/.unlearn-output", marker_of_run)
+        .file("o/plots", "x"),
+        run_case(
+            "run with a folder where its results.json goes",
+            &["--out", "{d}/o"],
+            2,
+            &["o/results.json", "is a folder"],
+        )
+        .file("o/.unlearn-output", marker_of_run)
+        .dir("o/results.json"),
+        run_case(
+            "run into a folder a run is writing",
+            &["--out", "{d}/busy"],
+            2,
+            &["in use by another unlearn process", "pid", "(the corpus)"],
+        )
+        .file("busy/.unlearn-output", marker_of_run)
+        .locked("busy/.unlearn-lock"),
+        run_case(
+            "run into bench's folder",
+            &["--out", "{d}/b"],
+            2,
+            &["holds the output of `unlearn bench`"],
+        )
+        .file(
+            "b/.unlearn-output",
+            r#"{"note": "", "made_by": "bench", "unlearn": "0.1.0", "files": ["bench.md"]}"#,
+        )
+        .file("b/bench.md", "measured")
+        .untouched(),
+        // `report` on folders and results it must not draw.
+        Case::new(
+            st,
+            "report on a foreign folder",
+            &["report", "{d}/theirs"],
+            2,
+            &["not made by unlearn"],
+        )
+        .file("theirs/results.json", serde_json::to_vec(results).unwrap())
+        .file("theirs/report.md", "my own report")
+        .untouched(),
+        report(
+            "report RA = 1e200",
+            &|v| v["rows"][0]["metrics"]["ra"] = 1e200.into(),
+            &["rows[0].metrics.ra", "1e200"],
+        ),
+        report(
+            "report TA below 0",
+            &|v| v["rows"][1]["metrics"]["ta"] = (-5.0).into(),
+            &["rows[1].metrics.ta"],
+        ),
+        report(
+            "report MIA above 100",
+            &|v| v["rows"][0]["metrics"]["mia_efficacy"]["confidence"]["value"] = 150.0.into(),
+            &["rows[0].metrics.mia_efficacy", "150"],
+        ),
+        report(
+            "report negative RTE",
+            &|v| v["rows"][1]["rte"] = (-1.0).into(),
+            &["rows[1].rte"],
+        ),
+        report(
+            "report repeated row",
+            &|v| {
+                let r = v["rows"][1].clone();
+                v["rows"].as_array_mut().unwrap().push(r);
+            },
+            &["repeats the row", "another seed"],
+        ),
+        report(
+            "report row of an unknown seed",
+            &|v| v["rows"][0]["seed"] = 9.into(),
+            &["rows[0].seed 9"],
+        ),
+        report(
+            "report row of an unknown scenario",
+            &|v| v["rows"][0]["scenario"] = "class-9".into(),
+            &["rows[0].scenario `class-9`"],
+        ),
+        report(
+            "report model file outside the folder",
+            &|v| v["models"][0]["file"] = "../../elsewhere.safetensors".into(),
+            &["models[0].file", "not a path inside"],
+        ),
+        report(
+            "report sparsity above 1",
+            &|v| v["models"][1]["sparsity"] = 80.0.into(),
+            &["models[1].sparsity"],
+        ),
+        // `bench`: its folder and its flags.
+        bench(
+            "bench into a foreign folder",
+            &["--out", "{d}/theirs"],
+            &["not made by unlearn"],
+        )
+        .file("theirs/bench.md", "my notes")
+        .untouched(),
+        bench(
+            "bench into a run's folder",
+            &["--out", "{d}/run"],
+            &["`unlearn run`, not of `unlearn bench`"],
+        )
+        .file("run/.unlearn-output", marker_of_run)
+        .untouched(),
+        bench(
+            "bench --out is a file",
+            &["--out", "{d}/f"],
+            &["is not a folder"],
+        )
+        .file("f", "x")
+        .untouched(),
+        Case::new(
+            st,
+            "bench --channels-last --contiguous-only",
+            &[
+                "--channels-last",
+                "bench",
+                "--contiguous-only",
+                "--out",
+                "{d}/b",
+            ],
+            2,
+            &["contradict"],
+        )
+        .untouched(),
+        bench(
+            "bench sweep beyond the samples",
+            &["--samples", "512", "--sweep", "64,1024", "--out", "{d}/b"],
+            &["--sweep 1024", "--samples 512"],
+        )
+        .untouched(),
+        bench(
+            "bench batch beyond the samples",
+            &["--samples", "512", "--batch", "600", "--out", "{d}/b"],
+            &["--batch 600"],
+        )
+        .untouched(),
+        bench(
+            "bench one class",
+            &["--classes", "1", "--out", "{d}/b"],
+            &["--classes must be from 2"],
+        )
+        .untouched(),
+        // Settings that cannot mean what they say.
+        cfg(
+            "IMP pt without a validation split",
+            &[
+                ("val_fraction = 0.1", "val_fraction = 0.0"),
+                (
+                    "method = \"OMP\"\nsparsity = 0.8\nrewind_epoch = 1",
+                    "method = \"IMP\"\nrounds = 1\nrewind = \"pt\"",
+                ),
+            ],
+            &["/prune/rewind", "no validation set"],
+        ),
+        cfg(
+            "Blended alpha that changes no pixel",
+            &[
+                (PRUNE, ""),
+                (FORGET, ""),
+                (
+                    "[[unlearn]]",
+                    "[attack]\nmethod = \"Blended\"\nn = 20\nalpha = 1e-9\n[[unlearn]]",
+                ),
+            ],
+            &["/attack", "changes no pixel"],
+        ),
+        cfg(
+            "a sweep of sparsities too close to tell apart",
+            &[("sparsity = 0.8", "sparsity = [0.5, 0.50000000000001]")],
+            &["/prune/sparsity", "too little to tell"],
+        ),
+        cfg(
+            "SCRUB temperature 1e-300",
+            &[(
+                "method = \"FT\"",
+                "method = \"SCRUB\"\ntemperature = 1e-300",
+            )],
+            &["/unlearn/0/temperature"],
+        ),
+        cfg(
+            "Adam with eps = 0",
+            &[(
+                "milestones = []",
+                "milestones = []\noptimizer = \"adam\"\neps = 0.0",
+            )],
+            &["/train/eps"],
+        ),
+        // Messages that name the alternatives.
+        cfg(
+            "subset with an unknown key",
+            &[("[train]", "[data.subset]\nper_klass = 3\n[train]")],
+            &[
+                "/data/subset",
+                "per_klass",
+                "allowed here",
+                "`per_class`",
+                "`fraction`",
+            ],
+        ),
+        cfg(
+            "attack without method",
+            &[
+                (PRUNE, ""),
+                (FORGET, ""),
+                ("[[unlearn]]", "[attack]\nn = 20\n[[unlearn]]"),
+            ],
+            &["/attack", "required", "BadNets", "Blended"],
+        ),
+        cfg(
+            "prune without method",
+            &[("method = \"OMP\"\n", "")],
+            &["/prune", "OMP", "SynFlow"],
+        ),
+        cfg(
+            "optimizer not known",
+            &[(
+                "milestones = []",
+                "milestones = []\noptimizer = \"rmsprop\"",
+            )],
+            &["/train/optimizer", "\"sgd\", \"adam\", \"adamw\""],
+        ),
+        // Defaults that scale with the schedule, and sweep labels that tell values apart.
+        ok(
+            "retrain with 10 epochs and no milestones",
+            base_with(&[(
+                "[[unlearn]]",
+                "[[unlearn]]\nmethod = \"retrain\"\nepochs = 10\n[[unlearn]]",
+            )]),
+            &["valid"],
+        ),
+        ok(
+            "train with 10 epochs and no milestones",
+            base_with(&[(
+                "epochs = 4\nlr = 0.05\nbatch_size = 32\nmilestones = []",
+                "epochs = 10\nlr = 0.05\nbatch_size = 32",
+            )]),
+            &["valid"],
+        ),
+        ok(
+            "a sweep of sparsities that round alike",
+            base_with(&[("sparsity = 0.8", "sparsity = [0.5, 0.5001]")]),
+            &["OMP 50%, OMP 50.01%"],
+        ),
+    ]
+}
+
+/// The model and results.json a real run of BASE writes, as the checkpoint and report cases'
+/// starting point.
+fn dense_checkpoint() -> (Vec<u8>, Value) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("base.toml"), BASE).unwrap();
     let o = common::unlearn(&[
@@ -1682,7 +2094,32 @@ fn dense_checkpoint() -> Vec<u8> {
         dir.path().join("out").to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    std::fs::read(dir.path().join("out/models/dense.safetensors")).unwrap()
+    let results =
+        serde_json::from_slice(&std::fs::read(dir.path().join("out/results.json")).unwrap())
+            .unwrap();
+    (
+        std::fs::read(dir.path().join("out/models/dense.safetensors")).unwrap(),
+        results,
+    )
+}
+
+/// Every entry under `dir` (relative path -> content; folders as empty).
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+            if p.is_dir() {
+                out.insert(format!("{rel}/"), Vec::new());
+                walk(base, &p, out);
+            } else {
+                out.insert(rel, std::fs::read(&p).unwrap_or_default());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
 }
 
 /// Runs one case; the reasons it fails, if any.
@@ -1700,6 +2137,21 @@ fn check(case: &Case) -> Vec<String> {
         }
     }
     let args: Vec<String> = case.args.iter().map(|a| a.replace("{d}", d)).collect();
+    // Held until the command ended, with a holder record as unlearn writes one.
+    let _held = case.locked.as_ref().map(|rel| {
+        let path = dir.path().join(rel);
+        let mut f = std::fs::File::create(&path).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let record = json!({"pid": std::process::id(), "host": "corpus-host", "since": now,
+                            "beat": now + 3600, "what": "the corpus"});
+        std::io::Write::write_all(&mut f, record.to_string().as_bytes()).unwrap();
+        f.lock().unwrap();
+        f
+    });
+    let before = snapshot(dir.path());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_unlearn"));
     cmd.args(&args)
         .env_remove("UNLEARN_PLUGIN_PATH")
@@ -1732,6 +2184,22 @@ fn check(case: &Case) -> Vec<String> {
     {
         problems.push("a failing run wrote results.json".into());
     }
+    for n in &case.stdout_needles {
+        if !out.contains(n.as_str()) {
+            problems.push(format!("stdout lacks `{n}`"));
+        }
+    }
+    if case.untouched {
+        let after = snapshot(dir.path());
+        if after != before {
+            let changed: Vec<&String> = after
+                .keys()
+                .chain(before.keys())
+                .filter(|k| after.get(*k) != before.get(*k))
+                .collect();
+            problems.push(format!("it wrote into the case's folder: {changed:?}"));
+        }
+    }
     // UNLEARN_CORPUS_SHOW=1 prints what every case got, to review the messages themselves.
     if std::env::var_os("UNLEARN_CORPUS_SHOW").is_some() {
         eprintln!(
@@ -1759,8 +2227,9 @@ fn check(case: &Case) -> Vec<String> {
 #[test]
 fn bad_inputs_are_exit_2_errors_that_name_the_field_or_file() {
     let started = std::time::Instant::now();
-    let dense = dense_checkpoint();
+    let (dense, results) = dense_checkpoint();
     let mut cases = config_cases();
+    cases.extend(study_cases(&results));
     cases.extend(index_cases());
     cases.extend(checkpoint_cases(&dense));
     cases.extend(checkpoint_header_cases(&dense));
