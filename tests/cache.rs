@@ -94,6 +94,19 @@ fn stages(r: &Value) -> Vec<(String, String, bool)> {
         .collect()
 }
 
+/// The cache key of the stage of `kind` labelled `label` in a run's results.
+fn stage_key(r: &Value, kind: &str, label: &str) -> String {
+    r["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == kind && s["label"] == label)
+        .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn computed(r: &Value) -> Vec<String> {
     stages(r)
         .into_iter()
@@ -316,17 +329,7 @@ fn a_corrupt_entry_is_named_discarded_and_recomputed() {
     let out = dir.path().join("out");
     let cfg = config(dir.path(), "a.toml", OMP, &ft(0.01, "FT"));
     let (r1, _) = run(&cfg, &out, &[]);
-    let key = |kind: &str, label: &str| -> String {
-        r1["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["kind"] == kind && s["label"] == label)
-            .unwrap()["key"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let key = |kind: &str, label: &str| stage_key(&r1, kind, label);
     let row = out
         .join("cache/row")
         .join(key("row", "FT on class-1 (sparse)"));
@@ -586,17 +589,7 @@ fn flipped_bits_in_cache_entries_and_checkpoints_are_detected() {
     let out = dir.path().join("out");
     let cfg = config(dir.path(), "a.toml", OMP, &ft(0.01, "FT"));
     let (r1, _) = run(&cfg, &out, &[]);
-    let key = |kind: &str, label: &str| -> String {
-        r1["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["kind"] == kind && s["label"] == label)
-            .unwrap()["key"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let key = |kind: &str, label: &str| stage_key(&r1, kind, label);
     let flip = |p: &Path, at: usize, mask: u8| {
         let mut b = std::fs::read(p).unwrap();
         let at = at.min(b.len() - 1);
