@@ -958,7 +958,7 @@ fn execute(
 fn pipeline_error(e: pipeline::PipelineError) -> anyhow::Error {
     use pipeline::PipelineError as E;
     match e {
-        E::Output { .. } | E::OutputDir(_) | E::Input { .. } | E::Results { .. } => bad(e),
+        E::Output { .. } | E::OutputDir(_) | E::Input { .. } => bad(e),
         e if e.is_cancelled() => Interrupted(e.into()).into(),
         e => anyhow::Error::from(e),
     }

@@ -53,11 +53,6 @@ pub enum PipelineError {
     Cancelled { next: String },
     #[error(transparent)]
     OutputDir(#[from] crate::output::OutputError),
-    #[error("{}: {}", path.display(), problems.join("; "))]
-    Results {
-        path: PathBuf,
-        problems: Vec<String>,
-    },
     #[error(transparent)]
     Cache(#[from] CacheError),
     #[error(transparent)]
