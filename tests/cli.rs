@@ -11,7 +11,7 @@ use unlearn_attack_badnets as _;
 
 mod common;
 
-use common::{stderr, stdout, unlearn};
+use common::{run_ok, stderr, stdout, unlearn};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -483,15 +483,7 @@ fn run_results_are_consistent_and_a_rerun_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let cfg = fixture("tiny.toml");
-    let o = unlearn(&[
-        "--device",
-        "cpu",
-        "run",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run_ok(&cfg, &out);
     assert!(stderr(&o).contains("training the dense model"));
     let r: Value =
         serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{stderr, unlearn};
+use common::{run_ok, stderr, unlearn};
 
 /// A small run: synthetic 8x8 data, a few epochs, class 1 forgotten; `extra` is TOML appended.
 fn config(dir: &Path, name: &str, top: &str, extra: &str) -> PathBuf {
@@ -45,19 +45,6 @@ fn ft(label: &str) -> String {
 
 const RETRAIN: &str =
     "[[unlearn]]\nmethod = \"retrain\"\nepochs = 2\nlr = 0.05\nbatch_size = 32\nmilestones = []\n";
-
-fn run_ok(cfg: &Path, out: &Path) -> std::process::Output {
-    let o = unlearn(&[
-        "--device",
-        "cpu",
-        "run",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    o
-}
 
 /// Every file under `dir`, relative, sorted (the cache left out).
 fn files(dir: &Path) -> Vec<String> {
