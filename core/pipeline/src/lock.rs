@@ -160,19 +160,34 @@ pub fn describe(holder: Option<&Holder>, path: &Path) -> String {
     s
 }
 
+/// The record in `file`. The holder rewrites it in place while others read, so a read may catch
+/// a write half done: the first JSON value is taken (a longer old record's tail may still follow
+/// it), and a read that does not parse is tried again a few times before it counts as unreadable.
 fn read_holder(file: &mut File) -> Option<Holder> {
-    let mut text = String::new();
-    file.rewind().ok()?;
-    file.read_to_string(&mut text).ok()?;
-    serde_json::from_str(text.trim()).ok()
+    for attempt in 0..5 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut text = String::new();
+        if file.rewind().is_err() || file.read_to_string(&mut text).is_err() {
+            continue;
+        }
+        let mut values = serde_json::Deserializer::from_str(&text).into_iter::<Holder>();
+        if let Some(Ok(h)) = values.next() {
+            return Some(h);
+        }
+    }
+    None
 }
 
+/// Writes the record over the old one in one write, then cuts what is left of a longer old one:
+/// a reader never finds the file empty (truncating first would leave that window open).
 fn write_holder(file: &mut File, h: &Holder) -> std::io::Result<()> {
-    let bytes = serde_json::to_vec(h).expect("holders serialise");
-    file.set_len(0)?;
+    let mut bytes = serde_json::to_vec(h).expect("holders serialise");
+    bytes.push(b'\n');
     file.rewind()?;
     file.write_all(&bytes)?;
-    file.write_all(b"\n")?;
+    file.set_len(bytes.len() as u64)?;
     file.flush()
 }
 
@@ -371,6 +386,22 @@ mod tests {
         drop(held);
         assert!(holder(&p).is_none(), "released once dropped");
         acquire(&p, "b", Policy::Refuse, fast()).unwrap();
+    }
+
+    /// The heartbeat rewrites the record while others read it: no read may find it missing.
+    #[test]
+    fn a_record_being_rewritten_is_always_readable() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.lock");
+        let busy = Timing {
+            heartbeat: Duration::from_micros(200),
+            ..fast()
+        };
+        let _held = acquire(&p, "a run that beats often", Policy::Refuse, busy).unwrap();
+        for i in 0..3000 {
+            let h = holder(&p).expect("the lock is taken");
+            assert!(h.is_some(), "read {i} found no readable record");
+        }
     }
 
     /// A waiter says whom it waits for at once and keeps saying it, then gets the lock when the
