@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::method::ConfigIssue;
+use crate::issue::ConfigIssue;
 
 /// The largest value each kind of setting takes: generous for any real run, small enough that
 /// every product the loop forms stays inside `i64` and `f32`.

@@ -318,34 +318,7 @@ pub fn for_each_sample_grad<E: From<TchError>>(
     Ok(n)
 }
 
-/// Standard-normal noise shaped like each of `like` (same kind and device), drawn on the host
-/// from core's seeded generator ([`crate::rng::rng`] with `seed` and `purpose`, Box-Muller), in
-/// order. The same seed gives the same noise on every device, and no global libtorch generator
-/// is involved, so methods running in other threads cannot change the draws.
-pub fn normal_like(like: &[Tensor], seed: u64, purpose: &str) -> Result<Vec<Tensor>, TchError> {
-    use rand::RngExt;
-    let mut r = crate::rng::rng(seed, purpose);
-    like.iter()
-        .map(|t| {
-            let n = t.numel();
-            let mut v = Vec::with_capacity(n + 1);
-            while v.len() < n {
-                // u1 in (0, 1], so ln(u1) is finite
-                let u1 = 1.0 - r.random::<f64>();
-                let u2 = r.random::<f64>();
-                let radius = (-2.0 * u1.ln()).sqrt();
-                let angle = std::f64::consts::TAU * u2;
-                v.push((radius * angle.cos()) as f32);
-                v.push((radius * angle.sin()) as f32);
-            }
-            v.truncate(n);
-            Tensor::f_from_slice(&v)?
-                .f_view(t.size().as_slice())?
-                .f_to_kind(t.kind())?
-                .f_to_device(t.device())
-        })
-        .collect()
-}
+pub use crate::rng::normal_like;
 
 /// `w += delta` for every parameter (deltas shaped like the parameters, in order), then
 /// `w *= mask` for the masked ones, so pruned weights are exactly 0 afterwards.

@@ -16,6 +16,7 @@ pub mod exec;
 pub mod forget;
 pub mod grad;
 pub mod io;
+pub mod issue;
 pub mod mask;
 pub mod method;
 pub mod metric;

@@ -4,15 +4,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-#[cfg(feature = "host")]
-use std::sync::Arc;
 
 use serde_json::Value;
 
 use crate::method::ConfigIssue;
 use crate::method::{Attack, Built, BuiltinMethod, Factory, Kind, Pruner, Unlearner};
-#[cfg(feature = "host")]
-use crate::plugin::host::LibraryMethod;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case", tag = "type", content = "name")]
@@ -77,8 +73,16 @@ pub struct Method {
 /// How a method is made from its config.
 enum Maker {
     Builtin(Factory),
-    #[cfg(feature = "host")]
-    Library(Arc<LibraryMethod>),
+    Library(Box<dyn LibraryMaker>),
+}
+
+/// Makes the methods of a source other than this binary (a plugin library's loader implements
+/// it), so that the registry does not depend on how libraries are loaded. Each call gets a config
+/// already checked against the method's schema ranges.
+pub trait LibraryMaker: Send + Sync + std::panic::RefUnwindSafe {
+    fn build_unlearner(&self, config: &Value) -> Built<dyn Unlearner>;
+    fn build_pruner(&self, config: &Value) -> Built<dyn Pruner>;
+    fn build_attack(&self, config: &Value) -> Built<dyn Attack>;
 }
 
 impl Method {
@@ -95,15 +99,14 @@ impl Method {
     }
 
     /// A method of a plugin library (checked by the loader).
-    #[cfg(feature = "host")]
-    pub(crate) fn from_library(
+    pub fn from_library(
         kind: Kind,
         name: String,
         summary: String,
         source: Source,
         schema: Value,
         default_config: Value,
-        method: Arc<LibraryMethod>,
+        method: Box<dyn LibraryMaker>,
     ) -> Method {
         Method {
             kind,
@@ -131,7 +134,6 @@ impl Method {
     pub fn build_unlearner(&self, config: &Value) -> Built<dyn Unlearner> {
         match &self.maker {
             Maker::Builtin(Factory::Unlearner(f)) => f(config),
-            #[cfg(feature = "host")]
             Maker::Library(l) if self.kind == Kind::Unlearner => {
                 self.in_range(config)?;
                 l.build_unlearner(config)
@@ -143,7 +145,6 @@ impl Method {
     pub fn build_pruner(&self, config: &Value) -> Built<dyn Pruner> {
         match &self.maker {
             Maker::Builtin(Factory::Pruner(f)) => f(config),
-            #[cfg(feature = "host")]
             Maker::Library(l) if self.kind == Kind::Pruner => {
                 self.in_range(config)?;
                 l.build_pruner(config)
@@ -155,7 +156,6 @@ impl Method {
     pub fn build_attack(&self, config: &Value) -> Built<dyn Attack> {
         match &self.maker {
             Maker::Builtin(Factory::Attack(f)) => f(config),
-            #[cfg(feature = "host")]
             Maker::Library(l) if self.kind == Kind::Attack => {
                 self.in_range(config)?;
                 l.build_attack(config)
@@ -166,7 +166,6 @@ impl Method {
 
     /// A library's schema ranges, enforced on this side too: a library built against an older
     /// core may not check them itself.
-    #[cfg(feature = "host")]
     fn in_range(&self, config: &Value) -> Result<(), Vec<ConfigIssue>> {
         let issues = crate::bounds::range_issues(&self.schema, config);
         if issues.is_empty() {

@@ -11,6 +11,7 @@ pub mod output;
 pub mod pipeline;
 pub mod plot;
 pub mod report;
+pub mod results;
 
 pub use unlearn_api::conformance;
 pub use unlearn_api::{

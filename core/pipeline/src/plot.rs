@@ -11,7 +11,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::io::write_atomic_with;
-use crate::pipeline::{Row, RunResults};
+use crate::results::{Row, RunResults};
 
 /// One line: `(sparsity %, mean, std)` per point, by ascending sparsity.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use crate::eval::{MiaFeature, MiaScore};
-use crate::pipeline::{Row, RunResults};
+use crate::results::{Row, RunResults};
 
 /// A number with two decimals, or `-` when absent (or NaN: an accuracy without a split).
 fn num(v: Option<f64>) -> String {
@@ -779,6 +779,6 @@ mod tests {
     }
 
     fn recompute(results: &mut RunResults) {
-        crate::pipeline::recompute_gaps(results);
+        crate::results::recompute_gaps(results);
     }
 }

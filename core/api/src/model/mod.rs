@@ -9,11 +9,14 @@
 use std::collections::BTreeMap;
 
 mod arch;
+mod flops;
+mod prunable;
 mod resnet;
 mod small_cnn;
 mod vgg;
 
 pub use arch::{forward_flops, pytorch_init, Arch, ArchDef, BuildFn, FlopsFn, InitFn, Inputs};
+pub use prunable::Prunable;
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
@@ -251,9 +254,9 @@ impl Model {
     }
 
     /// The parameters that pruning applies by default: convolution weights (the paper's setting). A pruner
-    /// may select others ([`crate::mask::Prunable`]).
+    /// may select others ([`Prunable`]).
     pub fn prunable(&self) -> BTreeMap<String, Tensor> {
-        crate::mask::Prunable::Conv.select(self)
+        Prunable::Conv.select(self)
     }
 
     /// The name prefix of the final classifier layer (its weight has one row per class), as its
@@ -389,7 +392,7 @@ fn init_parameters(vs: &nn::VarStore, arch: Arch, seed: u64) -> Result<(), Model
                 }
                 Init::Normal { std } => {
                     let purpose = format!("init normal {name} {:?}", t.size());
-                    crate::grad::normal_like(std::slice::from_ref(t), seed, &purpose)?
+                    crate::rng::normal_like(std::slice::from_ref(t), seed, &purpose)?
                         .remove(0)
                         .f_mul_scalar(std)?
                 }

@@ -20,7 +20,7 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use super::arch::Activation;
+use super::flops::Activation;
 use super::ModelSpec;
 
 /// A stage: output width (planes), stride of its first block, number of BasicBlocks.

@@ -5,7 +5,7 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use super::arch::Activation;
+use super::flops::Activation;
 use super::ModelSpec;
 
 /// Output width and stride of each conv layer (3x3, padding 1), and the layer (0-based) after

@@ -14,7 +14,7 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use super::arch::Activation;
+use super::flops::Activation;
 use super::ModelSpec;
 
 /// Configuration D without its last max-pool; 0 marks a 2x2 max-pool.

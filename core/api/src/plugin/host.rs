@@ -29,7 +29,7 @@ use crate::method::{
     UnlearnCtx, Unlearner,
 };
 use crate::model::Model;
-use crate::registry::{Method, Registry, Source};
+use crate::registry::{LibraryMaker, Method, Registry, Source};
 use crate::train::{Batch, Objective, Phase, Run, Stream, Trainer};
 
 #[derive(Debug, thiserror::Error)]
@@ -504,12 +504,12 @@ unsafe fn method(
         Source::Library(path.to_path_buf()),
         schema,
         default_config,
-        Arc::new(LibraryMethod {
+        Box::new(ArcLibraryMethod(Arc::new(LibraryMethod {
             path: path.to_path_buf(),
             name,
             entry: e,
             free: d.free_string,
-        }),
+        }))),
     );
     Ok((method, krate))
 }
@@ -627,13 +627,18 @@ impl LibraryMethod {
             ),
         }
     }
+}
 
-    pub fn build_unlearner(self: &Arc<Self>, config: &Value) -> Built<dyn Unlearner> {
-        Ok(Box::new(LibraryUnlearner(self.create(config)?)))
+/// A library's method as the registry makes it ([`LibraryMaker`]); its instances share it.
+struct ArcLibraryMethod(Arc<LibraryMethod>);
+
+impl LibraryMaker for ArcLibraryMethod {
+    fn build_unlearner(&self, config: &Value) -> Built<dyn Unlearner> {
+        Ok(Box::new(LibraryUnlearner(self.0.create(config)?)))
     }
 
-    pub fn build_pruner(self: &Arc<Self>, config: &Value) -> Built<dyn Pruner> {
-        let instance = self.create(config)?;
+    fn build_pruner(&self, config: &Value) -> Built<dyn Pruner> {
+        let instance = self.0.create(config)?;
         let (mut sparsity, mut rewind) = (0.0, -1i64);
         // SAFETY: a live instance of this entry; out-pointers valid.
         unsafe { instance.call(|e, i, err| (e.pruner_info)(i, &mut sparsity, &mut rewind, err)) }
@@ -645,8 +650,8 @@ impl LibraryMethod {
         }))
     }
 
-    pub fn build_attack(self: &Arc<Self>, config: &Value) -> Built<dyn Attack> {
-        let instance = self.create(config)?;
+    fn build_attack(&self, config: &Value) -> Built<dyn Attack> {
+        let instance = self.0.create(config)?;
         let mut target = 0u64;
         // SAFETY: a live instance of this entry; out-pointer valid.
         unsafe { instance.call(|e, i, err| (e.attack_target)(i, &mut target, err)) }
