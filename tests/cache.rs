@@ -244,6 +244,58 @@ fn labels_never_collide_or_vanish() {
     assert_eq!(metrics(&again), metrics(&r));
 }
 
+/// A list of numbers in a method's numeric setting sweeps it, as `sparsity = [...]` does for
+/// pruners: one row per value (several lists: per combination), labelled by the values. Each row
+/// is the stage the same settings written out by hand would be: a config with the four FTs
+/// written out computes nothing new and reports the same numbers. A setting that takes a list
+/// (`milestones`) is not a sweep.
+#[test]
+fn a_list_in_a_method_setting_sweeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let retrain =
+        "[[unlearn]]\nmethod = \"retrain\"\nepochs = 2\nlr = 0.05\nbatch_size = 32\nmilestones = [1]\n";
+    let swept = format!(
+        "{retrain}[[unlearn]]\nmethod = \"FT\"\nepochs = [1, 2]\nlr = [0.02, 0.01]\nbatch_size = 32\n"
+    );
+    let cfg = config(dir.path(), "sweep.toml", "", &swept);
+    let (r, _) = run(&cfg, &out, &[]);
+    let labels: Vec<&str> = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "original",
+            "retrain",
+            "FT epochs=1 lr=0.02",
+            "FT epochs=1 lr=0.01",
+            "FT epochs=2 lr=0.02",
+            "FT epochs=2 lr=0.01",
+        ]
+    );
+    let by_hand: String = [(1, 0.02), (1, 0.01), (2, 0.02), (2, 0.01)]
+        .iter()
+        .map(|(e, lr)| {
+            format!(
+                "[[unlearn]]\nmethod = \"FT\"\nlabel = \"FT epochs={e} lr={lr}\"\nepochs = {e}\nlr = {lr}\nbatch_size = 32\n"
+            )
+        })
+        .collect();
+    let cfg2 = config(
+        dir.path(),
+        "by-hand.toml",
+        "",
+        &format!("{retrain}{by_hand}"),
+    );
+    let (r2, _) = run(&cfg2, &out, &[]);
+    assert!(computed(&r2).is_empty(), "{:?}", computed(&r2));
+    assert_eq!(metrics(&r2), metrics(&r));
+}
+
 /// A `[model] checkpoint` is keyed by its content: replacing the file's bytes makes a new model
 /// and new rows, whose numbers are those of the new weights.
 #[test]

@@ -472,6 +472,21 @@ fn config_cases() -> Vec<Case> {
             &["/prune/sparsity"],
         ),
         replace(
+            "method sweep empty",
+            &[("lr = 0.01", "lr = []")],
+            &["/unlearn/0/lr", "empty `lr` sweep"],
+        ),
+        replace(
+            "method sweep duplicates",
+            &[("lr = 0.01", "lr = [0.01, 0.02, 0.01]")],
+            &["/unlearn/0/lr/2", "listed twice"],
+        ),
+        replace(
+            "method sweep with a bad value",
+            &[("lr = 0.01", "lr = [0.01, -1]")],
+            &["/unlearn/0/lr/1"],
+        ),
+        replace(
             "sparsity 1.5",
             &[("sparsity = 0.8", "sparsity = 1.5")],
             &["/prune/sparsity"],

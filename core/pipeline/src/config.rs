@@ -345,66 +345,184 @@ fn sweep_decimals(values: &[f64]) -> Option<usize> {
     })
 }
 
-/// The pruner entries of a config, as `(path, entry, decimals)`: `[prune]` or `[[prune]]`, with
-/// each `sparsity` list expanded into one entry per value (path `/prune/i`, or `/prune` for a
-/// table), and for a swept entry the decimals its labels need to tell its values apart.
-fn pruner_entries(
+/// One method entry of a config with its sweeps expanded: one per combination of swept values.
+struct SweptEntry {
+    /// Where the entry is (`/unlearn/2`, or `/prune` for a single table).
+    path: String,
+    /// Where this combination's first swept value is (for issues that name one model or row).
+    item: String,
+    entry: Value,
+    /// What tells this combination apart in its label (`95%`, `lr=0.01`), when it is swept.
+    suffix: Option<String>,
+    /// Each swept setting's path and the path of the value this combination took
+    /// (`/unlearn/0/lr` -> `/unlearn/0/lr/1`): the method's own checks name the value.
+    values_at: Vec<(String, String)>,
+}
+
+impl SweptEntry {
+    /// Points `issues` (the method's own, about this combination) at the swept values.
+    fn locate(&self, issues: &mut [ConfigIssue]) {
+        for issue in issues {
+            if let Some((_, at)) = self.values_at.iter().find(|(p, _)| *p == issue.path) {
+                issue.path = at.clone();
+            }
+        }
+    }
+}
+
+/// Whether the setting `key` of `method` takes one number, so that a list of numbers in its place
+/// is a sweep (a setting that takes a list, such as `milestones`, is never swept).
+fn takes_a_number(method: &Method, key: &str) -> bool {
+    if method.default_config.get(key).is_some_and(Value::is_number) {
+        return true;
+    }
+    let types = |t: &Value| match t {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect(),
+        _ => vec![],
+    };
+    match method.schema.pointer(&format!("/properties/{key}/type")) {
+        Some(t) => {
+            let t = types(t);
+            t.iter().any(|x| x == "number" || x == "integer") && !t.iter().any(|x| x == "array")
+        }
+        None => false,
+    }
+}
+
+/// The label suffix of one swept value: a sparsity as a percent with `decimals` (enough to tell
+/// the sweep's values apart), any other setting as `key=value`.
+fn sweep_suffix(key: &str, value: &Value, decimals: usize) -> String {
+    match (key, value.as_f64()) {
+        ("sparsity", Some(v)) => percent(v, decimals),
+        _ => format!("{key}={value}"),
+    }
+}
+
+/// The entries of the method section `section` (`prune` or `unlearn`; a table or a list of
+/// tables), each with its sweeps expanded: a list of numbers in a setting that takes one number
+/// (`sparsity = [0.5, 0.9]`, `lr = [0.01, 0.02]`) gives one entry per value, several such lists
+/// their combinations, in the order the values are written. Empty sweeps and repeated values are
+/// issues.
+fn method_entries(
     raw: &Value,
+    section: &str,
+    registry: &Registry,
     issues: &mut Vec<ConfigIssue>,
-) -> Vec<(String, Value, Option<usize>)> {
-    let list: Vec<(String, &Value)> = match raw.get("prune") {
+) -> Vec<SweptEntry> {
+    let list: Vec<(String, &Value)> = match raw.get(section) {
         Some(Value::Array(a)) => a
             .iter()
             .enumerate()
-            .map(|(i, v)| (format!("/prune/{i}"), v))
+            .map(|(i, v)| (format!("/{section}/{i}"), v))
             .collect(),
-        Some(v @ Value::Object(_)) => vec![("/prune".to_string(), v)],
+        Some(v @ Value::Object(_)) => vec![(format!("/{section}"), v)],
         _ => Vec::new(),
     };
     let mut out = Vec::new();
     for (path, entry) in list {
-        match entry.get("sparsity") {
-            Some(Value::Array(values)) => {
-                let distinct: Vec<f64> = values
-                    .iter()
-                    .enumerate()
-                    .filter(|(j, v)| !values[..*j].contains(v))
-                    .filter_map(|(_, v)| v.as_f64())
-                    .collect();
-                let decimals = sweep_decimals(&distinct);
-                if decimals.is_none() {
+        let method = entry
+            .get("method")
+            .and_then(Value::as_str)
+            .and_then(|m| registry.get(m).ok());
+        let swept: Vec<(&String, &Vec<Value>)> = match (method, entry.as_object()) {
+            (Some(m), Some(o)) => o
+                .iter()
+                .filter(|(k, _)| k.as_str() != "method" && k.as_str() != "label")
+                .filter_map(|(k, v)| Some((k, v.as_array()?)))
+                .filter(|(k, a)| a.iter().all(Value::is_number) && takes_a_number(m, k))
+                .collect(),
+            _ => Vec::new(),
+        };
+        // Each swept setting: its values (repeats left out) and the decimals its labels need.
+        let mut axes: Vec<(&String, Vec<(usize, &Value)>, usize)> = Vec::new();
+        for (key, values) in swept {
+            let what = if key == "sparsity" {
+                "sparsity".to_string()
+            } else {
+                format!("`{key}`")
+            };
+            if values.is_empty() {
+                issues.push(ConfigIssue::new(
+                    &format!("{path}/{key}"),
+                    Some(Value::Array(vec![])),
+                    format!("an empty {what} sweep: give at least one value"),
+                ));
+                continue;
+            }
+            let mut kept = Vec::new();
+            for (j, v) in values.iter().enumerate() {
+                if values[..j].contains(v) {
                     issues.push(ConfigIssue::new(
-                        &format!("{path}/sparsity"),
+                        &format!("{path}/{key}/{j}"),
+                        Some(v.clone()),
+                        format!("this {} is listed twice", what.trim_matches('`')),
+                    ));
+                } else {
+                    kept.push((j, v));
+                }
+            }
+            let decimals = if key == "sparsity" {
+                let distinct: Vec<f64> = kept.iter().filter_map(|(_, v)| v.as_f64()).collect();
+                sweep_decimals(&distinct).unwrap_or_else(|| {
+                    issues.push(ConfigIssue::new(
+                        &format!("{path}/{key}"),
                         Some(Value::Array(values.clone())),
                         "two sparsities of this sweep differ by less than 0.000001%, too little to tell their models apart: keep one of them",
                     ));
-                }
-                if values.is_empty() {
-                    issues.push(ConfigIssue::new(
-                        &format!("{path}/sparsity"),
-                        Some(Value::Array(vec![])),
-                        "an empty sparsity sweep: give at least one value",
-                    ));
-                }
-                for (j, v) in values.iter().enumerate() {
-                    if values[..j].contains(v) {
-                        issues.push(ConfigIssue::new(
-                            &format!("{path}/sparsity/{j}"),
-                            Some(v.clone()),
-                            "this sparsity is listed twice",
-                        ));
-                        continue;
-                    }
-                    let mut e = entry.clone();
-                    e["sparsity"] = v.clone();
-                    out.push((
-                        format!("{path}/sparsity/{j}"),
-                        e,
-                        Some(decimals.unwrap_or(1)),
-                    ));
-                }
+                    1
+                })
+            } else {
+                1
+            };
+            axes.push((key, kept, decimals));
+        }
+        if axes.is_empty() {
+            out.push(SweptEntry {
+                item: path.clone(),
+                path,
+                entry: entry.clone(),
+                suffix: None,
+                values_at: Vec::new(),
+            });
+            continue;
+        }
+        // Every combination, the first setting's values varying slowest.
+        let mut combos: Vec<Vec<(usize, usize)>> = vec![vec![]];
+        for (a, (_, values, _)) in axes.iter().enumerate() {
+            combos = combos
+                .into_iter()
+                .flat_map(|c| {
+                    (0..values.len()).map(move |v| {
+                        let mut c = c.clone();
+                        c.push((a, v));
+                        c
+                    })
+                })
+                .collect();
+        }
+        for combo in combos {
+            let mut e = entry.clone();
+            let mut suffix = Vec::new();
+            let mut values_at = Vec::new();
+            for &(a, v) in &combo {
+                let (key, values, decimals) = &axes[a];
+                let (j, value) = values[v];
+                e[key.as_str()] = value.clone();
+                suffix.push(sweep_suffix(key, value, *decimals));
+                values_at.push((format!("{path}/{key}"), format!("{path}/{key}/{j}")));
             }
-            _ => out.push((path, entry.clone(), None)),
+            let (key, values, _) = &axes[combo[0].0];
+            out.push(SweptEntry {
+                item: format!("{path}/{key}/{}", values[combo[0].1].0),
+                path: path.clone(),
+                entry: e,
+                suffix: Some(suffix.join(" ")),
+                values_at,
+            });
         }
     }
     out
@@ -611,30 +729,27 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
     let mut pruners: Vec<Planned<Box<dyn Pruner>>> = Vec::new();
     // Where each pruner's entry is (for the checks that need the data).
     let mut pruner_paths: Vec<String> = Vec::new();
-    for (path, entry, decimals) in pruner_entries(raw, &mut issues) {
-        // A swept value's path names the list item; the method's own checks report under it.
-        let (entry_path, sweep) = match path.split_once("/sparsity/") {
-            Some((p, _)) => (p.to_string(), Some(path.clone())),
-            None => (path.clone(), None),
-        };
+    for swept in method_entries(raw, "prune", registry, &mut issues) {
+        let before = issues.len();
         let planned = plan_method(
-            &entry,
-            &entry_path,
+            &swept.entry,
+            &swept.path,
             Kind::Pruner,
             registry,
             &mut issues,
             |m, p| m.build_pruner(p),
         );
+        swept.locate(&mut issues[before..]);
         let Some(mut p) = planned else { continue };
-        if let (Some(_), Some(d)) = (&sweep, decimals) {
-            p.label = format!("{} {}", p.label, percent(p.instance.sparsity(), d));
+        if let Some(suffix) = &swept.suffix {
+            p.label = format!("{} {suffix}", p.label);
         }
         if let Some(other) = pruners
             .iter()
             .find(|q| q.method == p.method && q.full_config == p.full_config)
         {
             issues.push(ConfigIssue::new(
-                &path,
+                &swept.item,
                 None,
                 format!(
                     "the same pruner and settings as `{}`: remove one",
@@ -643,7 +758,7 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
             ));
         } else if pruners.iter().any(|q| q.label == p.label) {
             issues.push(ConfigIssue::new(
-                &format!("{entry_path}/label"),
+                &format!("{}/label", swept.path),
                 Some(Value::from(p.label.clone())),
                 "two pruners have this label; give one a distinct `label`",
             ));
@@ -654,34 +769,43 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
         ) {
             if a != b {
                 issues.push(ConfigIssue::new(
-                    &entry_path,
+                    &swept.path,
                     None,
                     format!("rewinds to {b:?}, another pruner to {a:?}: one dense training keeps one rewind point, so put this pruner in a config of its own (it can share the stage cache)"),
                 ));
             }
         }
         pruners.push(p);
-        pruner_paths.push(entry_path);
+        pruner_paths.push(swept.path);
     }
-    let mut unlearners = Vec::new();
-    if let Some(list) = raw.get("unlearn").and_then(Value::as_array) {
-        for (i, v) in list.iter().enumerate() {
-            let path = format!("/unlearn/{i}");
-            if let Some(p) =
-                plan_method(v, &path, Kind::Unlearner, registry, &mut issues, |m, p| {
-                    m.build_unlearner(p)
-                })
-            {
-                if unlearners.iter().any(|u: &Planned<_>| u.label == p.label) {
-                    issues.push(ConfigIssue::new(
-                        &format!("{path}/label"),
-                        Some(Value::from(p.label.clone())),
-                        "two unlearners have this label; give one a distinct `label`",
-                    ));
-                }
-                unlearners.push(p);
-            }
+    let mut unlearners: Vec<Planned<Box<dyn Unlearner>>> = Vec::new();
+    for swept in method_entries(raw, "unlearn", registry, &mut issues) {
+        let before = issues.len();
+        let planned = plan_method(
+            &swept.entry,
+            &swept.path,
+            Kind::Unlearner,
+            registry,
+            &mut issues,
+            |m, p| m.build_unlearner(p),
+        );
+        swept.locate(&mut issues[before..]);
+        let Some(mut p) = planned else { continue };
+        if let Some(suffix) = &swept.suffix {
+            p.label = format!("{} {suffix}", p.label);
         }
+        if unlearners.iter().any(|u| u.label == p.label) {
+            let at = match swept.suffix {
+                Some(_) => swept.item,
+                None => format!("{}/label", swept.path),
+            };
+            issues.push(ConfigIssue::new(
+                &at,
+                Some(Value::from(p.label.clone())),
+                "two unlearners have this label; give one a distinct `label`",
+            ));
+        }
+        unlearners.push(p);
     }
 
     // Registered metrics: known, and their needs met by the config.
