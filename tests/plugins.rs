@@ -214,6 +214,7 @@ fn the_example_as_a_cdylib_matches_the_same_code_built_in() {
             cache_dir: None,
             trainer: Trainer::new(Device::Cpu, false),
             notify: &notify,
+            workers: None,
         },
     )
     .unwrap();

@@ -103,6 +103,28 @@ enum Command {
         /// Print every stage of the plan, cached or to run, and exit without running anything.
         #[arg(long)]
         dry_run: bool,
+        /// Compute the stages in N worker processes (`unlearn stage`), the dense models first,
+        /// then the sparse ones, then the rows; with several GPUs each worker takes its own. The
+        /// results are those of one process, bit for bit.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+        jobs: u16,
+    },
+    /// Compute stages of a study into its stage cache, by id (`run --dry-run` lists them; a
+    /// unique prefix of at least 6 characters will do), with the models they start from: what
+    /// each worker of `run --jobs` does, and what an external scheduler runs per stage. A stage
+    /// another process is computing is left to it. Writes no reports: `unlearn run` with the same
+    /// config and cache then assembles them.
+    Stage {
+        config: PathBuf,
+        /// Stage ids.
+        #[arg(required = true)]
+        stages: Vec<String>,
+        /// The study's output folder (default: runs/<config name>); only its cache is used.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Stage cache (default: <out>/cache).
+        #[arg(long)]
+        cache: Option<PathBuf>,
     },
     /// Run the built-in demo on the embedded digits.
     Demo {
@@ -322,18 +344,23 @@ fn bad(e: impl Into<anyhow::Error>) -> anyhow::Error {
 
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
+    // A worker of `run --jobs` says which one it is on every line.
+    let worker = std::env::var("UNLEARN_WORKER").ok();
     let notify = |msg: &str| {
         if !cli.quiet {
-            eprintln!("[unlearn] {msg}");
+            match &worker {
+                Some(w) => eprintln!("[unlearn worker {w}] {msg}"),
+                None => eprintln!("[unlearn] {msg}"),
+            }
         }
     };
     // A config's own `plugins` join the command line's and the environment's.
     let config_plugins = match &cli.command {
-        Command::Validate { config } | Command::Run { config, .. } => {
-            config::read_config_file(config)
-                .map(|raw| config::plugin_paths(&raw, config.parent().unwrap_or(Path::new("."))))
-                .unwrap_or_default()
-        }
+        Command::Validate { config }
+        | Command::Run { config, .. }
+        | Command::Stage { config, .. } => config::read_config_file(config)
+            .map(|raw| config::plugin_paths(&raw, config.parent().unwrap_or(Path::new("."))))
+            .unwrap_or_default(),
         _ => Vec::new(),
     };
     let mut plugin_paths = cli.plugin_dirs.clone();
@@ -390,15 +417,60 @@ fn real_main() -> Result<()> {
             out,
             cache,
             dry_run,
+            jobs,
         } => {
             let plan = load_plan(&registry, &config, &overrides)?;
-            let out = out
-                .unwrap_or_else(|| Path::new("runs").join(config.file_stem().unwrap_or_default()));
+            let out = out.unwrap_or_else(|| default_out(&config));
             if dry_run {
                 return print_plan(&plan, &cache.unwrap_or_else(|| out.join("cache")));
             }
             let what = format!("unlearn run {}", config.display());
-            execute(&plan, cli.device, &out, cache, &what, cli.quiet, &notify)
+            let cache_dir = cache.clone().unwrap_or_else(|| out.join("cache"));
+            let globals = Globals {
+                device: cli.device,
+                quiet: cli.quiet,
+                overrides: &overrides,
+                plugin_dirs: &cli.plugin_dirs,
+            };
+            let command = worker_command(globals, &config, &out, &cache_dir, jobs as usize)?;
+            let workers = (jobs > 1).then_some(pipeline::Workers {
+                count: jobs as usize,
+                command: &command,
+            });
+            execute(
+                &plan, cli.device, &out, cache, &what, cli.quiet, &notify, workers,
+            )
+        }
+        Command::Stage {
+            config,
+            stages,
+            out,
+            cache,
+        } => {
+            let plan = load_plan(&registry, &config, &overrides)?;
+            let out = out.unwrap_or_else(|| default_out(&config));
+            let selection =
+                pipeline::select(&plan, &stages).map_err(|e| bad(anyhow::anyhow!(e)))?;
+            let device = cli.device.resolve().map_err(bad)?;
+            let opts = RunOptions {
+                device,
+                out_dir: out,
+                what: format!("unlearn stage {}", config.display()),
+                cache_dir: cache,
+                // Workers draw no progress bars: several would share one terminal.
+                trainer: interruptible_trainer(device, !cli.quiet && worker.is_none()),
+                notify: &notify,
+                workers: None,
+            };
+            let done = pipeline::run_stages(&plan, &opts, &selection).map_err(pipeline_error)?;
+            notify(&format!(
+                "{} stage(s): {} computed, {} already cached, {} left to the process computing them",
+                stages.len(),
+                done.computed,
+                done.cached,
+                done.left
+            ));
+            Ok(())
         }
         Command::Demo { out, print_config } => {
             if print_config {
@@ -422,6 +494,7 @@ fn real_main() -> Result<()> {
                 "unlearn demo",
                 cli.quiet,
                 &notify,
+                None,
             )
         }
         Command::Data { command } => data(command, cli.quiet),
@@ -851,6 +924,11 @@ fn override_model(raw: &mut serde_json::Value, o: &ModelOverrides) {
     }
 }
 
+/// A config's default output folder: `runs/<config name>`.
+fn default_out(config: &Path) -> PathBuf {
+    Path::new("runs").join(config.file_stem().unwrap_or_default())
+}
+
 fn load_plan(registry: &Registry, path: &Path, overrides: &ModelOverrides) -> Result<Plan> {
     let mut raw = config::read_config_file(path).map_err(bad)?;
     override_model(&mut raw, overrides);
@@ -907,20 +985,11 @@ fn print_plan(plan: &Plan, cache: &Path) -> Result<()> {
     Ok(())
 }
 
-fn execute(
-    plan: &Plan,
-    device: DeviceChoice,
-    out: &Path,
-    cache_dir: Option<PathBuf>,
-    what: &str,
-    quiet: bool,
-    notify: &dyn Fn(&str),
-) -> Result<()> {
-    let device = device.resolve().map_err(bad)?;
-    let trainer = Trainer::new(device, !quiet);
+/// A trainer that the first Ctrl-C stops at the next batch (finished stages stay in the cache
+/// for resuming); a second one exits at once.
+fn interruptible_trainer(device: unlearn_pipeline::tch::Device, bars: bool) -> Trainer {
+    let trainer = Trainer::new(device, bars);
     let cancel = trainer.cancel.clone();
-    // First Ctrl-C: stop at the next batch (finished stages stay in the cache for resuming);
-    // a second one exits at once.
     let _ = ctrlc::set_handler(move || {
         if cancel.swap(true, std::sync::atomic::Ordering::Relaxed) {
             std::process::exit(130);
@@ -929,6 +998,89 @@ fn execute(
             "\n[unlearn] stopping after this batch (Ctrl-C again to quit now); re-run to resume"
         );
     });
+    trainer
+}
+
+/// How `run --jobs N` starts its worker `i`: this program's `stage` command on the same config,
+/// output folder and cache, with the same global settings; with several GPUs, worker `i` takes
+/// GPU `i mod count`.
+/// The global options a worker is started with.
+struct Globals<'a> {
+    device: DeviceChoice,
+    quiet: bool,
+    overrides: &'a ModelOverrides,
+    plugin_dirs: &'a [PathBuf],
+}
+
+fn worker_command<'a>(
+    cli: Globals<'a>,
+    config: &'a Path,
+    out: &'a Path,
+    cache: &'a Path,
+    jobs: usize,
+) -> Result<impl Fn(usize, &[String]) -> std::process::Command + 'a> {
+    let exe = std::env::current_exe().context("finding this program to start its workers")?;
+    let gpus = match (jobs > 1).then(|| cli.device.resolve()) {
+        Some(Ok(unlearn_pipeline::tch::Device::Cuda(_))) => {
+            unlearn_pipeline::tch::Cuda::device_count().max(0) as usize
+        }
+        _ => 0,
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / jobs.max(1)).max(1);
+    Ok(move |i: usize, keys: &[String]| {
+        let mut c = std::process::Command::new(&exe);
+        let device = if gpus > 1 {
+            format!("cuda:{}", i % gpus)
+        } else {
+            cli.device.to_string()
+        };
+        c.args(["--device", &device]);
+        if cli.quiet {
+            c.arg("--quiet");
+        }
+        if let Some(a) = cli.overrides.arch {
+            c.args(["--arch", a.name()]);
+        }
+        if let Some(p) = cli.overrides.precision {
+            c.args(["--precision", p.name()]);
+        }
+        if cli.overrides.channels_last {
+            c.arg("--channels-last");
+        }
+        for d in cli.plugin_dirs {
+            c.arg("--plugin-dir").arg(d);
+        }
+        c.arg("stage")
+            .arg(config)
+            .arg("--out")
+            .arg(out)
+            .arg("--cache")
+            .arg(cache)
+            .args(keys)
+            .env("UNLEARN_WORKER", format!("{}/{jobs}", i + 1));
+        // Workers share the cores: libtorch's threads in each would oversubscribe them (5x
+        // slower on 2 cores) unless the user chose a count.
+        if std::env::var_os("OMP_NUM_THREADS").is_none() {
+            c.env("OMP_NUM_THREADS", threads.to_string());
+        }
+        c
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn execute(
+    plan: &Plan,
+    device: DeviceChoice,
+    out: &Path,
+    cache_dir: Option<PathBuf>,
+    what: &str,
+    quiet: bool,
+    notify: &dyn Fn(&str),
+    workers: Option<pipeline::Workers<'_>>,
+) -> Result<()> {
+    let device = device.resolve().map_err(bad)?;
+    let trainer = interruptible_trainer(device, !quiet);
     notify(&format!(
         "device {}, output {}",
         device::device_name(device),
@@ -941,6 +1093,7 @@ fn execute(
         cache_dir,
         trainer,
         notify,
+        workers,
     };
     let results = pipeline::run(plan, &opts).map_err(pipeline_error)?;
     println!("{}", unlearn_pipeline::report::results_table(&results));

@@ -11,16 +11,28 @@ pub fn unlearn(args: &[&str]) -> Output {
         .expect("the binary runs")
 }
 
-/// `unlearn --device cpu run <cfg> --out <out>`, which must succeed.
-pub fn run_ok(cfg: &std::path::Path, out: &std::path::Path) -> Output {
-    let o = unlearn(&[
+/// The arguments of `unlearn --device cpu <command> <cfg> --out <out> <extra...>`.
+pub fn on_cpu<'a>(
+    command: &'a str,
+    cfg: &'a std::path::Path,
+    out: &'a std::path::Path,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut a = vec![
         "--device",
         "cpu",
-        "run",
+        command,
         cfg.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-    ]);
+    ];
+    a.extend(extra);
+    a
+}
+
+/// `unlearn --device cpu run <cfg> --out <out>`, which must succeed.
+pub fn run_ok(cfg: &std::path::Path, out: &std::path::Path) -> Output {
+    let o = unlearn(&on_cpu("run", cfg, out, &[]));
     assert!(o.status.success(), "{}", stderr(&o));
     o
 }

@@ -231,6 +231,26 @@ impl Cache {
         )?)
     }
 
+    /// The lock of one stage if no other process holds it, else None (a worker then leaves the
+    /// stage to its holder).
+    pub fn try_lock(
+        &self,
+        kind: StageKind,
+        key: &StageKey,
+        what: &str,
+    ) -> Result<Option<StageLock>, CacheError> {
+        match crate::lock::acquire(
+            &self.lock_path(kind, key),
+            what,
+            crate::lock::Policy::Refuse,
+            crate::lock::Timing::from_env(),
+        ) {
+            Ok(held) => Ok(Some(held)),
+            Err(crate::lock::LockError::Held { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// An entry's metadata, or None when there is no complete entry. The entry's seal is
     /// checked first: its kind and key, the digest of `meta.json` and of every file it lists.
     /// Anything that does not hold is an error naming the entry and what failed (the caller

@@ -6,12 +6,14 @@
 pub mod bench;
 pub mod cache;
 pub mod config;
+pub mod error;
 pub mod lock;
 pub mod output;
 pub mod pipeline;
 pub mod plot;
 pub mod report;
 pub mod results;
+pub mod stages;
 
 pub use unlearn_api::conformance;
 pub use unlearn_api::{

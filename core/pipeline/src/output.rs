@@ -190,6 +190,20 @@ impl OutputDir {
         Ok(dir)
     }
 
+    /// Makes `out` a folder of `made_by` without writing into it (what `unlearn stage` does
+    /// before it puts the default cache there, so that the run assembling the stages accepts the
+    /// folder): nothing to do when it already is one, refused when it is another command's or a
+    /// foreign one. One another process is claiming right now is that process's.
+    pub fn mark(out: &Path, made_by: Producer, what: &str) -> Result<(), OutputError> {
+        match read_manifest(out) {
+            Some(m) if m.made_by == made_by => Ok(()),
+            _ => match OutputDir::claim(out, made_by, what) {
+                Ok(_) | Err(OutputError::Busy { .. }) => Ok(()),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -5,25 +5,26 @@
 //! [`Cache`] (default `<out>/cache/`) under a key computed from exactly what it depends on, so a
 //! re-run resumes where it stopped and a changed config recomputes only the stages it touches.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+
 use sha2::{Digest, Sha256};
 use tch::Device;
 
-use crate::cache::{file_sha256, hex, Cache, CacheError, StageKey, StageKind};
+use crate::cache::{hex, Cache, StageKey, StageKind};
 use crate::checkpoint::Provenance;
 use crate::config::Plan;
 use crate::device::{device_name, synchronize};
+pub use crate::error::PipelineError;
 use crate::eval::backdoor::{apply_poisoning, attack_success_rate};
-use crate::eval::{evaluate, Metrics, MiaError, SplitOutputs};
+use crate::eval::{evaluate, Metrics, SplitOutputs};
 use crate::forget::ForgetSet;
 use crate::io::write_atomic;
 use crate::mask::Mask;
-use crate::method::{MethodError, PruneCtx, RewindPoint, TaskData, UnlearnCtx};
+use crate::method::{PruneCtx, RewindPoint, TaskData, UnlearnCtx};
 use crate::model::{Model, ModelError, ModelSpec, Snapshot};
 use crate::output::{OutputDir, Producer};
 use crate::results::add_gaps;
@@ -31,64 +32,10 @@ pub use crate::results::{
     check_results, recompute_gaps, AttackSummary, ModelSummary, Row, RunResults, ScenarioSummary,
     StageReport,
 };
+use crate::stages::data_identity;
+use crate::stages::{run_workers, study_stages, StudyStage};
+pub use crate::stages::{Selection, StageKeys, Workers, COMPUTATION_REVISION};
 use crate::train::{CrossEntropy, Run, RunLog, Trainer};
-
-#[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
-    #[error("output folder {path}: {source}")]
-    Output {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{}", method_message(label, source))]
-    Method { label: String, source: MethodError },
-    #[error("{label} left non-finite weights; no result was recorded for it")]
-    NonFinite { label: String },
-    #[error("evaluating {label}: {source}")]
-    Eval { label: String, source: MiaError },
-    #[error("evaluating {label}: {message}")]
-    Metric { label: String, message: String },
-    #[error("stage cache entry {path}: {message}")]
-    State { path: PathBuf, message: String },
-    #[error("{path}: {message}")]
-    Input { path: PathBuf, message: String },
-    /// Ctrl-C: the run stopped before starting `next` (finished stages are in the cache).
-    #[error("interrupted before {next}; finished stages are cached: re-run to resume")]
-    Cancelled { next: String },
-    #[error(transparent)]
-    OutputDir(#[from] crate::output::OutputError),
-    #[error(transparent)]
-    Cache(#[from] CacheError),
-    #[error(transparent)]
-    Plot(#[from] crate::plot::PlotError),
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    #[error(transparent)]
-    Checkpoint(#[from] crate::checkpoint::CheckpointError),
-}
-
-impl PipelineError {
-    /// Whether the run stopped because the user asked it to (Ctrl-C), during a stage's training
-    /// loop or between stages.
-    pub fn is_cancelled(&self) -> bool {
-        matches!(
-            self,
-            PipelineError::Cancelled { .. }
-                | PipelineError::Method {
-                    source: MethodError::Train(crate::train::TrainError::Cancelled { .. }),
-                    ..
-                }
-        )
-    }
-}
-
-/// Training errors already name their run; other method errors get the label in front.
-fn method_message(label: &str, e: &MethodError) -> String {
-    match e {
-        MethodError::Train(t) => t.to_string(),
-        other => format!("{label}: {other}"),
-    }
-}
 
 pub struct RunOptions<'a> {
     pub device: Device,
@@ -101,6 +48,8 @@ pub struct RunOptions<'a> {
     pub cache_dir: Option<PathBuf>,
     /// Receives one line per stage (for the CLI to print).
     pub notify: &'a dyn Fn(&str),
+    /// Worker processes to compute the stages in (`run --jobs N`); None: in this process.
+    pub workers: Option<crate::stages::Workers<'a>>,
 }
 
 struct Variant {
@@ -132,119 +81,6 @@ struct Accuracies {
     val: f64,
     #[serde(with = "crate::io::nan_as_null")]
     test: f64,
-}
-
-/// The keys of every stage of one seed of a plan, computed before anything runs.
-pub struct StageKeys {
-    pub dense: StageKey,
-    /// One per pruner, in config order.
-    pub sparse: Vec<StageKey>,
-    /// Per forget set, per model (dense, then each sparse one): the `original` row, then one
-    /// per unlearner in config order.
-    pub rows: Vec<Vec<Vec<StageKey>>>,
-}
-
-impl StageKeys {
-    /// `data` is [`data_identity`] of the plan (computed once for all seeds).
-    pub fn new(plan: &Plan, seed: u64, data: &Value) -> Result<StageKeys, PipelineError> {
-        let cfg = &plan.config;
-        let spec = crate::config::model_spec(cfg.model.arch, &plan.dataset);
-        let mut common = json!({
-            "unlearn": env!("CARGO_PKG_VERSION"),
-            "revision": COMPUTATION_REVISION,
-            "data": data,
-            "model": spec,
-        });
-        // Other arithmetic gives other weights; fp32 keys stay as they were before the option.
-        let exec = cfg.model.execution();
-        if !exec.is_default() {
-            common["execution"] = json!(exec);
-        }
-        // Keeping rewind weights does not change training: the point is not part of the key
-        // (the entry records which one it holds).
-        let dense = match &plan.checkpoint {
-            Some(path) => {
-                let sha = file_sha256(path).map_err(|e| PipelineError::Input {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
-                StageKey::of(
-                    StageKind::Dense,
-                    &json!({"common": common, "checkpoint": sha}),
-                )
-            }
-            None => StageKey::of(
-                StageKind::Dense,
-                &json!({"common": common, "train": cfg.train, "seed": seed}),
-            ),
-        };
-        let sparse: Vec<StageKey> = plan
-            .pruners
-            .iter()
-            .map(|p| {
-                StageKey::of(
-                    StageKind::Sparse,
-                    &json!({
-                        "dense": dense,
-                        "method": p.method,
-                        "config": p.full_config,
-                        "build": p.build,
-                        "seed": seed,
-                    }),
-                )
-            })
-            .collect();
-        let models: Vec<&StageKey> = std::iter::once(&dense).chain(&sparse).collect();
-        let rows = plan
-            .forget
-            .iter()
-            .map(|f| {
-                let forget = json!({"indices": f.hash(), "kind": f.kind, "class": f.class});
-                models
-                    .iter()
-                    .map(|model| {
-                        let base =
-                            json!({"model": model, "forget": forget, "eval": eval_key(&cfg.eval)});
-                        let original = StageKey::of(StageKind::Row, &base);
-                        std::iter::once(original)
-                            .chain(plan.unlearners.iter().map(|u| {
-                                StageKey::of(
-                                    StageKind::Row,
-                                    &json!({
-                                        "base": base,
-                                        "method": u.method,
-                                        "config": u.full_config,
-                                        "build": u.build,
-                                        "seed": seed,
-                                    }),
-                                )
-                            }))
-                            .collect()
-                    })
-                    .collect()
-            })
-            .collect();
-        Ok(StageKeys {
-            dense,
-            sparse,
-            rows,
-        })
-    }
-}
-
-/// What of the evaluation settings a row depends on: all of them but the names of registered
-/// metrics (computed from the rows' outputs after the rows); asking for any keeps each row's
-/// outputs in its cache entry, which is another entry. Without metrics, the key is as before.
-fn eval_key(e: &crate::eval::EvalConfig) -> Value {
-    let mut v = serde_json::to_value(crate::eval::EvalConfig {
-        metrics: Vec::new(),
-        ..e.clone()
-    })
-    .expect("configs serialise");
-    if !e.metrics.is_empty() {
-        v["outputs"] = Value::Bool(true);
-    }
-    v
 }
 
 /// The file of a row's cache entry holding its model's logits (kept when metrics are asked for).
@@ -322,39 +158,6 @@ fn add_metrics(
     Ok(())
 }
 
-/// What identifies the data a run sees: the set's name, a hash of its pixels and labels, the
-/// split, and the augmentation.
-fn data_identity(plan: &Plan) -> Value {
-    let d = &plan.dataset;
-    let mut h = Sha256::new();
-    let pixels = d
-        .images
-        .contiguous()
-        .to_kind(tch::Kind::Uint8)
-        .flatten(0, -1);
-    h.update(Vec::<u8>::try_from(&pixels).unwrap_or_default());
-    for l in d.labels_vec() {
-        h.update(l.to_le_bytes());
-    }
-    let split = serde_json::to_vec(&plan.split).expect("splits serialise");
-    let mut id = json!({
-        "name": d.name,
-        "content": hex(&h.finalize()),
-        "split": hex(&Sha256::digest(&split)),
-        "augment": d.augment,
-    });
-    // A poisoned training set is other data: every stage's key changes with the attack.
-    if let Some(a) = &plan.attack {
-        id["attack"] = json!({
-            "method": a.planned.method,
-            "config": a.planned.full_config,
-            "build": a.planned.build,
-            "seed": a.seed,
-        });
-    }
-    id
-}
-
 /// What the cache keeps beside a dense or sparse model.
 #[derive(Debug, Serialize, Deserialize)]
 struct ModelMeta {
@@ -417,42 +220,46 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
             out.display()
         ));
     }
-    let cache = Cache::open(&cache_dir).map_err(|e| PipelineError::Input {
-        path: cache_dir.clone(),
-        message: format!("the stage cache cannot be created: {e}"),
-    })?;
-    // Every model the run builds (or loads) computes as the config says.
-    crate::exec::set_default(plan.config.model.execution()).map_err(ModelError::from)?;
-    let data_id = data_identity(plan);
-    let clean_train = plan.dataset.subset(&plan.split.train);
-    let train = match &plan.attack {
-        // The Trojan model trains on clean + poisoned data.
-        Some(a) => {
-            apply_poisoning(&clean_train, &a.poisoning).map_err(|source| PipelineError::Method {
-                label: a.planned.label.clone(),
-                source,
-            })?
+    let Prepared {
+        cache,
+        data,
+        data_id,
+        stages,
+    } = prepare(plan, opts.device, &cache_dir)?;
+    let elsewhere = match &opts.workers {
+        Some(w) if w.count > 1 => {
+            run_workers(&stages, &cache, w, &opts.trainer.cancel, opts.notify)?
         }
-        None => clean_train,
-    };
-    let data = TaskData {
-        train: train.to_device(opts.device),
-        val: plan.dataset.subset(&plan.split.val).to_device(opts.device),
-        test: plan.dataset.subset(&plan.split.test).to_device(opts.device),
+        _ => BTreeSet::new(),
     };
     let mut all = SeedResults::default();
-    let progress = Progress::new(plan);
+    let progress = Progress::new(stages.iter());
+    let ctx = SeedContext {
+        plan,
+        opts,
+        outdir: Some(&outdir),
+        cache: &cache,
+        progress: &progress,
+        data: &data,
+        selection: None,
+    };
     for &seed in &plan.seeds {
         let keys = StageKeys::new(plan, seed, &data_id)?;
-        run_seed(
-            plan, opts, &outdir, &cache, &progress, &data, seed, &keys, &mut all,
-        )?;
+        run_seed(&ctx, seed, &keys, &mut all)?;
     }
+    // Stages the workers computed were taken from the cache here, but computed by this run.
+    for s in all.stages.iter_mut().filter(|s| elsewhere.contains(&s.key)) {
+        s.cached = false;
+    }
+    let cached = progress.cached.get() - elsewhere.len();
     (opts.notify)(&format!(
-        "{} stages: {} from the cache, {} computed",
+        "{} stages: {cached} from the cache, {} computed{}",
         progress.total,
-        progress.cached.get(),
-        progress.total - progress.cached.get()
+        progress.total - cached,
+        match &opts.workers {
+            Some(w) if w.count > 1 => format!(" ({} by {} workers)", elsewhere.len(), w.count),
+            _ => String::new(),
+        }
     ));
     let results = RunResults {
         unlearn_version: env!("CARGO_PKG_VERSION").into(),
@@ -482,6 +289,120 @@ pub fn run(plan: &Plan, opts: &RunOptions<'_>) -> Result<RunResults, PipelineErr
     write_reports(&results, &outdir)?;
     outdir.finish()?;
     Ok(results)
+}
+
+/// What a run and a worker start from: the stage cache (created if needed), the data on the
+/// device, the data's identity (part of every key) and the study's stages.
+struct Prepared {
+    cache: Cache,
+    data: TaskData,
+    data_id: serde_json::Value,
+    stages: Vec<StudyStage>,
+}
+
+fn prepare(plan: &Plan, device: Device, cache_dir: &Path) -> Result<Prepared, PipelineError> {
+    let cache = Cache::open(cache_dir).map_err(|e| PipelineError::Input {
+        path: cache_dir.to_path_buf(),
+        message: format!("the stage cache cannot be created: {e}"),
+    })?;
+    let data = task_data(plan, device)?;
+    let data_id = data_identity(plan);
+    let stages = study_stages(plan, &data_id)?;
+    Ok(Prepared {
+        cache,
+        data,
+        data_id,
+        stages,
+    })
+}
+
+/// The run's data on `device`: the training split (poisoned by the `[attack]`, if any),
+/// validation and test; and every model computes as the config says from here on.
+fn task_data(plan: &Plan, device: Device) -> Result<TaskData, PipelineError> {
+    crate::exec::set_default(plan.config.model.execution()).map_err(ModelError::from)?;
+    let clean_train = plan.dataset.subset(&plan.split.train);
+    let train = match &plan.attack {
+        // The Trojan model trains on clean + poisoned data.
+        Some(a) => {
+            apply_poisoning(&clean_train, &a.poisoning).map_err(|source| PipelineError::Method {
+                label: a.planned.label.clone(),
+                source,
+            })?
+        }
+        None => clean_train,
+    };
+    Ok(TaskData {
+        train: train.to_device(device),
+        val: plan.dataset.subset(&plan.split.val).to_device(device),
+        test: plan.dataset.subset(&plan.split.test).to_device(device),
+    })
+}
+
+/// The stages of `plan` that `ids` name (keys, or unique prefixes of at least 6 hex digits, as
+/// `run --dry-run` prints them), for [`run_stages`].
+pub fn select(plan: &Plan, ids: &[String]) -> Result<Selection, String> {
+    let stages = study_stages(plan, &data_identity(plan)).map_err(|e| e.to_string())?;
+    crate::stages::resolve_ids(&stages, ids).map(Selection::new)
+}
+
+/// What a worker did with its stages.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerReport {
+    /// Wanted stages it computed.
+    pub computed: usize,
+    /// Wanted stages it found in the cache.
+    pub cached: usize,
+    /// Wanted stages another process was computing, left to it.
+    pub left: usize,
+}
+
+/// Computes the stages `selection` wants of `plan` into the cache (`opts.cache_dir`, default
+/// `<out>/cache`), with the models they start from: what `unlearn stage` and each worker of
+/// `run --jobs` do. Writes nothing into the output folder (a run assembles its reports from the
+/// cache).
+pub fn run_stages(
+    plan: &Plan,
+    opts: &RunOptions<'_>,
+    selection: &Selection,
+) -> Result<WorkerReport, PipelineError> {
+    let cache_dir = match &opts.cache_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            OutputDir::mark(&opts.out_dir, Producer::Run, &opts.what)?;
+            opts.out_dir.join("cache")
+        }
+    };
+    let Prepared {
+        cache,
+        data,
+        data_id,
+        stages,
+    } = prepare(plan, opts.device, &cache_dir)?;
+    let wanted: Vec<&StudyStage> = stages.iter().filter(|s| selection.wants(&s.key)).collect();
+    let progress = Progress::new(wanted.iter().copied());
+    let ctx = SeedContext {
+        plan,
+        opts,
+        outdir: None,
+        cache: &cache,
+        progress: &progress,
+        data: &data,
+        selection: Some(selection),
+    };
+    let mut all = SeedResults::default();
+    for &seed in &plan.seeds {
+        let keys = StageKeys::new(plan, seed, &data_id)?;
+        if selection.needs_model(&keys, 0) {
+            run_seed(&ctx, seed, &keys, &mut all)?;
+        }
+    }
+    let cached = progress.cached.get();
+    let done = progress.done.get();
+    Ok(WorkerReport {
+        computed: done - cached,
+        cached,
+        left: wanted.len().saturating_sub(done),
+    })
 }
 
 /// The path itself or the first of its ancestors that exists but is not a folder: what makes
@@ -518,17 +439,37 @@ struct SeedResults {
 
 /// One seed of a run: its dense model, each sparse model, and every row.
 #[allow(clippy::too_many_arguments)]
+/// What every seed of a run shares.
+struct SeedContext<'a> {
+    plan: &'a Plan,
+    opts: &'a RunOptions<'a>,
+    /// Where models are exported; None for a worker (it only fills the cache).
+    outdir: Option<&'a OutputDir>,
+    cache: &'a Cache,
+    progress: &'a Progress,
+    data: &'a TaskData,
+    /// A worker's stages; None: all of them.
+    selection: Option<&'a Selection>,
+}
+
 fn run_seed(
-    plan: &Plan,
-    opts: &RunOptions<'_>,
-    outdir: &OutputDir,
-    cache: &Cache,
-    progress: &Progress,
-    data: &TaskData,
+    ctx: &SeedContext<'_>,
     seed: u64,
     keys: &StageKeys,
     all: &mut SeedResults,
 ) -> Result<(), PipelineError> {
+    let SeedContext {
+        plan,
+        opts,
+        outdir,
+        cache,
+        progress,
+        data,
+        selection,
+    } = *ctx;
+    // A worker skips the models (and their rows) none of its stages needs.
+    let needed = |m: usize| selection.is_none_or(|s| s.needs_model(keys, m));
+    let wanted = |k: &StageKey| selection.is_none_or(|s| s.wants(k));
     let cfg = &plan.config;
     let spec = crate::config::model_spec(cfg.model.arch, &plan.dataset);
     let eval_batch = cfg.eval.batch_size;
@@ -544,6 +485,7 @@ fn run_seed(
         what: &opts.what,
         device: opts.device,
         progress,
+        selection,
     };
     // Stage labels name the seed when there are several.
     let seeded = |label: String| {
@@ -561,7 +503,7 @@ fn run_seed(
         Some(path) => format!("the model of {}", path.display()),
         None => "dense training".to_string(),
     });
-    let (dense, dense_mask, rewind, seconds, report) = stage.model(
+    let Some((dense, dense_mask, rewind, seconds, report)) = stage.model(
         StageKind::Dense,
         &keys.dense,
         &dense_label,
@@ -610,7 +552,10 @@ fn run_seed(
             }
         },
         &provenance,
-    )?;
+    )?
+    else {
+        return Ok(());
+    };
     all.stages.push(report);
     // A checkpoint with a mask is the sparse model itself.
     let name = if dense_mask.is_some() {
@@ -619,25 +564,34 @@ fn run_seed(
         "dense"
     };
     let file = model_file(plan, seed, name, None);
-    export_model(cache, StageKind::Dense, &keys.dense, outdir, &file)?;
-    let mut variants = vec![variant(
-        name,
-        None,
-        seed,
-        file,
-        dense,
-        dense_mask,
-        seconds,
-        data,
-        eval_batch,
-        (cache, StageKind::Dense, &keys.dense),
+    if let Some(outdir) = outdir {
+        export_model(cache, StageKind::Dense, &keys.dense, outdir, &file)?;
+    }
+    // Each model with its position among the seed's models (0: dense).
+    let mut variants = vec![(
+        0,
+        variant(
+            name,
+            None,
+            seed,
+            file,
+            dense,
+            dense_mask,
+            seconds,
+            data,
+            eval_batch,
+            (cache, StageKind::Dense, &keys.dense),
+        ),
     )];
 
     // Sparse models.
     for (i, (p, key)) in plan.pruners.iter().zip(&keys.sparse).enumerate() {
+        if !needed(i + 1) {
+            continue;
+        }
         let label = seeded(format!("{} pruning", p.label));
-        let original = &variants[0].model;
-        let (sparse, mask, _, seconds, report) = stage.model(
+        let original = &variants[0].1.model;
+        let Some((sparse, mask, _, seconds, report)) = stage.model(
             StageKind::Sparse,
             key,
             &label,
@@ -675,7 +629,10 @@ fn run_seed(
                 Ok((sparse, Some(mask), None, seconds))
             },
             &provenance,
-        )?;
+        )?
+        else {
+            continue;
+        };
         all.stages.push(report);
         let Some(mask) = mask else {
             return Err(PipelineError::State {
@@ -684,21 +641,26 @@ fn run_seed(
             });
         };
         let file = model_file(plan, seed, "sparse", Some(i));
-        export_model(cache, StageKind::Sparse, key, outdir, &file)?;
-        variants.push(variant(
-            "sparse",
-            Some(p.label.clone()),
-            seed,
-            file,
-            sparse,
-            Some(mask),
-            seconds,
-            data,
-            eval_batch,
-            (cache, StageKind::Sparse, key),
+        if let Some(outdir) = outdir {
+            export_model(cache, StageKind::Sparse, key, outdir, &file)?;
+        }
+        variants.push((
+            i + 1,
+            variant(
+                "sparse",
+                Some(p.label.clone()),
+                seed,
+                file,
+                sparse,
+                Some(mask),
+                seconds,
+                data,
+                eval_batch,
+                (cache, StageKind::Sparse, key),
+            ),
         ));
     }
-    for v in &variants {
+    for (_, v) in &variants {
         (opts.notify)(&format!(
             "{} model: sparsity {:.1}%, train {:.1}%, test {:.1}%",
             v.pruner.as_deref().unwrap_or(v.name),
@@ -710,7 +672,7 @@ fn run_seed(
 
     // Unlearning.
     for (f, forget) in plan.forget.iter().enumerate() {
-        for (m, v) in variants.iter().enumerate() {
+        for (m, v) in variants.iter().map(|(m, v)| (*m, v)) {
             let group_start = all.rows.len();
             let group_keys = &keys.rows[f][m];
             // With one pruner its model is `sparse`; with several, each is named by its pruner.
@@ -733,23 +695,33 @@ fn run_seed(
             };
             let label = seeded(format!("original on {} ({model_label})", forget.name));
             // The original's outputs are its model's; no need to keep them in the row.
-            let (metrics, _, report, _) = stage.row(&group_keys[0], &label, None, |_| {
-                let outputs = v.outputs(data, eval_batch);
-                let mut metrics =
-                    evaluate(outputs, forget, &cfg.eval).map_err(|source| PipelineError::Eval {
-                        label: label.clone(),
-                        source,
+            let computed = if !wanted(&group_keys[0]) {
+                None
+            } else {
+                stage.row(&group_keys[0], &label, None, |_| {
+                    let outputs = v.outputs(data, eval_batch);
+                    let mut metrics = evaluate(outputs, forget, &cfg.eval).map_err(|source| {
+                        PipelineError::Eval {
+                            label: label.clone(),
+                            source,
+                        }
                     })?;
-                backdoor(plan, &v.model, data, eval_batch, &label, &mut metrics)?;
-                Ok((metrics, None, None))
-            })?;
-            all.stages.push(report);
-            all.rows.push(row("original", "original", metrics, None));
+                    backdoor(plan, &v.model, data, eval_batch, &label, &mut metrics)?;
+                    Ok((metrics, None, None))
+                })?
+            };
+            if let Some((metrics, _, report, _)) = computed {
+                all.stages.push(report);
+                all.rows.push(row("original", "original", metrics, None));
+            }
             let keep = (!cfg.eval.metrics.is_empty()).then_some(data);
             let mut kept: Vec<SplitOutputs> = Vec::new();
             for (u, key) in plan.unlearners.iter().zip(&group_keys[1..]) {
                 let label = seeded(format!("{} on {} ({model_label})", u.label, forget.name));
-                let (metrics, rte, report, outputs) = stage.row(key, &label, keep, |trainer| {
+                if !wanted(key) {
+                    continue;
+                }
+                let computed = stage.row(key, &label, keep, |trainer| {
                     (opts.notify)(&format!("unlearning: {label}"));
                     let (model, rte) = unlearn_one(
                         v,
@@ -777,9 +749,16 @@ fn run_seed(
                     backdoor(plan, &model, data, eval_batch, &label, &mut metrics)?;
                     Ok((metrics, Some(rte), Some(outputs)))
                 })?;
+                let Some((metrics, rte, report, outputs)) = computed else {
+                    continue;
+                };
                 all.stages.push(report);
                 all.rows.push(row(&u.method, &u.label, metrics, rte));
                 kept.extend(outputs);
+            }
+            // A worker's rows are in the cache; the run that assembles them adds the rest.
+            if selection.is_some() {
+                continue;
             }
             add_gaps(&mut all.rows[group_start..]);
             if keep.is_some() {
@@ -796,7 +775,8 @@ fn run_seed(
             }
         }
     }
-    all.models.extend(variants.into_iter().map(|v| v.summary));
+    all.models
+        .extend(variants.into_iter().map(|(_, v)| v.summary));
     for s in &mut all.stages[first_stage..] {
         s.seed = Some(seed);
     }
@@ -851,56 +831,23 @@ pub fn dry_run(plan: &Plan, cache_dir: &Path) -> Result<Vec<PlannedStage>, Pipel
                 .map_or(0.0, |m| m.train_seconds),
         }
     };
-    let mut out = Vec::new();
-    for &seed in &plan.seeds {
-        let keys = StageKeys::new(plan, seed, &data_id)?;
-        let suffix = if plan.seeds.len() > 1 {
-            format!(", seed {seed}")
-        } else {
-            String::new()
-        };
-        let mut report = |kind: StageKind, key: &StageKey, label: String| {
-            let cached = cache.contains(kind, key);
-            let saved_loops = std::fs::read_dir(cache.partial(kind, key))
+    let mut out: Vec<PlannedStage> = study_stages(plan, &data_id)?
+        .into_iter()
+        .map(|s| PlannedStage {
+            stage: StageReport::new(
+                s.kind,
+                &s.key,
+                &s.label,
+                cache.contains(s.kind, &s.key),
+                seconds(s.kind, &s.key),
+            ),
+            saved_loops: std::fs::read_dir(cache.partial(s.kind, &s.key))
                 .map(|d| d.flatten().count())
-                .unwrap_or(0);
-            out.push(PlannedStage {
-                stage: StageReport::new(
-                    kind,
-                    key,
-                    &format!("{label}{suffix}"),
-                    cached,
-                    seconds(kind, key),
-                ),
-                base_label: label,
-                estimate: None,
-                saved_loops,
-            })
-        };
-        report(StageKind::Dense, &keys.dense, "dense model".into());
-        let mut names = vec!["dense".to_string()];
-        for (p, k) in plan.pruners.iter().zip(&keys.sparse) {
-            report(StageKind::Sparse, k, format!("{} pruning", p.label));
-            names.push(if plan.pruners.len() > 1 {
-                p.label.clone()
-            } else {
-                "sparse".into()
-            });
-        }
-        for (f, forget) in plan.forget.iter().enumerate() {
-            for (m, name) in names.iter().enumerate() {
-                let labels = std::iter::once("original".to_string())
-                    .chain(plan.unlearners.iter().map(|u| u.label.clone()));
-                for (label, key) in labels.zip(&keys.rows[f][m]) {
-                    report(
-                        StageKind::Row,
-                        key,
-                        format!("{label} on {} ({name})", forget.name),
-                    );
-                }
-            }
-        }
-    }
+                .unwrap_or(0),
+            base_label: s.base_label,
+            estimate: None,
+        })
+        .collect();
     // A stage to run costs about what the same stage of another seed cost.
     let mut known: HashMap<(String, String), Vec<f64>> = HashMap::new();
     for p in out.iter().filter(|p| p.stage.cached) {
@@ -952,6 +899,8 @@ struct StageRunner<'a> {
     what: &'a str,
     device: Device,
     progress: &'a Progress,
+    /// A worker's stages (`unlearn stage`); None: every stage of the run.
+    selection: Option<&'a Selection>,
 }
 
 /// Where the whole run stands: stages done of all, how many came from the cache, and the pace
@@ -967,17 +916,16 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(plan: &Plan) -> Progress {
-        let seeds = plan.seeds.len();
-        let models = 1 + plan.pruners.len();
-        let rows = plan.forget.len() * models * (1 + plan.unlearners.len());
-        let kinds = HashMap::from([
-            (StageKind::Dense, (seeds, 0, 0.0)),
-            (StageKind::Sparse, (seeds * plan.pruners.len(), 0, 0.0)),
-            (StageKind::Row, (seeds * rows, 0, 0.0)),
-        ]);
+    /// Over `stages` (a run's, or the ones a worker wants).
+    fn new<'s>(stages: impl Iterator<Item = &'s StudyStage>) -> Progress {
+        let mut kinds: HashMap<StageKind, (usize, usize, f64)> = HashMap::new();
+        let mut total = 0;
+        for s in stages {
+            kinds.entry(s.kind).or_default().0 += 1;
+            total += 1;
+        }
         Progress {
-            total: seeds * (models + rows),
+            total,
             done: Default::default(),
             cached: Default::default(),
             kinds: std::cell::RefCell::new(kinds),
@@ -1101,6 +1049,64 @@ impl StageRunner<'_> {
         }
     }
 
+    /// Whether the stage counts in this process's progress: every stage of a run; of a worker,
+    /// the ones it wants (not the models it loads to start from).
+    fn counts(&self, key: &StageKey) -> bool {
+        self.selection.is_none_or(|s| s.wants(key))
+    }
+
+    fn count_cached(&self, kind: StageKind, key: &StageKey) {
+        if self.counts(key) {
+            self.progress.cached(kind);
+        }
+    }
+
+    /// Announces a stage about to be computed: with its place in the run, or for a model a
+    /// worker needs but was not asked for, as that.
+    fn starting(&self, key: &StageKey, label: &str) {
+        if self.counts(key) {
+            (self.notify)(&self.progress.starting(label));
+        } else {
+            (self.notify)(&format!(
+                "{label}: computing it first (the stages asked for start from it)"
+            ));
+        }
+    }
+
+    fn finished(&self, kind: StageKind, key: &StageKey, seconds: f64) {
+        if self.counts(key) {
+            self.progress.finished(kind, seconds);
+        }
+    }
+
+    /// The stage's lock: waited for, or for a stage a worker wants, taken only when free (None:
+    /// another process is computing it and the worker leaves it to that one).
+    fn claim(
+        &self,
+        kind: StageKind,
+        key: &StageKey,
+        label: &str,
+    ) -> Result<Option<crate::cache::StageLock>, PipelineError> {
+        match self.selection {
+            Some(s) if s.wants(key) => {
+                let held = self.cache.try_lock(kind, key, self.what)?;
+                if held.is_none() {
+                    (self.notify)(&format!(
+                        "{label}: another process is computing it; left to that one"
+                    ));
+                }
+                Ok(held)
+            }
+            _ => Ok(Some(self.cache.lock(
+                kind,
+                key,
+                label,
+                self.what,
+                self.notify,
+            )?)),
+        }
+    }
+
     /// After Ctrl-C no new stage starts (a stage without a training loop would not notice).
     fn stop_if_cancelled(&self, next: &str) -> Result<(), PipelineError> {
         if self
@@ -1124,28 +1130,31 @@ impl StageRunner<'_> {
         rewind_point: Option<RewindPoint>,
         compute: impl FnOnce(&Trainer) -> Result<ModelParts, PipelineError>,
         provenance: &Provenance,
-    ) -> Result<(Model, Option<Mask>, Option<Snapshot>, f64, StageReport), PipelineError> {
+    ) -> Result<Option<(Model, Option<Mask>, Option<Snapshot>, f64, StageReport)>, PipelineError>
+    {
         let report = |cached, seconds, training| {
             StageReport::new(kind, key, label, cached, seconds).with_training(training)
         };
         if let Some(((m, mask, r, s), log)) = self.load_model(kind, key, spec, rewind_point)? {
-            self.progress.cached(kind);
-            return Ok((m, mask, r, s, report(true, s, log)));
+            self.count_cached(kind, key);
+            return Ok(Some((m, mask, r, s, report(true, s, log))));
         }
-        let _lock = self.cache.lock(kind, key, label, self.what, self.notify)?;
+        let Some(_lock) = self.claim(kind, key, label)? else {
+            return Ok(None);
+        };
         // Another process may have computed it while this one waited.
         if let Some(((m, mask, r, s), log)) = self.load_model(kind, key, spec, rewind_point)? {
-            self.progress.cached(kind);
-            return Ok((m, mask, r, s, report(true, s, log)));
+            self.count_cached(kind, key);
+            return Ok(Some((m, mask, r, s, report(true, s, log))));
         }
         self.stop_if_cancelled(label)?;
-        (self.notify)(&self.progress.starting(label));
+        self.starting(key, label);
         let t0 = Instant::now();
         let (trainer, scope) = self.trainer.for_stage(self.cache.partial(kind, key));
         let (model, mask, rewind, seconds) = compute(&trainer)?;
         // Epochs restored from an interrupted run count as they did when they ran.
         let seconds = seconds + scope.restored_seconds();
-        self.progress.finished(kind, t0.elapsed().as_secs_f64());
+        self.finished(kind, key, t0.elapsed().as_secs_f64());
         let training = scope.logs();
         let meta = ModelMeta {
             train_seconds: seconds,
@@ -1165,13 +1174,13 @@ impl StageRunner<'_> {
             Ok(())
         })?;
         self.cache.drop_partial(kind, key);
-        Ok((
+        Ok(Some((
             model,
             mask,
             rewind,
             seconds,
             report(false, seconds, training),
-        ))
+        )))
     }
 
     /// The row stage `key`: its metrics and RTE from the cache, or computed and stored. With
@@ -1186,7 +1195,8 @@ impl StageRunner<'_> {
             &Trainer,
         )
             -> Result<(Metrics, Option<f64>, Option<SplitOutputs>), PipelineError>,
-    ) -> Result<(Metrics, Option<f64>, StageReport, Option<SplitOutputs>), PipelineError> {
+    ) -> Result<Option<(Metrics, Option<f64>, StageReport, Option<SplitOutputs>)>, PipelineError>
+    {
         let kind = StageKind::Row;
         let cached = || -> Result<Option<(CachedRow, Option<SplitOutputs>)>, PipelineError> {
             let loaded = self
@@ -1212,16 +1222,18 @@ impl StageRunner<'_> {
             (r.metrics, r.rte, stage.with_training(r.training), o)
         };
         if let Some(r) = cached()? {
-            self.progress.cached(kind);
-            return Ok(report(r, true));
+            self.count_cached(kind, key);
+            return Ok(Some(report(r, true)));
         }
-        let _lock = self.cache.lock(kind, key, label, self.what, self.notify)?;
+        let Some(_lock) = self.claim(kind, key, label)? else {
+            return Ok(None);
+        };
         if let Some(r) = cached()? {
-            self.progress.cached(kind);
-            return Ok(report(r, true));
+            self.count_cached(kind, key);
+            return Ok(Some(report(r, true)));
         }
         self.stop_if_cancelled(label)?;
-        (self.notify)(&self.progress.starting(label));
+        self.starting(key, label);
         let t0 = Instant::now();
         let (trainer, scope) = self.trainer.for_stage(self.cache.partial(kind, key));
         let (metrics, rte, outputs) = compute(&trainer)?;
@@ -1234,7 +1246,7 @@ impl StageRunner<'_> {
             seconds: t0.elapsed().as_secs_f64() + restored,
             training: scope.logs(),
         };
-        self.progress.finished(kind, row.seconds);
+        self.finished(kind, key, row.seconds);
         self.cache.put::<PipelineError>(kind, key, &row, |dir| {
             if let Some(o) = &outputs {
                 let path = dir.join(OUTPUTS_FILE);
@@ -1246,7 +1258,7 @@ impl StageRunner<'_> {
             Ok(())
         })?;
         self.cache.drop_partial(kind, key);
-        Ok(report((row, outputs), false))
+        Ok(Some(report((row, outputs), false)))
     }
 }
 
@@ -1417,10 +1429,6 @@ fn scenario_summary(f: &ForgetSet) -> ScenarioSummary {
         forget_indices: f.forget.clone(),
     }
 }
-
-/// Changes whenever the same config computes other numbers than before (initialisation,
-/// evaluation), so that a state written by an older build is not resumed into a newer one.
-pub const COMPUTATION_REVISION: &str = "2: reference-code initialisation and evaluation";
 
 #[cfg(test)]
 mod tests {

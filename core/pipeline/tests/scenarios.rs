@@ -122,6 +122,7 @@ fn run_config(forget: Value, eval: Value, out: &Path) -> unlearn_pipeline::pipel
             cache_dir: Some(out.join("cache")),
             trainer: unlearn_pipeline::train::Trainer::new(tch::Device::Cpu, false),
             notify: &notify,
+            workers: None,
         },
     )
     .unwrap()
@@ -257,6 +258,7 @@ fn ctrl_c_during_a_one_shot_method_starts_no_further_stage() {
             cache_dir: Some(dir.path().join("cache")),
             trainer: unlearn_pipeline::train::Trainer::new(tch::Device::Cpu, false),
             notify: &notify,
+            workers: None,
         },
     )
     .err()
