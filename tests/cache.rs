@@ -253,8 +253,7 @@ fn labels_never_collide_or_vanish() {
 fn a_list_in_a_method_setting_sweeps_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let retrain =
-        "[[unlearn]]\nmethod = \"retrain\"\nepochs = 2\nlr = 0.05\nbatch_size = 32\nmilestones = [1]\n";
+    let retrain = "[[unlearn]]\nmethod = \"retrain\"\nepochs = 2\nlr = 0.05\nbatch_size = 32\nmilestones = [1]\n";
     let swept = format!(
         "{retrain}[[unlearn]]\nmethod = \"FT\"\nepochs = [1, 2]\nlr = [0.02, 0.01]\nbatch_size = 32\n"
     );
@@ -529,11 +528,13 @@ fn a_stopped_lock_holder_is_named_and_waited_for_with_words() {
         })
     });
     let signal = |sig: &str| {
-        assert!(Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success());
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
     };
     signal("-STOP");
     let waiter = spawn_run(
@@ -709,11 +710,13 @@ fn flipped_bits_in_cache_entries_and_checkpoints_are_detected() {
     };
     wait_until("a saved training state", || state().is_some());
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     let _ = child.wait_with_output();
     let saved = state().unwrap();
     let size = std::fs::metadata(&saved).unwrap().len() as usize;
@@ -894,9 +897,11 @@ fn seeds_and_a_sparsity_sweep_in_one_config() {
     assert_eq!(dense.seeds.iter().map(|s| s.0).collect::<Vec<_>>(), [3, 4]);
     for (_, points) in &dense.seeds {
         assert_eq!(points.len(), 3);
-        assert!(points
-            .iter()
-            .all(|p| p.1.is_finite() && p.2.is_some() && p.3.is_some()));
+        assert!(
+            points
+                .iter()
+                .all(|p| p.1.is_finite() && p.2.is_some() && p.3.is_some())
+        );
     }
     let training = std::fs::read_to_string(out.join("training.csv")).unwrap();
     let logged: usize = results
@@ -1167,9 +1172,11 @@ mia_features = ["confidence"]
     let csv = std::fs::read_to_string(out.join("training.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + epochs(&want).len());
     // No training state is left behind once every stage is stored.
-    assert!(!written(&out)
-        .iter()
-        .any(|(p, _)| p.to_string_lossy().contains("/partial/")));
+    assert!(
+        !written(&out)
+            .iter()
+            .any(|(p, _)| p.to_string_lossy().contains("/partial/"))
+    );
 }
 
 /// Ctrl-C (SIGINT) in the middle of a run: the run stops without starting another stage, says
@@ -1231,11 +1238,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     rd.flatten()
         .flat_map(|e| {
             let p = e.path();
-            if p.is_dir() {
-                walk(&p)
-            } else {
-                vec![p]
-            }
+            if p.is_dir() { walk(&p) } else { vec![p] }
         })
         .collect()
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use unlearn_pipeline::checkpoint;
-use unlearn_pipeline::config::{load_split, PipelineConfig};
+use unlearn_pipeline::config::{PipelineConfig, load_split};
 use unlearn_pipeline::tch::{Device, Kind};
 // Linked for the in-process comparison with BadNets itself.
 use unlearn_attack_badnets as _;
@@ -134,9 +134,15 @@ fn schema_prints_defaults_and_unknown_method_lists_known_ones() {
 fn validate_reports_every_error_with_its_path_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let bad = tiny_with(&[
-        ("lr = 0.05\nbatch_size = 32\nmilestones = []\n\n[prune]", "lr = -0.5\nbatch_size = 32\nmilestones = []\n\n[prune]"),
+        (
+            "lr = 0.05\nbatch_size = 32\nmilestones = []\n\n[prune]",
+            "lr = -0.5\nbatch_size = 32\nmilestones = []\n\n[prune]",
+        ),
         ("class = 1", "class = 9"),
-        ("method = \"retrain\"\nepochs = 3\nlr = 0.05", "method = \"retrain\"\nepochs = 3\nlr = -1"),
+        (
+            "method = \"retrain\"\nepochs = 3\nlr = 0.05",
+            "method = \"retrain\"\nepochs = 3\nlr = -1",
+        ),
         ("method = \"FT\"", "method = \"GA-typo\""),
     ]) + "\n[[forget]]\nkind = \"random\"\nn = 5000\n\n[[unlearn]]\nmethod = \"FT\"\nlrr = 0.1\nlabel = \"FT2\"\n";
     let p = config(dir.path(), "bad.toml", &bad);
@@ -487,9 +493,11 @@ fn run_results_are_consistent_and_a_rerun_resumes() {
     assert!(stderr(&o).contains("training the dense model"));
     let r: Value =
         serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
-    assert!(std::fs::read_to_string(out.join("report.md"))
-        .unwrap()
-        .contains("| Scenario"));
+    assert!(
+        std::fs::read_to_string(out.join("report.md"))
+            .unwrap()
+            .contains("| Scenario")
+    );
 
     // The split partitions the 300 samples; the forget set is exactly class 1 of train
     // (synthetic labels are `index % classes`).

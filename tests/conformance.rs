@@ -194,7 +194,9 @@ fn a_broken_attack_is_reported_on_every_count() {
     ] {
         assert!(has(&failures, needle), "{needle}: {failures:#?}");
     }
-    assert!(failures
-        .iter()
-        .all(|f| f.starts_with("attack `BadAttack`: ")));
+    assert!(
+        failures
+            .iter()
+            .all(|f| f.starts_with("attack `BadAttack`: "))
+    );
 }

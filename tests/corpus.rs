@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 mod common;
 
@@ -2263,11 +2263,13 @@ fn bad_inputs_are_exit_2_errors_that_name_the_field_or_file() {
     // Each case is a process of its own; a few at once keep a small machine busy, not swamped.
     std::thread::scope(|s| {
         for _ in 0..3 {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(case) = live.get(i) else { break };
-                let f = check(case);
-                failures.lock().unwrap().extend(f);
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(case) = live.get(i) else { break };
+                    let f = check(case);
+                    failures.lock().unwrap().extend(f);
+                }
             });
         }
     });

@@ -179,11 +179,13 @@ fn a_killed_worker_stops_the_run_and_a_rerun_completes_it() {
         assert!(t0.elapsed().as_secs() < 120, "no worker started training");
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    assert!(Command::new("kill")
-        .args(["-KILL", &victim.to_string()])
-        .status()
-        .unwrap()
-        .success());
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &victim.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     let o = parent.wait_with_output().unwrap();
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{e}");

@@ -556,7 +556,10 @@ fn real_main() -> Result<()> {
                 );
             }
             if r.gpus.is_empty() && r.cuda_devices > 0 {
-                println!("gpu: libtorch sees {} device(s), but the CUDA driver library did not describe them", r.cuda_devices);
+                println!(
+                    "gpu: libtorch sees {} device(s), but the CUDA driver library did not describe them",
+                    r.cuda_devices
+                );
             }
             println!("device: {}", device::device_name(chosen));
             Ok(())
@@ -628,7 +631,10 @@ fn bench(
             if !skip.is_empty() {
                 notify(&format!(
                     "sweep: batch {} left out (larger than the {samples} images measured; raise --samples to include it)",
-                    skip.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ")
+                    skip.iter()
+                        .map(|b| b.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
             keep

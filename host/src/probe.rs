@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use unlearn_pipeline::plugin::host::{load, PluginError};
+use unlearn_pipeline::plugin::host::{PluginError, load};
 
 /// The hidden first argument that makes the binary a probe child (`unlearn <arg> <library>`).
 const PROBE_ARG: &str = "__probe-plugin";
@@ -104,6 +104,7 @@ fn by_fork(path: &Path) -> Outcome {
             }
         }
         let _ = std::panic::catch_unwind(|| load(path));
+        // SAFETY: ends the forked child at once, running no destructor of the parent's state.
         unsafe { libc::_exit(0) };
     }
     let started = Instant::now();
@@ -162,7 +163,7 @@ fn by_exec(path: &Path) -> Outcome {
                     (_, Some(sig)) => Outcome::Signal(sig),
                     (Some(code), _) => Outcome::Exit(code),
                     (None, None) => Outcome::Exit(-1),
-                }
+                };
             }
             Ok(None) if started.elapsed() > PATIENCE => {
                 let _ = child.kill();

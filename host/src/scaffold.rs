@@ -9,7 +9,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use unlearn_pipeline::method::Kind;
 use unlearn_pipeline::registry::Registry;
 
@@ -41,16 +41,16 @@ const MAX_NAME: usize = 64;
 /// Creates the crate and returns its folder.
 pub fn new_plugin(opts: &NewPlugin) -> Result<PathBuf> {
     let names = Names::new(&opts.name)?;
-    if let Ok(registry) = Registry::builtin() {
-        if let Ok(m) = registry.get(&opts.name) {
-            bail!(
-                "a method named `{}` already exists ({}, {}); a plugin with the same name could \
+    if let Ok(registry) = Registry::builtin()
+        && let Ok(m) = registry.get(&opts.name)
+    {
+        bail!(
+            "a method named `{}` already exists ({}, {}); a plugin with the same name could \
                  not be loaded next to it: choose another name",
-                m.name,
-                m.kind,
-                m.source
-            );
-        }
+            m.name,
+            m.kind,
+            m.source
+        );
     }
     let sdk = resolve_sdk(opts.sdk.as_deref())?;
     let dir = opts.dir.join(&opts.name);

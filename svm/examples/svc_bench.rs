@@ -13,7 +13,10 @@ use unlearn_svm::{Svc, SvcParams};
 
 fn read_f32(path: &str) -> Vec<f32> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    assert!(bytes.len() % 4 == 0, "{path}: length not a multiple of 4");
+    assert!(
+        bytes.len().is_multiple_of(4),
+        "{path}: length not a multiple of 4"
+    );
     bytes
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))

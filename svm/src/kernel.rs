@@ -43,11 +43,7 @@ pub(crate) fn exp_nonpos<const FMA: bool>(x: f64) -> f64 {
     ];
     #[inline(always)]
     fn madd<const FMA: bool>(a: f64, b: f64, c: f64) -> f64 {
-        if FMA {
-            a.mul_add(b, c)
-        } else {
-            a * b + c
-        }
+        if FMA { a.mul_add(b, c) } else { a * b + c }
     }
     let xc = if x < -708.0 { -708.0 } else { x };
     let t = madd::<FMA>(xc, LOG2E, SHIFT);
@@ -62,11 +58,7 @@ pub(crate) fn exp_nonpos<const FMA: bool>(x: f64) -> f64 {
     let k = (t.to_bits() as i64).wrapping_sub(SHIFT.to_bits() as i64);
     let scale = f64::from_bits((k + 1023).wrapping_shl(52) as u64);
     let v = p * scale;
-    if x < -708.0 {
-        0.0
-    } else {
-        v
-    }
+    if x < -708.0 { 0.0 } else { v }
 }
 
 #[inline]

@@ -112,7 +112,7 @@ fn check_x(x: &[f32], n_features: usize) -> Result<usize, SvmError> {
     if n_features == 0 {
         return Err(SvmError::EmptyInput);
     }
-    if x.len() % n_features != 0 {
+    if !x.len().is_multiple_of(n_features) {
         return Err(SvmError::ShapeMismatch {
             len: x.len(),
             n_features,

@@ -2,7 +2,7 @@
 //! the KKT conditions with the gradient recomputed from scratch (f64 kernel, no cache).
 mod common;
 
-use common::{rbf, Rng};
+use common::{Rng, rbf};
 use unlearn_svm::{Gamma, Svc, SvcParams};
 
 /// Overlapping 3-D Gaussian classes plus a block of exact duplicates.

@@ -76,7 +76,9 @@ pub enum CheckpointError {
     Write(#[from] std::io::Error),
     #[error("{path} is not a readable safetensors file: {reason}")]
     NotSafetensors { path: PathBuf, reason: String },
-    #[error("{path} is damaged: its content no longer matches the digest written with it (content_sha256 {expected:.12}, now {found:.12}); it cannot be trusted (a cache entry is recomputed; otherwise restore or recreate the file)")]
+    #[error(
+        "{path} is damaged: its content no longer matches the digest written with it (content_sha256 {expected:.12}, now {found:.12}); it cannot be trusted (a cache entry is recomputed; otherwise restore or recreate the file)"
+    )]
     Corrupt {
         path: PathBuf,
         expected: String,
@@ -116,7 +118,9 @@ pub enum CheckpointError {
         expected: String,
         found: String,
     },
-    #[error("tensor `{0}` appears twice (once with a `module.` prefix, or as both weight and weight_orig)")]
+    #[error(
+        "tensor `{0}` appears twice (once with a `module.` prefix, or as both weight and weight_orig)"
+    )]
     Duplicate(String),
     #[error("mask in the checkpoint: {0}")]
     Mask(#[from] MaskError),
@@ -276,14 +280,14 @@ impl Metadata {
         if !(1..=MAX_CHANNELS).contains(&c) || !(1..=MAX_SIDE).contains(&h.max(w)) {
             return Err(out_of_range("input", format!("{:?}", meta.input)));
         }
-        if let Some(s) = meta.sparsity {
-            if !(0.0..=1.0).contains(&s) {
-                return Err(CheckpointError::BadMetadata {
-                    key: "sparsity",
-                    value: s.to_string(),
-                    reason: "not in [0, 1]".into(),
-                });
-            }
+        if let Some(s) = meta.sparsity
+            && !(0.0..=1.0).contains(&s)
+        {
+            return Err(CheckpointError::BadMetadata {
+                key: "sparsity",
+                value: s.to_string(),
+                reason: "not in [0, 1]".into(),
+            });
         }
         Ok(meta)
     }
@@ -311,7 +315,7 @@ impl Bytes {
             k => {
                 return Err(CheckpointError::Inconsistent(format!(
                     "cannot store a {k:?} tensor"
-                )))
+                )));
             }
         };
         let mut data = vec![0u8; t.numel() * size];
@@ -376,11 +380,14 @@ pub(crate) fn write_tensors(
     write_file(path, &bytes, header)
 }
 
+/// Named tensors and a file's string metadata, as safetensors holds them.
+type TensorsAndMetadata = (BTreeMap<String, Tensor>, HashMap<String, String>);
+
 /// What [`write_tensors`] wrote: the tensors on `device`, and the metadata.
 pub(crate) fn read_tensors(
     path: &Path,
     device: Device,
-) -> Result<(BTreeMap<String, Tensor>, HashMap<String, String>), CheckpointError> {
+) -> Result<TensorsAndMetadata, CheckpointError> {
     let bytes = read(path)?;
     let st = parse(path, &bytes)?;
     let mut tensors = BTreeMap::new();
@@ -586,7 +593,7 @@ pub fn import_pytorch(
     }
     if let Some(stray) = named.keys().find(|k| k.ends_with(".weight_mask")) {
         return Err(CheckpointError::Missing(vec![
-            stray.replace("_mask", "_orig")
+            stray.replace("_mask", "_orig"),
         ]));
     }
     // The file's normalisation, if any, replaces the spec's.
@@ -751,7 +758,7 @@ impl FileTensor {
                     name: name.into(),
                     expected: "F32".into(),
                     found: format!("{other:?}"),
-                })
+                });
             }
         };
         if dtype == Dtype::BOOL && view.data().iter().any(|&b| b > 1) {
@@ -910,12 +917,12 @@ fn fill(
         let mask = Mask::from_tensors(model, masks)?;
         check_mask_holds(&mask, &state)?;
         let sparsity = mask.sparsity();
-        if let Some(s) = meta.sparsity {
-            if (s - sparsity).abs() > 1e-6 {
-                return Err(CheckpointError::Inconsistent(format!(
-                    "the metadata gives sparsity {s}, the mask has {sparsity}"
-                )));
-            }
+        if let Some(s) = meta.sparsity
+            && (s - sparsity).abs() > 1e-6
+        {
+            return Err(CheckpointError::Inconsistent(format!(
+                "the metadata gives sparsity {s}, the mask has {sparsity}"
+            )));
         }
         meta.sparsity = Some(sparsity);
         Some(mask)

@@ -19,9 +19,9 @@
 //!
 //! A panic inside a method is caught and reported as a failure of that check.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tch::{Device, Tensor};
 
 use crate::mask::Mask;

@@ -157,61 +157,64 @@ pub fn gpus() -> Vec<GpuInfo> {
 
 #[cfg(feature = "host")]
 unsafe fn query_gpus() -> Option<Vec<GpuInfo>> {
-    use std::ffi::{c_char, c_int, CStr};
-    type Init = unsafe extern "C" fn(u32) -> c_int;
-    type Count = unsafe extern "C" fn(*mut c_int) -> c_int;
-    type Get = unsafe extern "C" fn(*mut c_int, c_int) -> c_int;
-    type Name = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int;
-    type Mem = unsafe extern "C" fn(*mut usize, c_int) -> c_int;
-    type Attr = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_int;
-    type Version = unsafe extern "C" fn(*mut c_int) -> c_int;
-    // CUdevice_attribute codes (cuda.h).
-    const CLOCK_RATE: c_int = 13;
-    const MULTIPROCESSORS: c_int = 16;
-    const CC_MAJOR: c_int = 75;
-    const CC_MINOR: c_int = 76;
+    // SAFETY: the caller upholds what this `unsafe fn` requires (its doc comment).
+    unsafe {
+        use std::ffi::{CStr, c_char, c_int};
+        type Init = unsafe extern "C" fn(u32) -> c_int;
+        type Count = unsafe extern "C" fn(*mut c_int) -> c_int;
+        type Get = unsafe extern "C" fn(*mut c_int, c_int) -> c_int;
+        type Name = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int;
+        type Mem = unsafe extern "C" fn(*mut usize, c_int) -> c_int;
+        type Attr = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_int;
+        type Version = unsafe extern "C" fn(*mut c_int) -> c_int;
+        // CUdevice_attribute codes (cuda.h).
+        const CLOCK_RATE: c_int = 13;
+        const MULTIPROCESSORS: c_int = 16;
+        const CC_MAJOR: c_int = 75;
+        const CC_MINOR: c_int = 76;
 
-    let lib = libloading::Library::new("libcuda.so.1").ok()?;
-    let init: libloading::Symbol<Init> = lib.get(b"cuInit").ok()?;
-    let count: libloading::Symbol<Count> = lib.get(b"cuDeviceGetCount").ok()?;
-    let get: libloading::Symbol<Get> = lib.get(b"cuDeviceGet").ok()?;
-    let name: libloading::Symbol<Name> = lib.get(b"cuDeviceGetName").ok()?;
-    let mem: libloading::Symbol<Mem> = lib.get(b"cuDeviceTotalMem_v2").ok()?;
-    let attr: libloading::Symbol<Attr> = lib.get(b"cuDeviceGetAttribute").ok()?;
-    let version: libloading::Symbol<Version> = lib.get(b"cuDriverGetVersion").ok()?;
-    if init(0) != 0 {
-        return None;
-    }
-    let (mut n, mut v) = (0, 0);
-    if count(&mut n) != 0 || version(&mut v) != 0 {
-        return None;
-    }
-    let mut out = Vec::new();
-    for i in 0..n {
-        let mut dev = 0;
-        if get(&mut dev, i) != 0 {
-            continue;
+        let lib = libloading::Library::new("libcuda.so.1").ok()?;
+        let init: libloading::Symbol<Init> = lib.get(b"cuInit").ok()?;
+        let count: libloading::Symbol<Count> = lib.get(b"cuDeviceGetCount").ok()?;
+        let get: libloading::Symbol<Get> = lib.get(b"cuDeviceGet").ok()?;
+        let name: libloading::Symbol<Name> = lib.get(b"cuDeviceGetName").ok()?;
+        let mem: libloading::Symbol<Mem> = lib.get(b"cuDeviceTotalMem_v2").ok()?;
+        let attr: libloading::Symbol<Attr> = lib.get(b"cuDeviceGetAttribute").ok()?;
+        let version: libloading::Symbol<Version> = lib.get(b"cuDriverGetVersion").ok()?;
+        if init(0) != 0 {
+            return None;
         }
-        let mut buf = [0 as c_char; 256];
-        let mut bytes = 0usize;
-        let a = |code| {
-            let mut x = 0;
-            (attr(&mut x, code, dev) == 0).then_some(x).unwrap_or(0)
-        };
-        if name(buf.as_mut_ptr(), buf.len() as c_int, dev) != 0 || mem(&mut bytes, dev) != 0 {
-            continue;
+        let (mut n, mut v) = (0, 0);
+        if count(&mut n) != 0 || version(&mut v) != 0 {
+            return None;
         }
-        out.push(GpuInfo {
-            index: i as usize,
-            name: CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned(),
-            memory_bytes: bytes as u64,
-            compute_capability: (a(CC_MAJOR), a(CC_MINOR)),
-            multiprocessors: a(MULTIPROCESSORS),
-            clock_khz: a(CLOCK_RATE),
-            driver_cuda: format!("{}.{}", v / 1000, v % 1000 / 10),
-        });
+        let mut out = Vec::new();
+        for i in 0..n {
+            let mut dev = 0;
+            if get(&mut dev, i) != 0 {
+                continue;
+            }
+            let mut buf = [0 as c_char; 256];
+            let mut bytes = 0usize;
+            let a = |code| {
+                let mut x = 0;
+                if attr(&mut x, code, dev) == 0 { x } else { 0 }
+            };
+            if name(buf.as_mut_ptr(), buf.len() as c_int, dev) != 0 || mem(&mut bytes, dev) != 0 {
+                continue;
+            }
+            out.push(GpuInfo {
+                index: i as usize,
+                name: CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned(),
+                memory_bytes: bytes as u64,
+                compute_capability: (a(CC_MAJOR), a(CC_MINOR)),
+                multiprocessors: a(MULTIPROCESSORS),
+                clock_khz: a(CLOCK_RATE),
+                driver_cuda: format!("{}.{}", v / 1000, v % 1000 / 10),
+            });
+        }
+        Some(out)
     }
-    Some(out)
 }
 
 /// The libtorch version this binary was built against (torch-sys records it at build time).
@@ -245,7 +248,7 @@ mod tests {
             "{r:?}"
         );
         #[cfg(feature = "host")]
-        assert_eq!(r.gpus.len() > 0, r.cuda_devices > 0, "{r:?}");
+        assert_eq!(!r.gpus.is_empty(), r.cuda_devices > 0, "{r:?}");
     }
 
     #[test]

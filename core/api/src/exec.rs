@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, TchError, Tensor};
 use torch_sys::C_tensor;
 
-extern "C" {
+unsafe extern "C" {
     fn unlearn_autocast_enter(
         device_type: c_int,
         dtype: c_int,
@@ -261,6 +261,7 @@ pub fn channels_last(t: &Tensor) -> Result<Tensor, TchError> {
     let mut out: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: a live handle; on success `out` is a new heap tensor that `Tensor` then owns.
     check(unsafe { unlearn_channels_last(t.as_ptr(), &mut out) })?;
+    // SAFETY: on success `out` holds the new tensor the call made; `Tensor` owns it from here.
     Ok(unsafe { Tensor::from_ptr(out) })
 }
 
@@ -298,6 +299,8 @@ pub fn cuda_versions() -> (Option<i64>, Option<i64>) {
     if check(unsafe { unlearn_cuda_versions(&mut cudart, &mut cudnn) }).is_err() {
         return (None, None);
     }
+    // `c_long` is 64-bit here but not on every platform.
+    #[allow(clippy::unnecessary_cast)]
     let some = |v: c_long| (v > 0).then_some(v as i64);
     (some(cudart), some(cudnn))
 }

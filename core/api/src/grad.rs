@@ -17,7 +17,7 @@ use tch::{Kind, TchError, Tensor};
 
 use crate::mask::Mask;
 use crate::model::Model;
-use crate::train::{cross_entropy, Stream};
+use crate::train::{Stream, cross_entropy};
 
 /// A differentiable function of named parameters.
 pub struct Net<'a> {
@@ -240,7 +240,7 @@ pub fn class_fisher(
             s => {
                 return Err(TchError::Shape(format!(
                     "class_fisher: logits of shape {s:?}, expected [batch, classes]"
-                )))
+                )));
             }
         };
         let weight =
@@ -382,12 +382,12 @@ fn update_masked_(
 mod tests {
     use std::collections::BTreeMap;
 
-    use tch::nn::{self, Module};
     use tch::Device;
+    use tch::nn::{self, Module};
 
     use super::*;
-    use crate::data::{synthetic, Dataset, SyntheticConfig};
-    use crate::mask::{magnitude_scores, Mask};
+    use crate::data::{Dataset, SyntheticConfig, synthetic};
+    use crate::mask::{Mask, magnitude_scores};
     use crate::model::{Arch, Model, ModelSpec};
 
     const FEATURES: usize = 4;
@@ -521,9 +521,10 @@ mod tests {
         assert!(net.flatten(&parts).unwrap().equal(&flat));
         assert!(net.unflatten(&flat.narrow(0, 0, 5)).is_err());
         assert!(net.flatten(&parts[..1]).is_err());
-        assert!(net
-            .flatten(&[parts[1].shallow_clone(), parts[0].shallow_clone()])
-            .is_err());
+        assert!(
+            net.flatten(&[parts[1].shallow_clone(), parts[0].shallow_clone()])
+                .is_err()
+        );
     }
 
     #[test]
@@ -746,12 +747,14 @@ mod tests {
         assign_masked_(&net, &values, None).unwrap();
         assert!(vec_of(&l.lin.ws).iter().all(|&w| w == 7.0));
         assert!(add_masked_(&net, &values[..1], None).is_err());
-        assert!(add_masked_(
-            &net,
-            &[values[1].shallow_clone(), values[0].shallow_clone()],
-            None
-        )
-        .is_err());
+        assert!(
+            add_masked_(
+                &net,
+                &[values[1].shallow_clone(), values[0].shallow_clone()],
+                None
+            )
+            .is_err()
+        );
         // the parameters still require grad and are usable by autograd
         assert!(l.lin.ws.requires_grad());
     }
@@ -829,10 +832,11 @@ mod tests {
         assert!(err <= 1e-4 * scale, "{err} vs {scale}");
         let f = class_fisher(&net, &stream, 4).unwrap();
         assert_eq!((f.batches, f.backward_passes), (3, 12));
-        assert!(f
-            .per_param
-            .iter()
-            .all(|t| t.isfinite().all().int64_value(&[]) == 1));
+        assert!(
+            f.per_param
+                .iter()
+                .all(|t| t.isfinite().all().int64_value(&[]) == 1)
+        );
         assert!(model.var_store().variables()["bn2.running_mean"].equal(&before));
         // a mask built for the model applies by name: to gradients ...
         let mask = Mask::from_scores(&magnitude_scores(&model), None, 0.5).unwrap();

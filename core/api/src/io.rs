@@ -162,10 +162,12 @@ mod tests {
             serde_json::to_string(&A { x: f64::NAN }).unwrap(),
             r#"{"x":null}"#
         );
-        assert!(serde_json::from_str::<A>(r#"{"x":null}"#)
-            .unwrap()
-            .x
-            .is_nan());
+        assert!(
+            serde_json::from_str::<A>(r#"{"x":null}"#)
+                .unwrap()
+                .x
+                .is_nan()
+        );
         assert_eq!(serde_json::from_str::<A>(r#"{"x":0.25}"#).unwrap().x, 0.25);
     }
 }

@@ -12,7 +12,9 @@ use crate::model::Model;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum MaskError {
-    #[error("mask has `{0}`, which is not a weight of the model that can be pruned (a conv or linear weight)")]
+    #[error(
+        "mask has `{0}`, which is not a weight of the model that can be pruned (a conv or linear weight)"
+    )]
     UnknownParameter(String),
     #[error("mask for `{name}` has shape {mask:?}, the parameter {param:?}")]
     Shape {
@@ -338,9 +340,11 @@ mod tests {
             let both = Prunable::ConvLinear.select(&model);
             let linear = Prunable::Linear.select(&model);
             assert_eq!(both.len(), old.len() + linear.len(), "{arch}");
-            assert!(linear
-                .keys()
-                .any(|k| k == &format!("{}.weight", model.classifier())));
+            assert!(
+                linear
+                    .keys()
+                    .any(|k| k == &format!("{}.weight", model.classifier()))
+            );
             assert!(both.values().all(|t| t.dim() >= 2), "{arch}");
         }
     }

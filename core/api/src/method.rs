@@ -3,8 +3,8 @@
 //! flags or files. Built-ins register with [`register_unlearner!`] / [`register_pruner!`].
 
 use schemars::JsonSchema;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::data::Dataset;

@@ -177,8 +177,7 @@ pub struct ForgetKl;
 
 impl Metric for ForgetKl {
     const NAME: &'static str = "forget_kl";
-    const SUMMARY: &'static str =
-        "mean KL(p_retrain || p_unlearned) over the forget set, in nats (0 = the retrained model's predictions)";
+    const SUMMARY: &'static str = "mean KL(p_retrain || p_unlearned) over the forget set, in nats (0 = the retrained model's predictions)";
     const NEEDS: Needs = Needs {
         original: false,
         retrained: true,

@@ -3,7 +3,7 @@
 use tch::{Kind, Tensor};
 
 use crate::model::Model;
-use crate::train::{cross_entropy, Batch, Objective};
+use crate::train::{Batch, Objective, cross_entropy};
 
 /// The weight of an L1 penalty over epochs.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -3,12 +3,12 @@
 //! vectorised CPU path, unlike `a + b * alpha`), `addcmul_`/`addcdiv_` with their scalar `value`,
 //! and dropping a gradient.
 
-use std::ffi::{c_char, CStr};
+use std::ffi::{CStr, c_char};
 
 use tch::{TchError, Tensor};
 use torch_sys::C_tensor;
 
-extern "C" {
+unsafe extern "C" {
     fn unlearn_add_scaled_(t: *mut C_tensor, other: *const C_tensor, alpha: f64) -> *const c_char;
     fn unlearn_add_scaled(
         t: *const C_tensor,
@@ -55,6 +55,7 @@ pub fn add_scaled(t: &Tensor, other: &Tensor, alpha: f64) -> Result<Tensor, TchE
     // SAFETY: live handles; on success the shim stores a new heap tensor in `out`, which
     // `Tensor::from_ptr` then owns (and frees, as every tch tensor).
     check(unsafe { unlearn_add_scaled(t.as_ptr(), other.as_ptr(), alpha, &mut out) })?;
+    // SAFETY: on success `out` holds the new tensor the call made; `Tensor` owns it from here.
     Ok(unsafe { Tensor::from_ptr(out) })
 }
 

@@ -272,7 +272,7 @@ impl Adam {
                     return Err(format!(
                         "Adam state `{key}`: Adam keeps no `{slot}` (its slots are {})",
                         ADAM_SLOTS.join(", ")
-                    ))
+                    ));
                 }
             }
         }
@@ -329,7 +329,7 @@ fn step_count(key: &str, t: &Tensor) -> Result<i64, String> {
         k => {
             return Err(format!(
                 "Adam state `{key}` is of kind {k:?}, not a step count"
-            ))
+            ));
         }
     };
     if step < 0 {
@@ -470,7 +470,7 @@ impl Optimizer {
                         (slot, _) => {
                             return Err(format!(
                                 "SGD state `{key}`: SGD keeps no `{slot}` (its slot is momentum)"
-                            ))
+                            ));
                         }
                     }
                 }

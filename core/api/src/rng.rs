@@ -2,8 +2,8 @@
 //! batch order). It lives on the host, independent of libtorch's generators, so the same seed gives
 //! the same indices on every device.
 
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 /// A generator for `seed`, separated into independent streams by `purpose` (so that, say, the split
@@ -23,22 +23,6 @@ pub fn permutation(n: usize, seed: u64, purpose: &str) -> Vec<usize> {
     let mut v: Vec<usize> = (0..n).collect();
     v.shuffle(&mut rng(seed, purpose));
     v
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn permutations_are_seeded_and_purpose_separated() {
-        let a = permutation(100, 7, "split");
-        assert_eq!(a, permutation(100, 7, "split"));
-        assert_ne!(a, permutation(100, 8, "split"));
-        assert_ne!(a, permutation(100, 7, "forget"));
-        let mut s = a.clone();
-        s.sort();
-        assert_eq!(s, (0..100).collect::<Vec<_>>());
-    }
 }
 
 /// Standard-normal noise shaped like each of `like` (same kind and device), drawn on the host
@@ -72,4 +56,20 @@ pub fn normal_like(
                 .f_to_device(t.device())
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutations_are_seeded_and_purpose_separated() {
+        let a = permutation(100, 7, "split");
+        assert_eq!(a, permutation(100, 7, "split"));
+        assert_ne!(a, permutation(100, 8, "split"));
+        assert_ne!(a, permutation(100, 7, "forget"));
+        let mut s = a.clone();
+        s.sort();
+        assert_eq!(s, (0..100).collect::<Vec<_>>());
+    }
 }

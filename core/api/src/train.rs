@@ -5,14 +5,14 @@
 //! timing, progress, cancellation and mid-training checkpoints.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::data::{index_tensor, Augment, Dataset};
+use crate::data::{Augment, Dataset, index_tensor};
 use crate::device::synchronize;
 use crate::mask::Mask;
 use crate::model::{Model, Snapshot};
@@ -475,11 +475,7 @@ impl<'a> Phase<'a> {
 
     /// Its steps in (0-based) `epoch`.
     fn steps_in(&self, epoch: usize, s: &Schedule) -> usize {
-        if self.active(epoch) {
-            self.steps(s)
-        } else {
-            0
-        }
+        if self.active(epoch) { self.steps(s) } else { 0 }
     }
 }
 
@@ -829,10 +825,10 @@ impl Trainer {
             }
         }
         let earlier_seconds: f64 = state.log.iter().map(|e| e.seconds).sum();
-        if let Some(scope) = &self.stage {
-            if let Ok(mut r) = scope.restored.lock() {
-                *r += earlier_seconds;
-            }
+        if let Some(scope) = &self.stage
+            && let Ok(mut r) = scope.restored.lock()
+        {
+            *r += earlier_seconds;
         }
         let val = run.keep_best.or(run.validate);
         let steps_in =
@@ -896,14 +892,14 @@ impl Trainer {
                         m.apply(model);
                     }
                     loss_sum += loss.detach().to_kind(Kind::Double);
-                    if let Some(logits) = batch.logits.borrow().as_ref() {
-                        if logits.size().first() == Some(&len) {
-                            correct += logits
-                                .argmax(-1, false)
-                                .eq_tensor(&batch.y)
-                                .sum(Kind::Int64);
-                            scored += len;
-                        }
+                    if let Some(logits) = batch.logits.borrow().as_ref()
+                        && logits.size().first() == Some(&len)
+                    {
+                        correct += logits
+                            .argmax(-1, false)
+                            .eq_tensor(&batch.y)
+                            .sum(Kind::Int64);
+                        scored += len;
                     }
                     state.steps += 1;
                     bar.inc(1);
@@ -927,14 +923,14 @@ impl Trainer {
                 state.rewind = Some(model.snapshot());
             }
             let val_accuracy = val.map(|v| accuracy(model, v));
-            if let (Some(acc), Some(_)) = (val_accuracy, run.keep_best) {
-                if state.best.as_ref().is_none_or(|b| acc > b.accuracy) {
-                    state.best = Some(BestEpoch {
-                        epoch: epoch + 1,
-                        accuracy: acc,
-                        snapshot: model.snapshot(),
-                    });
-                }
+            if let (Some(acc), Some(_)) = (val_accuracy, run.keep_best)
+                && state.best.as_ref().is_none_or(|b| acc > b.accuracy)
+            {
+                state.best = Some(BestEpoch {
+                    epoch: epoch + 1,
+                    accuracy: acc,
+                    snapshot: model.snapshot(),
+                });
             }
             synchronize(self.device);
             state.log.push(EpochLog {
@@ -967,13 +963,13 @@ impl Trainer {
         }
         synchronize(self.device);
         bar.finish_and_clear();
-        if let Some(scope) = &self.stage {
-            if let Ok(mut logs) = scope.logs.lock() {
-                logs.push(RunLog {
-                    run: label.clone(),
-                    epochs: state.log.clone(),
-                });
-            }
+        if let Some(scope) = &self.stage
+            && let Ok(mut logs) = scope.logs.lock()
+        {
+            logs.push(RunLog {
+                run: label.clone(),
+                epochs: state.log.clone(),
+            });
         }
         Ok(TrainReport {
             seconds: start.elapsed().as_secs_f64(),
@@ -1170,7 +1166,7 @@ fn progress_bar(enabled: bool, len: u64, label: &str) -> indicatif::ProgressBar 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{synthetic, Augment, SyntheticConfig};
+    use crate::data::{Augment, SyntheticConfig, synthetic};
     use crate::mask::magnitude_scores;
     use crate::model::{Arch, ModelSpec};
 
@@ -1217,12 +1213,14 @@ mod tests {
             assert!((a - b).abs() < 1e-12, "{lrs:?}");
         }
         assert!((s.lr_at(0, 3) - 0.01).abs() < 1e-12);
-        assert!(Schedule {
-            milestones: vec![5, 5],
-            ..s
-        }
-        .check()
-        .is_err());
+        assert!(
+            Schedule {
+                milestones: vec![5, 5],
+                ..s
+            }
+            .check()
+            .is_err()
+        );
     }
 
     #[test]
@@ -1436,10 +1434,11 @@ mod tests {
         };
         assert_eq!(strip(&want.log), strip(&got.log));
         assert_eq!(got.log.len(), 5);
-        assert!(got
-            .log
-            .iter()
-            .all(|e| e.train_accuracy.is_some() && e.val_accuracy.is_some()));
+        assert!(
+            got.log
+                .iter()
+                .all(|e| e.train_accuracy.is_some() && e.val_accuracy.is_some())
+        );
         assert_eq!(scope.logs().len(), 1);
 
         // A state saved by another run (another seed) is not taken for this one's.
@@ -1489,10 +1488,11 @@ mod tests {
             r.log.iter().map(|e| e.epoch).collect::<Vec<_>>(),
             [1, 2, 3, 4]
         );
-        assert!(r
-            .log
-            .iter()
-            .all(|e| e.loss.is_finite() && e.val_accuracy.is_none()));
+        assert!(
+            r.log
+                .iter()
+                .all(|e| e.loss.is_finite() && e.val_accuracy.is_none())
+        );
         assert_eq!(r.log[3].loss.to_bits(), r.last_loss.to_bits());
         let want = 100.0 * obj.0 as f64 / obj.1 as f64;
         assert!((r.log[3].train_accuracy.unwrap() - want).abs() < 1e-9);

@@ -3,8 +3,8 @@
 //! and an unknown name lists it among the known ones.
 
 use unlearn_api::checkpoint::{self, Provenance};
-use unlearn_api::data::{synthetic, SyntheticConfig};
-use unlearn_api::mask::{magnitude_scores_of, Mask, Prunable};
+use unlearn_api::data::{SyntheticConfig, synthetic};
+use unlearn_api::mask::{Mask, Prunable, magnitude_scores_of};
 use unlearn_api::model::{Arch, ArchDef, Model, ModelError, ModelSpec};
 use unlearn_api::tch::nn::{self, ModuleT};
 use unlearn_api::tch::{Device, Tensor};
@@ -40,13 +40,15 @@ fn eight_by_eight(input: [i64; 3]) -> Result<(), String> {
     }
 }
 
-unlearn_api::register_arch!(ArchDef::new(
-    "test-mlp",
-    "a two-layer perceptron for 8x8 images (a test fixture)",
-    build_mlp
-)
-.accepts(eight_by_eight)
-.classifier("out"));
+unlearn_api::register_arch!(
+    ArchDef::new(
+        "test-mlp",
+        "a two-layer perceptron for 8x8 images (a test fixture)",
+        build_mlp
+    )
+    .accepts(eight_by_eight)
+    .classifier("out")
+);
 
 const TEST_MLP: Arch = Arch::named("test-mlp");
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
-use unlearn_api::data::{stratified_split, synthetic, SplitConfig, SyntheticConfig};
+use unlearn_api::data::{SplitConfig, SyntheticConfig, stratified_split, synthetic};
 use unlearn_api::exec::{self, Autocast, Execution, Precision};
 use unlearn_api::model::{Arch, Model, ModelSpec};
 use unlearn_api::train::{CrossEntropy, Run, Schedule, Stream, Trainer};
@@ -106,7 +106,7 @@ fn bf16_runs_the_convolution_in_bfloat16_and_returns_float32_logits() {
     assert_eq!(s.output_kind, Kind::BFloat16);
     assert_eq!(logits.kind(), Kind::Float, "logits come out as float32");
     // ... and off again outside it.
-    assert_eq!(exec::autocast_state(Device::Cpu).unwrap().0, false);
+    assert!(!exec::autocast_state(Device::Cpu).unwrap().0);
     // bf16 keeps 8 bits of mantissa: close to fp32, not equal.
     let diff = (&logits - &fp32).abs().max().double_value(&[]);
     assert!(

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use unlearn_api::model::{forward_flops, Arch, ArchDef, ModelSpec};
+use unlearn_api::model::{Arch, ArchDef, ModelSpec, forward_flops};
 use unlearn_api::tch::nn::{self, ModuleT};
 use unlearn_api::testing::spec;
 

@@ -186,15 +186,15 @@ fn fuzz_index_file() {
 
 #[cfg(feature = "host")]
 mod plugin {
-    use std::ffi::{c_char, c_void, CStr, CString};
+    use std::ffi::{CStr, CString, c_char, c_void};
 
     use serde_json::Value;
 
     use super::*;
     use unlearn_api::method::{BuiltinMethod, ConfigIssue, Factory, Kind};
     use unlearn_api::plugin::abi::{
-        MethodEntry, PluginDescriptor, Status, ABI_MAJOR, ABI_MINOR, DESCRIPTOR_SIZE_2_0, ERR,
-        METHOD_ENTRY_SIZE_2_0, OK,
+        ABI_MAJOR, ABI_MINOR, DESCRIPTOR_SIZE_2_0, ERR, METHOD_ENTRY_SIZE_2_0, MethodEntry, OK,
+        PluginDescriptor, Status,
     };
     use unlearn_api::plugin::guest::make_descriptor;
     use unlearn_api::plugin::host::check_descriptor;
@@ -391,14 +391,17 @@ mod plugin {
         _instance: *mut *mut c_void,
         err: *mut *mut c_char,
     ) -> Status {
-        ANSWER.with(|a| {
-            let (status, text) = a.borrow().clone();
-            if let Some(t) = text {
-                // Freed by the descriptor's `free_string`, which takes `CString::into_raw`.
-                *err = t.into_raw();
-            }
-            status
-        })
+        // SAFETY: called through the plugin ABI, whose pointers are valid for the call (`plugin::abi` says which may be null).
+        unsafe {
+            ANSWER.with(|a| {
+                let (status, text) = a.borrow().clone();
+                if let Some(t) = text {
+                    // Freed by the descriptor's `free_string`, which takes `CString::into_raw`.
+                    *err = t.into_raw();
+                }
+                status
+            })
+        }
     }
 
     /// The JSON the plugin side sends back through the host's `create`: its error text, as the
@@ -449,7 +452,7 @@ mod plugin {
 /// `samples = 1e12` aborted the process (allocation failure), a larger one wrapped around.
 #[test]
 fn regression_synthetic_sizes_are_bounded() {
-    use unlearn_api::data::{synthetic, SyntheticConfig};
+    use unlearn_api::data::{SyntheticConfig, synthetic};
     for (samples, channels, size) in [
         (1_000_000_000_000, 1, 8),
         (usize::MAX, 4, 256),

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use unlearn_api::checkpoint::{self, Provenance};
-use unlearn_api::mask::{magnitude_scores, Mask};
+use unlearn_api::mask::{Mask, magnitude_scores};
 use unlearn_api::model::{Arch, Model, ModelSpec};
 use unlearn_api::tch::{self, Device, Kind, Tensor};
 

@@ -263,7 +263,7 @@ fn status_hint(status: u16) -> &'static str {
     }
 }
 
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FetchError {
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + use<> {
     let path = path.to_path_buf();
     move |source| FetchError::Io {
         action,
@@ -702,7 +702,7 @@ fn download(
                 return Err(FetchError::Status {
                     url: url.to_string(),
                     status,
-                })
+                });
             }
         };
         if !resume {
@@ -753,10 +753,10 @@ fn download(
             .into_inner()
             .map_err(|e| io_err("writing", part)(e.into_error()))?;
         file.sync_all().map_err(io_err("writing", part))?;
-        if let Some(total) = total {
-            if offset + got < total {
-                return Err(interrupted(got, "the connection closed early".to_string()));
-            }
+        if let Some(total) = total
+            && offset + got < total
+        {
+            return Err(interrupted(got, "the connection closed early".to_string()));
         }
         return Ok((got, resume));
     }
@@ -1053,7 +1053,7 @@ fn untar(archive: &Path, staging: &Path, bar: &indicatif::ProgressBar) -> Result
                     archive,
                     &name,
                     format!("is a {other:?} entry, not a regular file or directory"),
-                ))
+                ));
             }
         }
         if std::str::from_utf8(&raw).is_err() {
@@ -1407,10 +1407,12 @@ mod tests {
         let total = (tgz.len() + zip.len() + idx_gz.len() + mat.len()) as u64;
         assert_eq!(report.downloaded_bytes, total);
         assert!(!report.skipped && !report.resumed);
-        assert!(report
-            .artifacts
-            .iter()
-            .all(|a| a.verification == Verification::Sha256));
+        assert!(
+            report
+                .artifacts
+                .iter()
+                .all(|a| a.verification == Verification::Sha256)
+        );
         let read = |rel: &str| fs::read(dir.join(rel)).unwrap();
         assert_eq!(read("cifar-10-batches-bin/data_batch_1.bin"), batch);
         assert_eq!(read("cifar-10-batches-bin/batches.meta.txt"), meta);
@@ -1874,10 +1876,11 @@ mod tests {
                     assert_eq!(a.verification(), Verification::SizeOnly);
                 } else {
                     assert_eq!(a.sha256.len(), 64, "{}", a.url);
-                    assert!(a
-                        .sha256
-                        .bytes()
-                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+                    assert!(
+                        a.sha256
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                    );
                 }
             }
         }

@@ -6,7 +6,7 @@ mod digits;
 pub mod fetch;
 pub mod formats;
 
-pub use digits::{digits, DIGITS_CREDIT};
+pub use digits::{DIGITS_CREDIT, digits};
 pub use unlearn_api::data::*;
 
 // Module paths the format readers share with the rest of unlearn (`crate::data::Dataset`).

@@ -14,7 +14,7 @@ use unlearn_data::formats;
 
 #[path = "../../api/tests/support/fuzz.rs"]
 mod harness;
-use harness::{apply, bytes_input, fuzz, op, Bytes, Op};
+use harness::{Bytes, Op, apply, bytes_input, fuzz, op};
 
 // ---------------------------------------------------------------------------------------------
 // Seeds and helpers.

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use tch::Kind;
 
-use crate::data::{index_tensor, Dataset};
+use crate::data::{Dataset, index_tensor};
 use crate::method::{Attack, MethodError, Poisoning};
 use crate::model::Model;
 
@@ -124,7 +124,7 @@ pub fn apply_poisoning(train: &Dataset, p: &Poisoning) -> Result<Dataset, Method
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{synthetic, SyntheticConfig};
+    use crate::data::{SyntheticConfig, synthetic};
     use crate::model::{Arch, ModelSpec};
     use tch::{Device, Tensor};
 
@@ -244,7 +244,7 @@ mod tests {
             .labels_vec()
             .iter()
             .enumerate()
-            .filter(|(_, &y)| y == 2)
+            .filter(|&(_, &y)| y == 2)
             .map(|(i, _)| i)
             .collect();
         let a = attack_success_rate(&m, &d.subset(&only_target), &Corner, 8).unwrap();

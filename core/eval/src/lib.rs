@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::data::{index_tensor, Dataset};
+use crate::data::{Dataset, index_tensor};
 use crate::forget::ForgetSet;
 use crate::model::Model;
 

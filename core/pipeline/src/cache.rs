@@ -16,8 +16,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -307,7 +307,7 @@ impl Cache {
                         return Err(format!(
                             "{}: its content does not match the digest in meta.json (damaged)",
                             file.display()
-                        ))
+                        ));
                     }
                     Err(e) => return Err(format!("{}: {e}", file.display())),
                 }

@@ -9,8 +9,8 @@
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -254,7 +254,7 @@ pub fn acquire(
                 return Err(LockError::Held {
                     path: path.to_path_buf(),
                     holder,
-                })
+                });
             }
             Policy::Wait { notify } => {
                 if last_notice.is_none_or(|t| t.elapsed() >= timing.notice) {
@@ -330,13 +330,15 @@ fn heartbeat(
     stop: Arc<AtomicBool>,
     timing: Timing,
 ) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || loop {
-        std::thread::park_timeout(timing.heartbeat);
-        if stop.load(Ordering::Relaxed) {
-            return;
+    std::thread::spawn(move || {
+        loop {
+            std::thread::park_timeout(timing.heartbeat);
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            me.beat = now();
+            let _ = write_holder(&mut file, &me);
         }
-        me.beat = now();
-        let _ = write_holder(&mut file, &me);
     })
 }
 

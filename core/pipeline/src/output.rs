@@ -145,7 +145,7 @@ impl OutputDir {
                         path: out.to_path_buf(),
                         found: m.made_by,
                         wanted: made_by,
-                    })
+                    });
                 }
                 Some(_) => {}
                 None => {
@@ -401,10 +401,11 @@ mod tests {
         assert!(m.files.contains("models/extra.safetensors"));
         let d2 = OutputDir::claim(&out, Producer::Run, "run d").unwrap();
         d2.write("results.json", b"D").unwrap();
-        assert!(d2
-            .finish()
-            .unwrap()
-            .contains(&"models/extra.safetensors".to_string()));
+        assert!(
+            d2.finish()
+                .unwrap()
+                .contains(&"models/extra.safetensors".to_string())
+        );
     }
 
     #[test]

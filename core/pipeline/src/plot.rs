@@ -132,12 +132,12 @@ fn panels_of(results: &RunResults, scenario: &str, metrics: &[Metric]) -> Vec<Pa
                     // (the dense model and a 0% pruner) stay two points, never one average.
                     let mut by_model: ByModel = BTreeMap::new();
                     for r in &rows {
-                        if lines_of(r).contains(name) {
-                            if let Some(v) = value(r) {
-                                let p = by_model.entry(r.pruner.as_deref()).or_default();
-                                p.0.push(r.sparsity);
-                                p.1.push(v);
-                            }
+                        if lines_of(r).contains(name)
+                            && let Some(v) = value(r)
+                        {
+                            let p = by_model.entry(r.pruner.as_deref()).or_default();
+                            p.0.push(r.sparsity);
+                            p.1.push(v);
                         }
                     }
                     let mut points: Vec<((f64, f64, f64), bool)> = by_model
@@ -151,7 +151,7 @@ fn panels_of(results: &RunResults, scenario: &str, metrics: &[Metric]) -> Vec<Pa
                             ((x, mean, std), v.iter().any(|p| p.1))
                         })
                         .collect();
-                    points.sort_by(|a, b| a.0 .0.total_cmp(&b.0 .0));
+                    points.sort_by(|a, b| a.0.0.total_cmp(&b.0.0));
                     let (points, uninformative): (Vec<(f64, f64, f64)>, Vec<bool>) =
                         points.into_iter().unzip();
                     (!points.is_empty()).then(|| Series {
@@ -368,7 +368,7 @@ fn draw<DB: DrawingBackend>(
             let (hollow, solid): (Vec<_>, Vec<_>) = line
                 .into_iter()
                 .zip(&s.uninformative)
-                .partition(|(_, &u)| u);
+                .partition(|&(_, &u)| u);
             chart.draw_series(
                 solid
                     .into_iter()
@@ -421,9 +421,12 @@ fn draw<DB: DrawingBackend>(
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelCurves {
     pub name: String,
-    /// `(seed, epochs)`: per epoch `(x, loss, train accuracy, val accuracy)`.
-    pub seeds: Vec<(u64, Vec<(f64, f64, Option<f64>, Option<f64>)>)>,
+    /// `(seed, epochs)`.
+    pub seeds: Vec<(u64, Vec<EpochPoint>)>,
 }
+
+/// One epoch of a curve: `(x, loss, train accuracy, val accuracy)`.
+pub type EpochPoint = (f64, f64, Option<f64>, Option<f64>);
 
 /// The curves of every model stage that trained (cached stages included: their logs are kept).
 pub fn training_curves(results: &RunResults) -> Vec<ModelCurves> {
@@ -457,6 +460,13 @@ pub fn training_curves(results: &RunResults) -> Vec<ModelCurves> {
     out
 }
 
+/// A chart with two linear axes.
+type LinearChart<'a, DB> = ChartContext<
+    'a,
+    DB,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
 /// A panel of a value against epochs 0..`x_max`, its mesh drawn.
 fn epoch_chart<'a, DB: DrawingBackend>(
     area: &'a DrawingArea<DB, Shift>,
@@ -464,14 +474,7 @@ fn epoch_chart<'a, DB: DrawingBackend>(
     x_max: f64,
     y_max: f64,
     y_desc: &str,
-) -> Result<
-    ChartContext<
-        'a,
-        DB,
-        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
-    >,
-    DrawingAreaErrorKind<DB::ErrorType>,
-> {
+) -> Result<LinearChart<'a, DB>, DrawingAreaErrorKind<DB::ErrorType>> {
     let mut chart = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 20))
         .margin(12)

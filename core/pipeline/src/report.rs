@@ -507,7 +507,10 @@ pub fn markdown(results: &RunResults) -> String {
         &models,
     );
     let _ = writeln!(out, "\n## Unlearning\n");
-    let _ = writeln!(out, "UA = 100 - accuracy on the forget set; RA, TA: accuracy on the retain and test sets (in class-wise forgetting TA counts the test samples of the other classes, as the paper's code does; \"TA all\" the whole test set); MIA-Efficacy: share of the forget set a confidence-based membership attack calls non-member; RTE: seconds of the unlearning step; Avg. Gap: mean |difference| to `retrain` on the same scenario and model (lower is better). All in percent except RTE.\n");
+    let _ = writeln!(
+        out,
+        "UA = 100 - accuracy on the forget set; RA, TA: accuracy on the retain and test sets (in class-wise forgetting TA counts the test samples of the other classes, as the paper's code does; \"TA all\" the whole test set); MIA-Efficacy: share of the forget set a confidence-based membership attack calls non-member; RTE: seconds of the unlearning step; Avg. Gap: mean |difference| to `retrain` on the same scenario and model (lower is better). All in percent except RTE.\n"
+    );
 
     if results.rows.iter().all(|r| r.metrics.mia().is_none()) {
         let _ = writeln!(
@@ -563,7 +566,11 @@ pub fn markdown(results: &RunResults) -> String {
         .collect();
     if !features.is_empty() {
         let _ = writeln!(out, "\n## Membership inference by feature\n");
-        let _ = writeln!(out, "MIA-Efficacy per feature, and MIA-Privacy (confidence). † marks an uninformative attack. The last two columns: the shadow accuracy of the confidence attacks (efficacy, privacy) with its exact {:.0}% interval, in percent.\n", 100.0 * crate::eval::mia::SHADOW_CONFIDENCE);
+        let _ = writeln!(
+            out,
+            "MIA-Efficacy per feature, and MIA-Privacy (confidence). † marks an uninformative attack. The last two columns: the shadow accuracy of the confidence attacks (efficacy, privacy) with its exact {:.0}% interval, in percent.\n",
+            100.0 * crate::eval::mia::SHADOW_CONFIDENCE
+        );
         let several = several_pruners(results);
         let mut header: Vec<String> = vec!["Scenario".into(), "Model".into(), "Method".into()];
         header.extend(features.iter().map(|f| format!("Eff. {f}")));
@@ -639,7 +646,7 @@ pub fn markdown(results: &RunResults) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{json, Value};
+    use serde_json::{Value, json};
 
     /// An MIA score as results.json stored it before scores carried their interval: every
     /// attack that was not constant was `informative`.
@@ -773,9 +780,11 @@ mod tests {
         // Every point in this figure is informative but FT's MIA: no note on a clean figure.
         results.rows.remove(1);
         let clean = crate::plot::panels(&results, "class-1");
-        assert!(clean
-            .iter()
-            .all(|p| p.series.iter().all(|s| !s.uninformative.contains(&true))));
+        assert!(
+            clean
+                .iter()
+                .all(|p| p.series.iter().all(|s| !s.uninformative.contains(&true)))
+        );
     }
 
     fn recompute(results: &mut RunResults) {

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{StageKey, StageKind};
-use crate::eval::gap::{gap, Gap};
 use crate::eval::Metrics;
+use crate::eval::gap::{Gap, gap};
 use crate::train::RunLog;
 
 /// One row of the results table.

@@ -3,10 +3,10 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::cache::{file_sha256, hex, StageKey, StageKind};
+use crate::cache::{StageKey, StageKind, file_sha256, hex};
 use crate::config::Plan;
 use crate::error::PipelineError;
 
@@ -287,7 +287,7 @@ pub fn resolve_ids(stages: &[StudyStage], ids: &[String]) -> Result<Vec<StageKey
             [] => {
                 return Err(format!(
                     "no stage of this study has the id {id} (`unlearn run <config> --dry-run` lists them)"
-                ))
+                ));
             }
             many => {
                 return Err(format!(
@@ -297,7 +297,7 @@ pub fn resolve_ids(stages: &[StudyStage], ids: &[String]) -> Result<Vec<StageKey
                         .map(|s| s.label.as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
-                ))
+                ));
             }
         }
     }

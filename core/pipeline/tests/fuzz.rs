@@ -8,14 +8,14 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use unlearn_pipeline::config::{plan, read_config_file};
 use unlearn_pipeline::registry::Registry;
 
 #[path = "../../api/tests/support/fuzz.rs"]
 mod harness;
-use harness::{bytes_input, fuzz, Bytes};
+use harness::{Bytes, bytes_input, fuzz};
 
 /// A digits config with every built-in forget scenario (one reads `idx.txt`).
 fn seed_config() -> Value {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use unlearn_pipeline::config::plan;
 use unlearn_pipeline::pipeline::StageKeys;
 use unlearn_pipeline::registry::Registry;
@@ -261,8 +261,7 @@ fn ctrl_c_during_a_one_shot_method_starts_no_further_stage() {
             workers: None,
         },
     )
-    .err()
-    .expect("the run stops");
+    .expect_err("the run stops");
     assert!(e.is_cancelled(), "{e}");
     assert!(e.to_string().contains("retrain"), "{e}");
     let started = started.into_inner().unwrap();

@@ -22,7 +22,7 @@
 mod rl;
 mod salun;
 
-pub use rl::{random_label_stream, random_other_labels, Rl, RlConfig, LABEL_PURPOSE};
-pub use salun::{saliency_mask, SalUn, SalUnConfig, SaliencyMask, SalientCe};
+pub use rl::{LABEL_PURPOSE, Rl, RlConfig, random_label_stream, random_other_labels};
+pub use salun::{SalUn, SalUnConfig, SaliencyMask, SalientCe, saliency_mask};
 
 unlearn_api::export_plugin! { unlearner: Rl, unlearner: SalUn }

@@ -40,11 +40,7 @@ pub fn random_other_labels(true_labels: &[i64], classes: usize, seed: u64) -> Ve
                 "label {y} is outside 0..{classes}"
             );
             let r = permutation(classes - 1, seed, &format!("{LABEL_PURPOSE} {i}"))[0] as i64;
-            if r >= y {
-                r + 1
-            } else {
-                r
-            }
+            if r >= y { r + 1 } else { r }
         })
         .collect()
 }
@@ -91,8 +87,7 @@ pub struct Rl {
 impl UnlearnMethod for Rl {
     type Config = RlConfig;
     const NAME: &'static str = "RL";
-    const SUMMARY: &'static str =
-        "random labelling: fine-tune on the forget set relabelled with random wrong classes, together with the retain set";
+    const SUMMARY: &'static str = "random labelling: fine-tune on the forget set relabelled with random wrong classes, together with the retain set";
     fn new(config: RlConfig) -> Self {
         Rl { config }
     }

@@ -2,13 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use unlearn_api::grad::{summed_grad, Net};
+use unlearn_api::grad::{Net, summed_grad};
 use unlearn_api::mask::Mask;
 use unlearn_api::method::{MethodError, UnlearnCtx, UnlearnMethod, Unlearner};
 use unlearn_api::model::Model;
 use unlearn_api::sgd_config;
 use unlearn_api::tch::{Kind, Tensor};
-use unlearn_api::train::{cross_entropy, Batch, Objective, Stream};
+use unlearn_api::train::{Batch, Objective, Stream, cross_entropy};
 
 use crate::rl::random_label_stream;
 
@@ -174,8 +174,7 @@ pub struct SalUn {
 impl UnlearnMethod for SalUn {
     type Config = SalUnConfig;
     const NAME: &'static str = "SalUn";
-    const SUMMARY: &'static str =
-        "saliency unlearning: random labelling that moves only the weights most salient to the forget loss";
+    const SUMMARY: &'static str = "saliency unlearning: random labelling that moves only the weights most salient to the forget loss";
     fn new(config: SalUnConfig) -> Self {
         SalUn { config }
     }

@@ -8,7 +8,7 @@ use unlearn_api::model::Model;
 use unlearn_api::tch::Device;
 use unlearn_api::testing::TinyTask;
 use unlearn_api::train::Trainer;
-use unlearn_rl_salun::{random_label_stream, random_other_labels, Rl, RlConfig};
+use unlearn_rl_salun::{Rl, RlConfig, random_label_stream, random_other_labels};
 
 /// Settings scaled to the tiny task (84 training images): batches of 16, a larger lr.
 fn config() -> RlConfig {
@@ -74,7 +74,9 @@ fn rl_forgets_the_class_and_keeps_the_rest_dense() {
     let rl = Rl::new(config());
     let u = t.unlearn(&rl, &m, None, 0).unwrap();
     let (f1, r1, o1) = accuracies(&t, &u);
-    eprintln!("dense RL: forget {f0:.3} -> {f1:.3}, retain {r0:.3} -> {r1:.3}, test (other classes) {o0:.3} -> {o1:.3}");
+    eprintln!(
+        "dense RL: forget {f0:.3} -> {f1:.3}, retain {r0:.3} -> {r1:.3}, test (other classes) {o0:.3} -> {o1:.3}"
+    );
     assert!(f0 >= 0.9, "the trained model knows the class: {f0}");
     assert!(f1 <= 0.2, "forget accuracy {f0} -> {f1}");
     assert!(r1 >= 0.9, "retain accuracy {r0} -> {r1}");
@@ -96,7 +98,9 @@ fn rl_forgets_the_class_and_keeps_the_mask_sparse() {
     let rl = Rl::new(config());
     let u = t.unlearn(&rl, &m, Some(&mask), 0).unwrap();
     let (f1, r1, o1) = accuracies(&t, &u);
-    eprintln!("sparse RL: forget {f0:.3} -> {f1:.3}, retain {r0:.3} -> {r1:.3}, test (other classes) {o0:.3} -> {o1:.3}");
+    eprintln!(
+        "sparse RL: forget {f0:.3} -> {f1:.3}, retain {r0:.3} -> {r1:.3}, test (other classes) {o0:.3} -> {o1:.3}"
+    );
     assert!(f0 >= 0.9, "the pruned model knows the class: {f0}");
     assert!(f1 <= 0.2, "forget accuracy {f0} -> {f1}");
     assert!(r1 >= 0.9, "retain accuracy {r0} -> {r1}");

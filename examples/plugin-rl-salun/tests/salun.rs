@@ -5,12 +5,12 @@ mod common;
 
 use common::{accuracy, all_finite, flat_params, same_weights};
 use unlearn_api::mask::Mask;
-use unlearn_api::method::{parse_config, BuiltinMethod, Kind, UnlearnMethod};
+use unlearn_api::method::{BuiltinMethod, Kind, UnlearnMethod, parse_config};
 use unlearn_api::model::Model;
 use unlearn_api::tch::{Kind as TKind, Tensor};
 use unlearn_api::testing::TinyTask;
 use unlearn_api::train::Stream;
-use unlearn_rl_salun::{saliency_mask, Rl, RlConfig, SalUn, SalUnConfig, SaliencyMask};
+use unlearn_rl_salun::{Rl, RlConfig, SalUn, SalUnConfig, SaliencyMask, saliency_mask};
 
 /// `|sum over the forget set of d CE_i / dw|` for every trainable weight, flat in name order,
 /// accumulated in f64 one sample at a time through the ordinary `.grad` path (eval mode), with
@@ -334,8 +334,10 @@ fn configs_parse_check_and_register() {
         (share["minimum"].as_f64(), share["maximum"].as_f64()),
         (Some(0.0), Some(1.0))
     );
-    assert!(share["description"]
-        .as_str()
-        .unwrap()
-        .contains("round(share * free)"));
+    assert!(
+        share["description"]
+            .as_str()
+            .unwrap()
+            .contains("round(share * free)")
+    );
 }

@@ -7,7 +7,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use unlearn_api::method::{
-    poison_by_trigger, Attack, AttackCtx, AttackMethod, MethodConfig, MethodError, Poisoning,
+    Attack, AttackCtx, AttackMethod, MethodConfig, MethodError, Poisoning, poison_by_trigger,
 };
 use unlearn_api::register_attack;
 use unlearn_api::tch::Tensor;
@@ -83,8 +83,7 @@ impl BadNets {
 impl AttackMethod for BadNets {
     type Config = BadNetsConfig;
     const NAME: &'static str = "BadNets";
-    const SUMMARY: &'static str =
-        "BadNets backdoor: a black square trigger in the bottom-right corner, relabelled to a target class";
+    const SUMMARY: &'static str = "BadNets backdoor: a black square trigger in the bottom-right corner, relabelled to a target class";
     fn new(config: BadNetsConfig) -> Self {
         BadNets { config }
     }

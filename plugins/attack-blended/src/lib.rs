@@ -22,7 +22,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use unlearn_api::method::{
-    poison_by_trigger, Attack, AttackCtx, AttackMethod, MethodConfig, MethodError, Poisoning,
+    Attack, AttackCtx, AttackMethod, MethodConfig, MethodError, Poisoning, poison_by_trigger,
 };
 use unlearn_api::register_attack;
 use unlearn_api::tch::{Kind, Tensor};
@@ -115,8 +115,7 @@ impl Blended {
 impl AttackMethod for Blended {
     type Config = BlendedConfig;
     const NAME: &'static str = "Blended";
-    const SUMMARY: &'static str =
-        "Blended backdoor (Chen et al. 2017): a fixed random pattern mixed into the image with weight alpha, relabelled to a target class";
+    const SUMMARY: &'static str = "Blended backdoor (Chen et al. 2017): a fixed random pattern mixed into the image with weight alpha, relabelled to a target class";
     fn new(config: BlendedConfig) -> Self {
         Blended {
             config,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use unlearn_api::mask::{magnitude_scores_of, Mask, Prunable};
+use unlearn_api::mask::{Mask, Prunable, magnitude_scores_of};
 use unlearn_api::method::{MethodConfig, MethodError, PruneCtx, PruneMethod, Pruner, RewindPoint};
 use unlearn_api::model::{Model, Snapshot};
 use unlearn_api::register_pruner;
@@ -150,8 +150,7 @@ pub struct Omp {
 impl PruneMethod for Omp {
     type Config = OmpConfig;
     const NAME: &'static str = "OMP";
-    const SUMMARY: &'static str =
-        "one-shot global magnitude pruning of conv weights (or `prunable`), rewind to epoch r, retrain";
+    const SUMMARY: &'static str = "one-shot global magnitude pruning of conv weights (or `prunable`), rewind to epoch r, retrain";
     fn new(config: OmpConfig) -> Self {
         Omp { config }
     }
@@ -190,8 +189,7 @@ pub struct RandomPrune {
 impl PruneMethod for RandomPrune {
     type Config = RandomConfig;
     const NAME: &'static str = "random";
-    const SUMMARY: &'static str =
-        "one-shot global random pruning of conv weights (or `prunable`; seeded), rewind to epoch r, retrain";
+    const SUMMARY: &'static str = "one-shot global random pruning of conv weights (or `prunable`; seeded), rewind to epoch r, retrain";
     fn new(config: RandomConfig) -> Self {
         RandomPrune { config }
     }
@@ -316,8 +314,7 @@ pub struct Imp {
 impl PruneMethod for Imp {
     type Config = ImpConfig;
     const NAME: &'static str = "IMP";
-    const SUMMARY: &'static str =
-        "iterative global magnitude pruning of conv weights (or `prunable`; 20% of the rest per round), rewind, retrain";
+    const SUMMARY: &'static str = "iterative global magnitude pruning of conv weights (or `prunable`; 20% of the rest per round), rewind, retrain";
     fn new(config: ImpConfig) -> Self {
         Imp { config }
     }

@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use unlearn_api::data::{synthetic, SyntheticConfig};
-use unlearn_api::mask::{magnitude_scores, Mask, Prunable};
+use unlearn_api::data::{SyntheticConfig, synthetic};
+use unlearn_api::mask::{Mask, Prunable, magnitude_scores};
 use unlearn_api::method::{PruneCtx, PruneMethod, Pruner, RewindPoint, TaskData};
 use unlearn_api::model::{Arch, Model, ModelSpec, Snapshot};
 use unlearn_api::tch::{Device, Kind, Tensor};
 use unlearn_api::train::{BestEpoch, CrossEntropy, Run, Schedule, Stream, Trainer};
 use unlearn_prune_imp::{
-    random_scores, Imp, ImpConfig, Omp, OmpConfig, RandomConfig, RandomPrune, RewindTarget,
+    Imp, ImpConfig, Omp, OmpConfig, RandomConfig, RandomPrune, RewindTarget, random_scores,
 };
 
 /// Conv weights of the small CNN on 1-channel images: 1*32*9 + 32*64*9 + 64*128*9.
@@ -257,13 +257,15 @@ fn imp_sparsity_is_one_minus_point_eight_to_the_k_to_the_weight() {
                 }
             }
         }
-        assert!(rounds
-            .last()
-            .unwrap()
-            .1
-            .get("conv2.weight")
-            .unwrap()
-            .equal(mask.get("conv2.weight").unwrap()));
+        assert!(
+            rounds
+                .last()
+                .unwrap()
+                .1
+                .get("conv2.weight")
+                .unwrap()
+                .equal(mask.get("conv2.weight").unwrap())
+        );
     }
 }
 
@@ -490,10 +492,12 @@ fn omp_and_random_prune_exactly_differently_and_rewind() {
     let magnitude = Mask::from_scores(&magnitude_scores(&model), None, p).unwrap();
     let mut same = 0;
     for name in magnitude.names() {
-        assert!(mask_omp
-            .get(name)
-            .unwrap()
-            .equal(magnitude.get(name).unwrap()));
+        assert!(
+            mask_omp
+                .get(name)
+                .unwrap()
+                .equal(magnitude.get(name).unwrap())
+        );
         same += mask_rand
             .get(name)
             .unwrap()
@@ -528,10 +532,12 @@ fn omp_and_random_prune_exactly_differently_and_rewind() {
     let other_model = Model::new(f.spec.clone(), Device::Cpu, 99).unwrap();
     let from_other = Mask::from_scores(&random_scores(&other_model, SEED), None, p).unwrap();
     for name in mask_rand.names() {
-        assert!(from_other
-            .get(name)
-            .unwrap()
-            .equal(mask_rand.get(name).unwrap()));
+        assert!(
+            from_other
+                .get(name)
+                .unwrap()
+                .equal(mask_rand.get(name).unwrap())
+        );
     }
 }
 

@@ -295,8 +295,7 @@ pub struct SynFlow {
 impl PruneMethod for SynFlow {
     type Config = SynFlowConfig;
     const NAME: &'static str = "SynFlow";
-    const SUMMARY: &'static str =
-        "data-free iterative synaptic-flow pruning of conv weights (or `prunable`) at initialisation, then training";
+    const SUMMARY: &'static str = "data-free iterative synaptic-flow pruning of conv weights (or `prunable`) at initialisation, then training";
     fn new(config: SynFlowConfig) -> Self {
         SynFlow { config }
     }

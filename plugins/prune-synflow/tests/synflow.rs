@@ -4,15 +4,15 @@
 
 use std::collections::BTreeMap;
 
-use unlearn_api::data::{synthetic, SyntheticConfig};
-use unlearn_api::mask::{magnitude_scores, Mask};
+use unlearn_api::data::{SyntheticConfig, synthetic};
+use unlearn_api::mask::{Mask, magnitude_scores};
 use unlearn_api::method::{PruneCtx, PruneMethod, Pruner, TaskData};
 use unlearn_api::model::{Arch, Model, ModelSpec};
-use unlearn_api::tch::{nn, Device, Kind, Tensor};
+use unlearn_api::tch::{Device, Kind, Tensor, nn};
 use unlearn_api::train::{CrossEntropy, Run, Schedule, Stream, Trainer};
 use unlearn_prune_synflow::{
-    round_sparsity, synflow_mask, synflow_mask_for_model, synflow_scores, Network, SynFlow,
-    SynFlowConfig,
+    Network, SynFlow, SynFlowConfig, round_sparsity, synflow_mask, synflow_mask_for_model,
+    synflow_scores,
 };
 
 /// The tensors here are tiny: one libtorch thread is faster, and it keeps the tests fast on a
@@ -381,8 +381,10 @@ fn the_pruner_masks_a_fresh_initialisation_and_trains_it() {
     let mask2 = prune(&p, &mut model, &data, 2);
     assert_eq!(mask2.violations(&model), 0);
     assert!(model.all_finite());
-    assert!(!model.parameters()["conv2.weight"]
-        .equal(&(&init_vars["conv2.weight"] * mask2.get("conv2.weight").unwrap())));
+    assert!(
+        !model.parameters()["conv2.weight"]
+            .equal(&(&init_vars["conv2.weight"] * mask2.get("conv2.weight").unwrap()))
+    );
 }
 
 #[test]

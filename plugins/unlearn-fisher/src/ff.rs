@@ -11,7 +11,7 @@ use unlearn_api::method::{MethodConfig, MethodError, UnlearnCtx, UnlearnMethod, 
 use unlearn_api::model::Model;
 use unlearn_api::tch::{Kind, TchError, Tensor};
 
-use unlearn_api::grad::{assign_masked_, class_fisher, normal_like, GradInputs, Net};
+use unlearn_api::grad::{GradInputs, Net, assign_masked_, class_fisher, normal_like};
 
 /// Fisher forgetting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -76,8 +76,7 @@ pub struct Ff {
 impl UnlearnMethod for Ff {
     type Config = FfConfig;
     const NAME: &'static str = "FF";
-    const SUMMARY: &'static str =
-        "Fisher forgetting: Gaussian noise scaled by the inverse Fisher information of the retain set";
+    const SUMMARY: &'static str = "Fisher forgetting: Gaussian noise scaled by the inverse Fisher information of the retain set";
     fn new(config: FfConfig) -> Self {
         Ff { config }
     }

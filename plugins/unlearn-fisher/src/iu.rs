@@ -11,7 +11,7 @@ use unlearn_api::method::{MethodConfig, MethodError, UnlearnCtx, UnlearnMethod, 
 use unlearn_api::model::Model;
 use unlearn_api::tch::{TchError, Tensor};
 
-use unlearn_api::grad::{add_flat_masked_, for_each_sample_grad, summed_grad, GradInputs, Net};
+use unlearn_api::grad::{GradInputs, Net, add_flat_masked_, for_each_sample_grad, summed_grad};
 
 /// Influence unlearning.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -73,8 +73,7 @@ pub struct Iu {
 impl UnlearnMethod for Iu {
     type Config = IuConfig;
     const NAME: &'static str = "IU";
-    const SUMMARY: &'static str =
-        "influence unlearning: one WoodFisher-preconditioned step that removes the forget set's influence";
+    const SUMMARY: &'static str = "influence unlearning: one WoodFisher-preconditioned step that removes the forget set's influence";
     fn new(config: IuConfig) -> Self {
         Iu { config }
     }

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use unlearn_api::data::Augment;
-use unlearn_api::grad::normal_like;
 use unlearn_api::grad::GradInputs;
+use unlearn_api::grad::normal_like;
 use unlearn_api::method::{UnlearnMethod, Unlearner};
 use unlearn_api::model::Model;
 use unlearn_api::tch::{Kind, Tensor};

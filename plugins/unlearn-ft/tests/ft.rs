@@ -12,7 +12,7 @@
 //! Each comparison is paired with one that must come out different (the wrong data, the wrong
 //! L1 schedule), so a match cannot come from the comparison being blind.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use unlearn_api::mask::Mask;
 use unlearn_api::method::UnlearnMethod;
 use unlearn_api::model::Model;
@@ -21,7 +21,7 @@ use unlearn_api::registry::Registry;
 use unlearn_api::tch::{Device, Kind, Tensor};
 use unlearn_api::testing::TinyTask;
 use unlearn_api::train::{
-    cross_entropy, Batch, CrossEntropy, Objective, Run, Schedule, Stream, Trainer,
+    Batch, CrossEntropy, Objective, Run, Schedule, Stream, Trainer, cross_entropy,
 };
 use unlearn_ft::{
     Ft, FtConfig, FtL1, FtL1Config, L1Sparse, L1SparseConfig, Raw, RawConfig, Retrain,

@@ -2,7 +2,7 @@ use unlearn_api::method::{MethodError, UnlearnMethod};
 use unlearn_api::model::Model;
 use unlearn_api::objective::l1_norm;
 use unlearn_api::testing::TinyTask;
-use unlearn_api::train::{cross_entropy, TrainError};
+use unlearn_api::train::{TrainError, cross_entropy};
 use unlearn_eval::Outputs;
 use unlearn_ga::{Ga, GaConfig, GaL1, GaL1Config};
 

@@ -11,7 +11,7 @@
 use unlearn_api::method::{MethodError, UnlearnCtx, UnlearnMethod, Unlearner};
 use unlearn_api::model::Model;
 use unlearn_api::tch::{self, Tensor};
-use unlearn_api::train::{cross_entropy, Batch, Objective, Phase};
+use unlearn_api::train::{Batch, Objective, Phase, cross_entropy};
 use unlearn_api::{register_unlearner, sgd_config};
 
 sgd_config!(
@@ -117,8 +117,7 @@ pub struct Scrub {
 impl UnlearnMethod for Scrub {
     type Config = ScrubConfig;
     const NAME: &'static str = "SCRUB";
-    const SUMMARY: &'static str =
-        "teacher-student unlearning: max-steps away from the original model on the forget set, \
+    const SUMMARY: &'static str = "teacher-student unlearning: max-steps away from the original model on the forget set, \
          min-steps towards it (and the labels) on the retain set";
     fn new(config: ScrubConfig) -> Self {
         Scrub { config }

@@ -6,7 +6,7 @@ use unlearn_api::tch::{self, Kind, Tensor};
 use unlearn_api::testing::TinyTask;
 use unlearn_api::train::Stream;
 use unlearn_eval::Outputs;
-use unlearn_scrub::{distill_kl, Scrub, ScrubConfig};
+use unlearn_scrub::{Scrub, ScrubConfig, distill_kl};
 
 /// KL(softmax(t / T) || softmax(s / T)) of one row, by hand in f64.
 fn kl_row(s: &[f64], t: &[f64], temp: f64) -> f64 {

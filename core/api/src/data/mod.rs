@@ -7,8 +7,8 @@ mod synthetic;
 
 pub use augment::Augment;
 
-pub use split::{stratified_split, subset_train, Split, SplitConfig, SubsetConfig};
-pub use synthetic::{synthetic, SyntheticConfig};
+pub use split::{Split, SplitConfig, SubsetConfig, stratified_split, subset_train};
+pub use synthetic::{SyntheticConfig, synthetic};
 
 use tch::{Device, Kind, Tensor};
 

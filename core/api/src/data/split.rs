@@ -129,7 +129,7 @@ pub fn subset_train(
     for (c, rows) in by_class.iter().enumerate() {
         let k = match (cfg.per_class, cfg.fraction) {
             (Some(_), Some(_)) => {
-                return err("give either `per_class` or `fraction`, not both".into())
+                return err("give either `per_class` or `fraction`, not both".into());
             }
             (None, None) => return err("give `per_class` or `fraction`".into()),
             (Some(k), None) => k,

@@ -11,7 +11,7 @@ use tch::nn::{self, ModuleT};
 use super::resnet::ResNet;
 use super::small_cnn::PlainCnn;
 use super::vgg::Vgg;
-use super::{fans, Init, LayerKind, ModelError, ModelSpec};
+use super::{Init, LayerKind, ModelError, ModelSpec, fans};
 
 /// Which inputs `[C, H, W]` an architecture accepts (on top of core's rule: at least one channel,
 /// with one mean and one std per channel).

@@ -15,7 +15,7 @@ mod resnet;
 mod small_cnn;
 mod vgg;
 
-pub use arch::{forward_flops, pytorch_init, Arch, ArchDef, BuildFn, FlopsFn, InitFn, Inputs};
+pub use arch::{Arch, ArchDef, BuildFn, FlopsFn, InitFn, Inputs, forward_flops, pytorch_init};
 pub use prunable::Prunable;
 
 use serde::{Deserialize, Serialize};

@@ -17,11 +17,11 @@
 //! or 4x4 (ResNet-20/56); the reference's `avg_pool2d(out, out.size(3))` is the same on square
 //! inputs.
 
-use tch::nn::{self, ModuleT};
 use tch::Tensor;
+use tch::nn::{self, ModuleT};
 
-use super::flops::Activation;
 use super::ModelSpec;
+use super::flops::Activation;
 
 /// A stage: output width (planes), stride of its first block, number of BasicBlocks.
 type Stage = (i64, i64, usize);

@@ -2,11 +2,11 @@
 //! for 8x8 digits (CPU tests and the demo) and `conv6`, a CPU-sized CIFAR model that memorises
 //! its training set.
 
-use tch::nn::{self, ModuleT};
 use tch::Tensor;
+use tch::nn::{self, ModuleT};
 
-use super::flops::Activation;
 use super::ModelSpec;
+use super::flops::Activation;
 
 /// Output width and stride of each conv layer (3x3, padding 1), and the layer (0-based) after
 /// which a 2x2 max-pool comes, if any.

@@ -11,11 +11,11 @@
 //! `classifier.4`. 15,311,818 parameters for 10 classes. Any image of at least 16x16 (four
 //! max-pools); larger images are averaged down to 2x2 before the head.
 
-use tch::nn::{self, ModuleT};
 use tch::Tensor;
+use tch::nn::{self, ModuleT};
 
-use super::flops::Activation;
 use super::ModelSpec;
+use super::flops::Activation;
 
 /// Configuration D without its last max-pool; 0 marks a 2x2 max-pool.
 const CFG: [i64; 17] = [

@@ -10,15 +10,15 @@ use std::sync::{Arc, OnceLock};
 use tch::{Device, Tensor};
 
 use super::abi::{
-    AttackCall, BatchRef, C_tensor, Handle, HostApi, LoopRequest, MethodEntry, ObjectiveRef,
-    PhaseRef, PhasedLoopRequest, PluginDescriptor, PruneCall, Status, TensorSink, UnlearnCall,
-    ABI_MAJOR, ABI_MINOR, HOST_API_SIZE_2_0, KIND_ATTACK, KIND_PRUNER, KIND_UNLEARNER, PANIC_ABORT,
-    PANIC_UNWIND,
+    ABI_MAJOR, ABI_MINOR, AttackCall, BatchRef, C_tensor, HOST_API_SIZE_2_0, Handle, HostApi,
+    KIND_ATTACK, KIND_PRUNER, KIND_UNLEARNER, LoopRequest, MethodEntry, ObjectiveRef, PANIC_ABORT,
+    PANIC_UNWIND, PhaseRef, PhasedLoopRequest, PluginDescriptor, PruneCall, Status, TensorSink,
+    UnlearnCall,
 };
 use super::wire::{
-    self, borrow_tensor, free_string, guard, into_handle, put_all, read_json, read_list,
-    read_model, read_task, status_result, CallContext, Collected, OwnedDataset, OwnedList,
-    OwnedModel, PhaseMeta, ReportMeta, RunMeta,
+    self, CallContext, Collected, OwnedDataset, OwnedList, OwnedModel, PhaseMeta, ReportMeta,
+    RunMeta, borrow_tensor, free_string, guard, into_handle, put_all, read_json, read_list,
+    read_model, read_task, status_result,
 };
 use crate::data::Augment;
 use crate::forget::ForgetSet;
@@ -36,6 +36,7 @@ pub struct Exported(PluginDescriptor);
 
 // SAFETY: the descriptor and everything it points at are immutable after creation.
 unsafe impl Send for Exported {}
+// SAFETY: as for `Send` just above.
 unsafe impl Sync for Exported {}
 
 /// The descriptor of a library exporting `methods` (what `export_plugin!`'s entry returns).
@@ -147,7 +148,8 @@ impl Instance {
     /// # Safety
     /// `p` came from `create` and has not been destroyed.
     unsafe fn from_handle<'a>(p: *mut c_void) -> &'a Instance {
-        &*(p as *const Instance)
+        // SAFETY: the caller upholds this function's `# Safety` contract.
+        unsafe { &*(p as *const Instance) }
     }
 
     fn not_a(&self, expected: Kind) -> String {
@@ -186,44 +188,53 @@ unsafe extern "C" fn create(
     instance: *mut *mut c_void,
     err: *mut *mut c_char,
 ) -> Status {
-    guard(err, || {
-        let m = &*(state as *const BuiltinMethod);
-        let config: serde_json::Value = read_json(config_json, "config")?;
-        let issues = |issues| serde_json::to_string(&issues).expect("issues serialise");
-        let made = match m.factory {
-            Factory::Unlearner(f) => Instance::Unlearner(f(&config).map_err(issues)?),
-            Factory::Pruner(f) => Instance::Pruner(f(&config).map_err(issues)?),
-            Factory::Attack(f) => Instance::Attack(f(&config).map_err(issues)?),
-        };
-        *instance = Box::into_raw(Box::new(made)) as *mut c_void;
-        Ok(())
-    })
+    // SAFETY: called through the plugin ABI, whose pointers are valid for the call (`plugin::abi` says which may be null).
+    unsafe {
+        guard(err, || {
+            let m = &*(state as *const BuiltinMethod);
+            let config: serde_json::Value = read_json(config_json, "config")?;
+            let issues = |issues| serde_json::to_string(&issues).expect("issues serialise");
+            let made = match m.factory {
+                Factory::Unlearner(f) => Instance::Unlearner(f(&config).map_err(issues)?),
+                Factory::Pruner(f) => Instance::Pruner(f(&config).map_err(issues)?),
+                Factory::Attack(f) => Instance::Attack(f(&config).map_err(issues)?),
+            };
+            *instance = Box::into_raw(Box::new(made)) as *mut c_void;
+            Ok(())
+        })
+    }
 }
 
 unsafe extern "C" fn destroy(instance: *mut c_void) {
-    if !instance.is_null() {
-        let _ = std::panic::catch_unwind(|| drop(Box::from_raw(instance as *mut Instance)));
+    // SAFETY: called through the plugin ABI, whose pointers are valid for the call (`plugin::abi` says which may be null).
+    unsafe {
+        if !instance.is_null() {
+            let _ = std::panic::catch_unwind(|| drop(Box::from_raw(instance as *mut Instance)));
+        }
     }
 }
 
 /// The host's table, checked and read: the same major version, and at least the entries of
 /// 2.0 (a newer host's table has more, which this copy leaves unread).
 unsafe fn host(api: *const HostApi) -> Result<HostApi, String> {
-    if api.is_null() {
-        return Err("no host API table".into());
-    }
-    let p = api as *const u8;
-    let major: u32 = wire::read_header_field(p, std::mem::offset_of!(HostApi, abi_major));
-    let minor: u32 = wire::read_header_field(p, std::mem::offset_of!(HostApi, abi_minor));
-    let size: usize = wire::read_header_field(p, std::mem::offset_of!(HostApi, size));
-    if major != ABI_MAJOR || size < HOST_API_SIZE_2_0 {
-        return Err(format!(
-            "the host speaks plugin ABI {major}.{minor} (a table of {size} bytes), this plugin \
+    // SAFETY: the caller upholds what this `unsafe fn` requires (its doc comment).
+    unsafe {
+        if api.is_null() {
+            return Err("no host API table".into());
+        }
+        let p = api as *const u8;
+        let major: u32 = wire::read_header_field(p, std::mem::offset_of!(HostApi, abi_major));
+        let minor: u32 = wire::read_header_field(p, std::mem::offset_of!(HostApi, abi_minor));
+        let size: usize = wire::read_header_field(p, std::mem::offset_of!(HostApi, size));
+        if major != ABI_MAJOR || size < HOST_API_SIZE_2_0 {
+            return Err(format!(
+                "the host speaks plugin ABI {major}.{minor} (a table of {size} bytes), this plugin \
              {ABI_MAJOR}.{ABI_MINOR} (which needs {ABI_MAJOR}.x and at least {HOST_API_SIZE_2_0} \
              bytes)"
-        ));
+            ));
+        }
+        Ok(wire::read_sized(api, size))
     }
-    Ok(wire::read_sized(api, size))
 }
 
 /// A trainer whose loops run in the host, through `trainer`, the host's handle for the call.
@@ -251,27 +262,30 @@ unsafe extern "C" fn unlearn(
     call: *const UnlearnCall,
     err: *mut *mut c_char,
 ) -> Status {
-    guard(err, || {
-        let method = Instance::from_handle(instance).unlearner()?;
-        let api = host(api)?;
-        let call = &*call;
-        let mut model = read_model(&call.model)?;
-        let mask = mask_of(&model, &call.mask)?;
-        let data = read_task(&call.data)?;
-        let forget: ForgetSet = read_json(call.forget_json, "forget set")?;
-        let cx: CallContext = read_json(call.context_json, "call context")?;
-        let trainer = remote_trainer(api, call.trainer, model.device(), cx.progress);
-        let mut ctx = UnlearnCtx {
-            model: &mut model,
-            mask: mask.as_ref(),
-            data: &data,
-            forget: &forget,
-            trainer: &trainer,
-            seed: cx.seed,
-            label: cx.label,
-        };
-        method.unlearn(&mut ctx).map_err(|e| e.to_string())
-    })
+    // SAFETY: called through the plugin ABI, whose pointers are valid for the call (`plugin::abi` says which may be null).
+    unsafe {
+        guard(err, || {
+            let method = Instance::from_handle(instance).unlearner()?;
+            let api = host(api)?;
+            let call = &*call;
+            let mut model = read_model(&call.model)?;
+            let mask = mask_of(&model, &call.mask)?;
+            let data = read_task(&call.data)?;
+            let forget: ForgetSet = read_json(call.forget_json, "forget set")?;
+            let cx: CallContext = read_json(call.context_json, "call context")?;
+            let trainer = remote_trainer(api, call.trainer, model.device(), cx.progress);
+            let mut ctx = UnlearnCtx {
+                model: &mut model,
+                mask: mask.as_ref(),
+                data: &data,
+                forget: &forget,
+                trainer: &trainer,
+                seed: cx.seed,
+                label: cx.label,
+            };
+            method.unlearn(&mut ctx).map_err(|e| e.to_string())
+        })
+    }
 }
 
 unsafe extern "C" fn pruner_info(
@@ -280,12 +294,15 @@ unsafe extern "C" fn pruner_info(
     rewind_epoch: *mut i64,
     err: *mut *mut c_char,
 ) -> Status {
-    guard(err, || {
-        let method = Instance::from_handle(instance).pruner()?;
-        *sparsity = method.sparsity();
-        *rewind_epoch = wire::rewind_point_to_i64(method.rewind_point());
-        Ok(())
-    })
+    // SAFETY: called through the plugin ABI, whose pointers are valid for the call (`plugin::abi` says which may be null).
+    unsafe {
+        guard(err, || {
+            let method = Instance::from_handle(instance).pruner()?;
+            *sparsity = method.sparsity();
+            *rewind_epoch = wire::rewind_point_to_i64(method.rewind_point());
+            Ok(())
+        })
+    }
 }
 
 unsafe extern "C" fn prune(
@@ -295,31 +312,34 @@ unsafe extern "C" fn prune(
     out: TensorSink,
     err: *mut *mut c_char,
 ) -> Status {
-    guard(err, || {
-        let method = Instance::from_handle(instance).pruner()?;
-        let api = host(api)?;
-        let call = &*call;
-        let mut model = read_model(&call.model)?;
-        let rewind =
-            read_list(&call.rewind, "rewind snapshot")?.map(|t| Snapshot(t.into_iter().collect()));
-        let data = read_task(&call.data)?;
-        let schedule: Schedule = read_json(call.schedule_json, "schedule")?;
-        let cx: CallContext = read_json(call.context_json, "call context")?;
-        let trainer = remote_trainer(api, call.trainer, model.device(), cx.progress);
-        let mut ctx = PruneCtx {
-            model: &mut model,
-            rewind: rewind.as_ref(),
-            data: &data,
-            schedule: &schedule,
-            trainer: &trainer,
-            seed: cx.seed,
-            label: cx.label,
-        };
-        let mask = method.prune(&mut ctx).map_err(|e| e.to_string())?;
-        // The host's sink (its handle checked there).
-        put_all(&out, mask.tensors().iter().map(|(k, t)| (k.as_str(), t)));
-        Ok(())
-    })
+    // SAFETY: called through the plugin ABI, whose pointers are valid for the call (`plugin::abi` says which may be null).
+    unsafe {
+        guard(err, || {
+            let method = Instance::from_handle(instance).pruner()?;
+            let api = host(api)?;
+            let call = &*call;
+            let mut model = read_model(&call.model)?;
+            let rewind = read_list(&call.rewind, "rewind snapshot")?
+                .map(|t| Snapshot(t.into_iter().collect()));
+            let data = read_task(&call.data)?;
+            let schedule: Schedule = read_json(call.schedule_json, "schedule")?;
+            let cx: CallContext = read_json(call.context_json, "call context")?;
+            let trainer = remote_trainer(api, call.trainer, model.device(), cx.progress);
+            let mut ctx = PruneCtx {
+                model: &mut model,
+                rewind: rewind.as_ref(),
+                data: &data,
+                schedule: &schedule,
+                trainer: &trainer,
+                seed: cx.seed,
+                label: cx.label,
+            };
+            let mask = method.prune(&mut ctx).map_err(|e| e.to_string())?;
+            // The host's sink (its handle checked there).
+            put_all(&out, mask.tensors().iter().map(|(k, t)| (k.as_str(), t)));
+            Ok(())
+        })
+    }
 }
 
 unsafe extern "C" fn attack_target(
@@ -327,11 +347,14 @@ unsafe extern "C" fn attack_target(
     target: *mut u64,
     err: *mut *mut c_char,
 ) -> Status {
-    guard(err, || {
-        let method = Instance::from_handle(instance).attack()?;
-        *target = method.target() as u64;
-        Ok(())
-    })
+    // SAFETY: called through the plugin ABI, whose pointers are valid for the call (`plugin::abi` says which may be null).
+    unsafe {
+        guard(err, || {
+            let method = Instance::from_handle(instance).attack()?;
+            *target = method.target() as u64;
+            Ok(())
+        })
+    }
 }
 
 unsafe extern "C" fn poison(
@@ -341,29 +364,32 @@ unsafe extern "C" fn poison(
     out: TensorSink,
     err: *mut *mut c_char,
 ) -> Status {
-    guard(err, || {
-        let method = Instance::from_handle(instance).attack()?;
-        let call = &*call;
-        let data = read_task(&call.data)?;
-        let cx: CallContext = read_json(call.context_json, "call context")?;
-        let ctx = AttackCtx {
-            data: &data,
-            seed: cx.seed,
-            label: cx.label,
-        };
-        let p = method.poison(&ctx).map_err(|e| e.to_string())?;
-        let rows: Vec<i64> = p.rows.iter().map(|&r| r as i64).collect();
-        let rows = Tensor::from_slice(&rows);
-        put_all(
-            &out,
-            [
-                ("rows", &rows),
-                ("images", &p.images),
-                ("labels", &p.labels),
-            ],
-        );
-        Ok(())
-    })
+    // SAFETY: called through the plugin ABI, whose pointers are valid for the call (`plugin::abi` says which may be null).
+    unsafe {
+        guard(err, || {
+            let method = Instance::from_handle(instance).attack()?;
+            let call = &*call;
+            let data = read_task(&call.data)?;
+            let cx: CallContext = read_json(call.context_json, "call context")?;
+            let ctx = AttackCtx {
+                data: &data,
+                seed: cx.seed,
+                label: cx.label,
+            };
+            let p = method.poison(&ctx).map_err(|e| e.to_string())?;
+            let rows: Vec<i64> = p.rows.iter().map(|&r| r as i64).collect();
+            let rows = Tensor::from_slice(&rows);
+            put_all(
+                &out,
+                [
+                    ("rows", &rows),
+                    ("images", &p.images),
+                    ("labels", &p.labels),
+                ],
+            );
+            Ok(())
+        })
+    }
 }
 
 unsafe extern "C" fn trigger(
@@ -372,13 +398,16 @@ unsafe extern "C" fn trigger(
     out: *mut *mut C_tensor,
     err: *mut *mut c_char,
 ) -> Status {
-    guard(err, || {
-        let method = Instance::from_handle(instance).attack()?;
-        let images = borrow_tensor(images, "images")?;
-        let triggered = method.trigger(&images).map_err(|e| e.to_string())?;
-        *out = into_handle(triggered);
-        Ok(())
-    })
+    // SAFETY: called through the plugin ABI, whose pointers are valid for the call (`plugin::abi` says which may be null).
+    unsafe {
+        guard(err, || {
+            let method = Instance::from_handle(instance).attack()?;
+            let images = borrow_tensor(images, "images")?;
+            let triggered = method.trigger(&images).map_err(|e| e.to_string())?;
+            *out = into_handle(triggered);
+            Ok(())
+        })
+    }
 }
 
 /// Runs a plugin's training loops in the host (`HostApi::run_loop`). A copy that outlives the
@@ -580,7 +609,8 @@ impl HostLoop {
 }
 
 unsafe fn objective_state<'a>(state: *mut c_void) -> &'a mut ObjectiveState<'a> {
-    &mut *(state as *mut ObjectiveState<'a>)
+    // SAFETY: the caller upholds what this `unsafe fn` requires (its doc comment).
+    unsafe { &mut *(state as *mut ObjectiveState<'a>) }
 }
 
 unsafe extern "C" fn objective_start_epoch(
@@ -589,12 +619,15 @@ unsafe extern "C" fn objective_start_epoch(
     epochs: u64,
     err: *mut *mut c_char,
 ) -> Status {
-    guard(err, || {
-        objective_state(state)
-            .objective
-            .start_epoch(epoch as usize, epochs as usize);
-        Ok(())
-    })
+    // SAFETY: called through the plugin ABI, whose pointers are valid for the call (`plugin::abi` says which may be null).
+    unsafe {
+        guard(err, || {
+            objective_state(state)
+                .objective
+                .start_epoch(epoch as usize, epochs as usize);
+            Ok(())
+        })
+    }
 }
 
 unsafe extern "C" fn objective_batch_loss(
@@ -603,35 +636,38 @@ unsafe extern "C" fn objective_batch_loss(
     out: *mut *mut C_tensor,
     err: *mut *mut c_char,
 ) -> Status {
-    guard(err, || {
-        let s = objective_state(state);
-        let b = batch.as_ref().ok_or("no batch")?;
-        if b.size < std::mem::size_of::<BatchRef>() {
-            return Err(format!(
-                "a batch of {} bytes, {} expected",
-                b.size,
-                std::mem::size_of::<BatchRef>()
-            ));
-        }
-        let batch = Batch::new(
-            borrow_tensor(b.x, "batch inputs")?,
-            borrow_tensor(b.y, "batch labels")?,
-            b.epoch as usize,
-            b.epochs as usize,
-        )
-        .with_origin(
-            borrow_tensor(b.rows, "batch rows")?,
-            borrow_tensor(b.forget, "batch tags")?,
-            b.phase as usize,
-            b.step as usize,
-        );
-        let loss = s
-            .objective
-            .loss(&*s.model, &batch)
-            .map_err(|e| e.to_string())?;
-        *out = into_handle(loss);
-        Ok(())
-    })
+    // SAFETY: called through the plugin ABI, whose pointers are valid for the call (`plugin::abi` says which may be null).
+    unsafe {
+        guard(err, || {
+            let s = objective_state(state);
+            let b = batch.as_ref().ok_or("no batch")?;
+            if b.size < std::mem::size_of::<BatchRef>() {
+                return Err(format!(
+                    "a batch of {} bytes, {} expected",
+                    b.size,
+                    std::mem::size_of::<BatchRef>()
+                ));
+            }
+            let batch = Batch::new(
+                borrow_tensor(b.x, "batch inputs")?,
+                borrow_tensor(b.y, "batch labels")?,
+                b.epoch as usize,
+                b.epochs as usize,
+            )
+            .with_origin(
+                borrow_tensor(b.rows, "batch rows")?,
+                borrow_tensor(b.forget, "batch tags")?,
+                b.phase as usize,
+                b.step as usize,
+            );
+            let loss = s
+                .objective
+                .loss(&*s.model, &batch)
+                .map_err(|e| e.to_string())?;
+            *out = into_handle(loss);
+            Ok(())
+        })
+    }
 }
 
 unsafe extern "C" fn objective_loss(
@@ -643,27 +679,33 @@ unsafe extern "C" fn objective_loss(
     out: *mut *mut C_tensor,
     err: *mut *mut c_char,
 ) -> Status {
-    guard(err, || {
-        let s = objective_state(state);
-        let batch = Batch::new(
-            borrow_tensor(x, "batch inputs")?,
-            borrow_tensor(y, "batch labels")?,
-            epoch as usize,
-            epochs as usize,
-        );
-        let loss = s
-            .objective
-            .loss(&*s.model, &batch)
-            .map_err(|e| e.to_string())?;
-        *out = into_handle(loss);
-        Ok(())
-    })
+    // SAFETY: called through the plugin ABI, whose pointers are valid for the call (`plugin::abi` says which may be null).
+    unsafe {
+        guard(err, || {
+            let s = objective_state(state);
+            let batch = Batch::new(
+                borrow_tensor(x, "batch inputs")?,
+                borrow_tensor(y, "batch labels")?,
+                epoch as usize,
+                epochs as usize,
+            );
+            let loss = s
+                .objective
+                .loss(&*s.model, &batch)
+                .map_err(|e| e.to_string())?;
+            *out = into_handle(loss);
+            Ok(())
+        })
+    }
 }
 
 unsafe extern "C" fn objective_before_step(state: *mut c_void, err: *mut *mut c_char) -> Status {
-    guard(err, || {
-        let s = objective_state(state);
-        s.objective.before_step(&*s.model);
-        Ok(())
-    })
+    // SAFETY: called through the plugin ABI, whose pointers are valid for the call (`plugin::abi` says which may be null).
+    unsafe {
+        guard(err, || {
+            let s = objective_state(state);
+            s.objective.before_step(&*s.model);
+            Ok(())
+        })
+    }
 }

@@ -3,7 +3,7 @@
 //! method table; the host's loop runs their training through [`HostApi::run_loop`]).
 
 use std::collections::BTreeMap;
-use std::ffi::{c_char, c_void, CString};
+use std::ffi::{CString, c_char, c_void};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -11,16 +11,16 @@ use serde_json::Value;
 use tch::Tensor;
 
 use super::abi::{
-    AttackCall, BatchLossFn, BatchRef, C_tensor, EntryFn, FreeString, Handle, HostApi, LoopRequest,
-    MethodEntry, ObjectiveRef, PhasedLoopRequest, PluginDescriptor, PruneCall, Status, UnlearnCall,
-    ABI_MAJOR, ABI_MINOR, DESCRIPTOR_SIZE_2_0, ENTRY_SYMBOL, KIND_ATTACK, KIND_PRUNER,
-    KIND_UNLEARNER, METHOD_ENTRY_SIZE_2_0, PANIC_ABORT, PANIC_UNWIND,
+    ABI_MAJOR, ABI_MINOR, AttackCall, BatchLossFn, BatchRef, C_tensor, DESCRIPTOR_SIZE_2_0,
+    ENTRY_SYMBOL, EntryFn, FreeString, Handle, HostApi, KIND_ATTACK, KIND_PRUNER, KIND_UNLEARNER,
+    LoopRequest, METHOD_ENTRY_SIZE_2_0, MethodEntry, ObjectiveRef, PANIC_ABORT, PANIC_UNWIND,
+    PhasedLoopRequest, PluginDescriptor, PruneCall, Status, UnlearnCall,
 };
 use super::wire::{
-    self, alloc_string, borrow_tensor, free_string, guard, json_cstring, lend, put_all,
-    read_dataset, read_header_field, read_json, read_list, read_model, read_sized, read_str,
-    status_result, use_lent, CallContext, Collected, OwnedList, OwnedModel, OwnedTask, PhaseMeta,
-    ReportMeta, RunMeta,
+    self, CallContext, Collected, OwnedList, OwnedModel, OwnedTask, PhaseMeta, ReportMeta, RunMeta,
+    alloc_string, borrow_tensor, free_string, guard, json_cstring, lend, put_all, read_dataset,
+    read_header_field, read_json, read_list, read_model, read_sized, read_str, status_result,
+    use_lent,
 };
 use crate::mask::Mask;
 use crate::method::ConfigIssue;
@@ -222,7 +222,8 @@ pub unsafe fn check_descriptor(
     path: &Path,
     d: *const PluginDescriptor,
 ) -> Result<Library, PluginError> {
-    check(path, d)
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe { check(path, d) }
 }
 
 fn open(path: &Path) -> Result<*const PluginDescriptor, PluginError> {
@@ -243,7 +244,7 @@ fn open(path: &Path) -> Result<*const PluginDescriptor, PluginError> {
         Err(_) => {
             return Err(PluginError::NoEntry {
                 path: path.to_path_buf(),
-            })
+            });
         }
     };
     // Never unloaded: code and static data of the library stay valid for the process.
@@ -296,28 +297,31 @@ fn check_libtorch(path: &Path, plugin: &str, host: &str) -> Result<(), PluginErr
 
 /// The wire check: the same schema hash; on a mismatch, which documents differ.
 unsafe fn check_wire(path: &Path, d: &PluginDescriptor) -> Result<(), PluginError> {
-    let host = wire::wire_digest();
-    let hash = read_str(d.wire_hash, "wire schema hash").unwrap_or("(none)");
-    if hash == host.hash {
-        return Ok(());
-    }
-    let differs = match read_json::<BTreeMap<String, String>>(d.wire_types, "wire types") {
-        Ok(types) => {
-            let d = wire::wire_differences(&types, &host.types);
-            if d.is_empty() {
-                "the same documents, but another hash".to_string()
-            } else {
-                d.join(", ")
-            }
+    // SAFETY: the caller upholds what this `unsafe fn` requires (its doc comment).
+    unsafe {
+        let host = wire::wire_digest();
+        let hash = read_str(d.wire_hash, "wire schema hash").unwrap_or("(none)");
+        if hash == host.hash {
+            return Ok(());
         }
-        Err(e) => e,
-    };
-    Err(PluginError::WireMismatch {
-        path: path.to_path_buf(),
-        plugin: hash.to_string(),
-        host: host.hash.clone(),
-        differs,
-    })
+        let differs = match read_json::<BTreeMap<String, String>>(d.wire_types, "wire types") {
+            Ok(types) => {
+                let d = wire::wire_differences(&types, &host.types);
+                if d.is_empty() {
+                    "the same documents, but another hash".to_string()
+                } else {
+                    d.join(", ")
+                }
+            }
+            Err(e) => e,
+        };
+        Err(PluginError::WireMismatch {
+            path: path.to_path_buf(),
+            plugin: hash.to_string(),
+            host: host.hash.clone(),
+            differs,
+        })
+    }
 }
 
 /// Checks a descriptor, reading its stable header first and then only what its version and
@@ -326,86 +330,90 @@ unsafe fn check_wire(path: &Path, d: &PluginDescriptor) -> Result<(), PluginErro
 /// # Safety
 /// `d` is a library's descriptor, static for the life of the process.
 unsafe fn check(path: &Path, d: *const PluginDescriptor) -> Result<Library, PluginError> {
-    let header = d as *const u8;
-    let major: u32 = read_header_field(header, std::mem::offset_of!(PluginDescriptor, abi_major));
-    // Version 1 had a lone `u32` at offset 0 (then a pointer): the rest of the stable header
-    // exists from 2.0 on.
-    let minor: Option<u32> = (major >= 2)
-        .then(|| read_header_field(header, std::mem::offset_of!(PluginDescriptor, abi_minor)));
-    if major != ABI_MAJOR || minor.is_none_or(|m| m > ABI_MINOR) {
-        return Err(PluginError::AbiMismatch {
-            path: path.to_path_buf(),
-            plugin: match minor {
-                Some(m) => format!("{major}.{m}"),
-                None => major.to_string(),
-            },
-        });
-    }
-    let minor = minor.unwrap_or(0);
-    let bad = |reason: String| PluginError::BadDescriptor {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let size: usize = read_header_field(header, std::mem::offset_of!(PluginDescriptor, size));
-    if size < DESCRIPTOR_SIZE_2_0 {
-        return Err(bad(format!(
-            "a descriptor of {size} bytes, less than the {DESCRIPTOR_SIZE_2_0} of ABI {ABI_MAJOR}.0"
-        )));
-    }
-    // Fields appended after 2.0 read as absent when the library's table is shorter.
-    let d: PluginDescriptor = read_sized(d, size);
-    let torch = read_str(d.libtorch_version, "libtorch version").unwrap_or("(none)");
-    check_libtorch(path, torch, super::LIBTORCH_VERSION)?;
-    match d.panic_strategy {
-        PANIC_UNWIND => {}
-        PANIC_ABORT => {
-            return Err(PluginError::PanicAbort {
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let header = d as *const u8;
+        let major: u32 =
+            read_header_field(header, std::mem::offset_of!(PluginDescriptor, abi_major));
+        // Version 1 had a lone `u32` at offset 0 (then a pointer): the rest of the stable header
+        // exists from 2.0 on.
+        let minor: Option<u32> = (major >= 2)
+            .then(|| read_header_field(header, std::mem::offset_of!(PluginDescriptor, abi_minor)));
+        if major != ABI_MAJOR || minor.is_none_or(|m| m > ABI_MINOR) {
+            return Err(PluginError::AbiMismatch {
                 path: path.to_path_buf(),
-            })
+                plugin: match minor {
+                    Some(m) => format!("{major}.{m}"),
+                    None => major.to_string(),
+                },
+            });
         }
-        other => {
+        let minor = minor.unwrap_or(0);
+        let bad = |reason: String| PluginError::BadDescriptor {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let size: usize = read_header_field(header, std::mem::offset_of!(PluginDescriptor, size));
+        if size < DESCRIPTOR_SIZE_2_0 {
             return Err(bad(format!(
-                "its panic strategy is unknown ({other}), so its panics may not be catchable"
-            )))
+                "a descriptor of {size} bytes, less than the {DESCRIPTOR_SIZE_2_0} of ABI {ABI_MAJOR}.0"
+            )));
         }
-    }
-    check_wire(path, &d)?;
-    let name = read_str(d.plugin_name, "plugin name")
-        .map_err(bad)?
-        .to_string();
-    let version = read_str(d.plugin_version, "plugin version")
-        .map_err(bad)?
-        .to_string();
-    if d.methods.is_null() && d.n_methods > 0 {
-        return Err(bad("a null method table".into()));
-    }
-    let entries = if d.n_methods == 0 {
-        &[][..]
-    } else {
-        std::slice::from_raw_parts(d.methods, d.n_methods)
-    };
-    let mut methods = Vec::new();
-    let mut crates = BTreeMap::new();
-    let mut rejected = Vec::new();
-    for (i, &e) in entries.iter().enumerate() {
-        match method(path, i, e, minor, &d, &name) {
-            Ok((m, krate)) => {
-                crates.insert(m.name.clone(), krate);
-                methods.push(m);
+        // Fields appended after 2.0 read as absent when the library's table is shorter.
+        let d: PluginDescriptor = read_sized(d, size);
+        let torch = read_str(d.libtorch_version, "libtorch version").unwrap_or("(none)");
+        check_libtorch(path, torch, super::LIBTORCH_VERSION)?;
+        match d.panic_strategy {
+            PANIC_UNWIND => {}
+            PANIC_ABORT => {
+                return Err(PluginError::PanicAbort {
+                    path: path.to_path_buf(),
+                });
             }
-            Err(err) => rejected.push(err),
+            other => {
+                return Err(bad(format!(
+                    "its panic strategy is unknown ({other}), so its panics may not be catchable"
+                )));
+            }
         }
+        check_wire(path, &d)?;
+        let name = read_str(d.plugin_name, "plugin name")
+            .map_err(bad)?
+            .to_string();
+        let version = read_str(d.plugin_version, "plugin version")
+            .map_err(bad)?
+            .to_string();
+        if d.methods.is_null() && d.n_methods > 0 {
+            return Err(bad("a null method table".into()));
+        }
+        let entries = if d.n_methods == 0 {
+            &[][..]
+        } else {
+            std::slice::from_raw_parts(d.methods, d.n_methods)
+        };
+        let mut methods = Vec::new();
+        let mut crates = BTreeMap::new();
+        let mut rejected = Vec::new();
+        for (i, &e) in entries.iter().enumerate() {
+            match method(path, i, e, minor, &d, &name) {
+                Ok((m, krate)) => {
+                    crates.insert(m.name.clone(), krate);
+                    methods.push(m);
+                }
+                Err(err) => rejected.push(err),
+            }
+        }
+        Ok(Library {
+            path: path.to_path_buf(),
+            name,
+            version,
+            abi: (major, minor),
+            libtorch: torch.to_string(),
+            methods,
+            crates,
+            rejected,
+        })
     }
-    Ok(Library {
-        path: path.to_path_buf(),
-        name,
-        version,
-        abi: (major, minor),
-        libtorch: torch.to_string(),
-        methods,
-        crates,
-        rejected,
-    })
 }
 
 /// The method entry's bytes a library of `minor` can have: fields of later minors are absent
@@ -429,89 +437,93 @@ unsafe fn method(
     d: &PluginDescriptor,
     library: &str,
 ) -> Result<(Method, String), PluginError> {
-    let bad_entry = |reason: String| PluginError::BadDescriptor {
-        path: path.to_path_buf(),
-        reason: format!("method entry {i}: {reason}"),
-    };
-    if e.is_null() {
-        return Err(bad_entry("a null pointer".into()));
-    }
-    let size: usize = read_header_field(e as *const u8, std::mem::offset_of!(MethodEntry, size));
-    if size < METHOD_ENTRY_SIZE_2_0 {
-        return Err(bad_entry(format!(
-            "{size} bytes, less than the {METHOD_ENTRY_SIZE_2_0} of ABI {ABI_MAJOR}.0"
-        )));
-    }
-    let e: MethodEntry = read_sized(e, size.min(method_entry_size(minor)));
-    let name = read_str(e.name, "method name")
-        .map_err(|reason| PluginError::BadDescriptor {
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let bad_entry = |reason: String| PluginError::BadDescriptor {
             path: path.to_path_buf(),
-            reason,
-        })?
-        .to_string();
-    let bad = |reason: String| PluginError::BadMethod {
-        path: path.to_path_buf(),
-        name: name.clone(),
-        reason,
-    };
-    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad("a method name must be non-empty, without spaces".into()));
-    }
-    let kind = match e.kind {
-        KIND_PRUNER => Kind::Pruner,
-        KIND_UNLEARNER => Kind::Unlearner,
-        KIND_ATTACK => Kind::Attack,
-        k => return Err(bad(format!("unknown kind {k}"))),
-    };
-    let summary = read_str(e.summary, "summary").map_err(bad)?.to_string();
-    let schema: Value = read_json(e.schema_json, "its config schema").map_err(bad)?;
-    let default_config: Value =
-        read_json(e.default_config_json, "its default config").map_err(bad)?;
-    let validator = jsonschema::validator_for(&schema).map_err(|err| {
-        bad(format!(
-            "its config schema is not a valid JSON Schema: {err}"
-        ))
-    })?;
-    if let Some(err) = validator.iter_errors(&default_config).next() {
-        return Err(bad(format!(
-            "its default config does not satisfy its own schema: {}: {err}",
-            err.instance_path()
-        )));
-    }
-    // 2.1: facts about the method; absent (2.0, or null) they default.
-    let facts: serde_json::Map<String, Value> = if e.describe_json.is_null() {
-        Default::default()
-    } else {
-        read_json(
-            e.describe_json,
-            "its description (describe_json, a JSON object)",
-        )
-        .map_err(bad)?
-    };
-    let krate = match facts.get("crate") {
-        None => library.to_string(),
-        Some(Value::String(c)) => c.clone(),
-        Some(other) => {
-            return Err(bad(format!(
-                "its description's `crate` is not a string: {other}"
-            )))
+            reason: format!("method entry {i}: {reason}"),
+        };
+        if e.is_null() {
+            return Err(bad_entry("a null pointer".into()));
         }
-    };
-    let method = Method::from_library(
-        kind,
-        name.clone(),
-        summary,
-        Source::Library(path.to_path_buf()),
-        schema,
-        default_config,
-        Box::new(ArcLibraryMethod(Arc::new(LibraryMethod {
+        let size: usize =
+            read_header_field(e as *const u8, std::mem::offset_of!(MethodEntry, size));
+        if size < METHOD_ENTRY_SIZE_2_0 {
+            return Err(bad_entry(format!(
+                "{size} bytes, less than the {METHOD_ENTRY_SIZE_2_0} of ABI {ABI_MAJOR}.0"
+            )));
+        }
+        let e: MethodEntry = read_sized(e, size.min(method_entry_size(minor)));
+        let name = read_str(e.name, "method name")
+            .map_err(|reason| PluginError::BadDescriptor {
+                path: path.to_path_buf(),
+                reason,
+            })?
+            .to_string();
+        let bad = |reason: String| PluginError::BadMethod {
             path: path.to_path_buf(),
-            name,
-            entry: e,
-            free: d.free_string,
-        }))),
-    );
-    Ok((method, krate))
+            name: name.clone(),
+            reason,
+        };
+        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad("a method name must be non-empty, without spaces".into()));
+        }
+        let kind = match e.kind {
+            KIND_PRUNER => Kind::Pruner,
+            KIND_UNLEARNER => Kind::Unlearner,
+            KIND_ATTACK => Kind::Attack,
+            k => return Err(bad(format!("unknown kind {k}"))),
+        };
+        let summary = read_str(e.summary, "summary").map_err(bad)?.to_string();
+        let schema: Value = read_json(e.schema_json, "its config schema").map_err(bad)?;
+        let default_config: Value =
+            read_json(e.default_config_json, "its default config").map_err(bad)?;
+        let validator = jsonschema::validator_for(&schema).map_err(|err| {
+            bad(format!(
+                "its config schema is not a valid JSON Schema: {err}"
+            ))
+        })?;
+        if let Some(err) = validator.iter_errors(&default_config).next() {
+            return Err(bad(format!(
+                "its default config does not satisfy its own schema: {}: {err}",
+                err.instance_path()
+            )));
+        }
+        // 2.1: facts about the method; absent (2.0, or null) they default.
+        let facts: serde_json::Map<String, Value> = if e.describe_json.is_null() {
+            Default::default()
+        } else {
+            read_json(
+                e.describe_json,
+                "its description (describe_json, a JSON object)",
+            )
+            .map_err(bad)?
+        };
+        let krate = match facts.get("crate") {
+            None => library.to_string(),
+            Some(Value::String(c)) => c.clone(),
+            Some(other) => {
+                return Err(bad(format!(
+                    "its description's `crate` is not a string: {other}"
+                )));
+            }
+        };
+        let method = Method::from_library(
+            kind,
+            name.clone(),
+            summary,
+            Source::Library(path.to_path_buf()),
+            schema,
+            default_config,
+            Box::new(ArcLibraryMethod(Arc::new(LibraryMethod {
+                path: path.to_path_buf(),
+                name,
+                entry: e,
+                free: d.free_string,
+            }))),
+        );
+        Ok((method, krate))
+    }
 }
 
 /// Loads every library that `paths` (folders or files) name into `registry`. A library or
@@ -558,11 +570,11 @@ pub fn extend_probed(
             if !seen.insert(lib.canonicalize().unwrap_or_else(|_| lib.clone())) {
                 continue;
             }
-            if !is_loaded(&lib) {
-                if let Err(e) = probe(&lib) {
-                    problems.push(e);
-                    continue;
-                }
+            if !is_loaded(&lib)
+                && let Err(e) = probe(&lib)
+            {
+                problems.push(e);
+                continue;
             }
             match load(&lib) {
                 Ok(l) => {
@@ -592,6 +604,7 @@ pub struct LibraryMethod {
 // SAFETY: `entry` points at static, immutable descriptor data and functions of a library that is
 // never unloaded; the instances it makes are of `Send + Sync` method types.
 unsafe impl Send for LibraryMethod {}
+// SAFETY: as for `Send` just above.
 unsafe impl Sync for LibraryMethod {}
 
 impl LibraryMethod {
@@ -671,6 +684,7 @@ struct Instance {
 
 // SAFETY: instances are of `Send + Sync` method types (the traits require it).
 unsafe impl Send for Instance {}
+// SAFETY: as for `Send` just above.
 unsafe impl Sync for Instance {}
 
 impl Drop for Instance {
@@ -694,9 +708,12 @@ impl Instance {
         &self,
         f: impl FnOnce(&MethodEntry, *mut c_void, *mut *mut c_char) -> Status,
     ) -> Result<(), MethodError> {
-        let mut err = std::ptr::null_mut();
-        let status = f(&self.method.entry, self.ptr, &mut err);
-        status_result(status, err, self.method.free).map_err(|m| self.failed(m))
+        // SAFETY: the caller upholds this function's `# Safety` contract.
+        unsafe {
+            let mut err = std::ptr::null_mut();
+            let status = f(&self.method.entry, self.ptr, &mut err);
+            status_result(status, err, self.method.free).map_err(|m| self.failed(m))
+        }
     }
 }
 
@@ -872,58 +889,61 @@ unsafe extern "C" fn run_loop(
     report_json: *mut *mut c_char,
     err: *mut *mut c_char,
 ) -> Status {
-    guard(err, || {
-        let trainer = use_lent::<Trainer>(trainer, "trainer")?;
-        let req = request.as_ref().ok_or("no loop request")?;
-        let mut model = read_model(&req.model)?;
-        let mask = read_list(&req.mask, "mask")?
-            .map(|t| Mask::from_tensors(&model, t.into_iter().collect()))
-            .transpose()
-            .map_err(|e| e.to_string())?;
-        let data = read_dataset(&req.data, "loop data")?;
-        let meta: RunMeta = read_json(req.run_json, "run")?;
-        let rows = borrow_tensor(req.rows, "stream rows")?;
-        let stream = Stream {
-            data: &data,
-            forget: Tensor::zeros(rows.size(), (tch::Kind::Bool, rows.device())),
-            rows,
-            labels: borrow_tensor(req.labels, "stream labels")?,
-            augment: meta.augment,
-            augment_seed: 0,
-        };
-        if stream.rows.size() != stream.labels.size() {
-            return Err(format!(
-                "stream: {:?} rows but {:?} labels",
-                stream.rows.size(),
-                stream.labels.size()
-            ));
-        }
-        let run = Run {
-            label: meta.label,
-            schedule: &meta.schedule,
-            schedule_offset: meta.schedule_offset,
-            phases: vec![Phase::new("train", &stream)],
-            mask: mask.as_ref(),
-            rewind_epoch: meta.rewind_epoch,
-            keep_best: None,
-            validate: None,
-            seed: meta.seed,
-        };
-        let mut objective = ForeignObjective {
-            r: req.objective,
-            batch_loss: None,
-            error: None,
-        };
-        let report = run_foreign(&trainer, &mut model, run, &mut objective, &req.rewind)?;
-        *report_json = alloc_string(
-            &serde_json::to_string(&ReportMeta {
-                log: Vec::new(),
-                ..report
-            })
-            .expect("serialises"),
-        );
-        Ok(())
-    })
+    // SAFETY: called through the plugin ABI, whose pointers are valid for the call (`plugin::abi` says which may be null).
+    unsafe {
+        guard(err, || {
+            let trainer = use_lent::<Trainer>(trainer, "trainer")?;
+            let req = request.as_ref().ok_or("no loop request")?;
+            let mut model = read_model(&req.model)?;
+            let mask = read_list(&req.mask, "mask")?
+                .map(|t| Mask::from_tensors(&model, t.into_iter().collect()))
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            let data = read_dataset(&req.data, "loop data")?;
+            let meta: RunMeta = read_json(req.run_json, "run")?;
+            let rows = borrow_tensor(req.rows, "stream rows")?;
+            let stream = Stream {
+                data: &data,
+                forget: Tensor::zeros(rows.size(), (tch::Kind::Bool, rows.device())),
+                rows,
+                labels: borrow_tensor(req.labels, "stream labels")?,
+                augment: meta.augment,
+                augment_seed: 0,
+            };
+            if stream.rows.size() != stream.labels.size() {
+                return Err(format!(
+                    "stream: {:?} rows but {:?} labels",
+                    stream.rows.size(),
+                    stream.labels.size()
+                ));
+            }
+            let run = Run {
+                label: meta.label,
+                schedule: &meta.schedule,
+                schedule_offset: meta.schedule_offset,
+                phases: vec![Phase::new("train", &stream)],
+                mask: mask.as_ref(),
+                rewind_epoch: meta.rewind_epoch,
+                keep_best: None,
+                validate: None,
+                seed: meta.seed,
+            };
+            let mut objective = ForeignObjective {
+                r: req.objective,
+                batch_loss: None,
+                error: None,
+            };
+            let report = run_foreign(&trainer, &mut model, run, &mut objective, &req.rewind)?;
+            *report_json = alloc_string(
+                &serde_json::to_string(&ReportMeta {
+                    log: Vec::new(),
+                    ..report
+                })
+                .expect("serialises"),
+            );
+            Ok(())
+        })
+    }
 }
 
 /// Runs `run` with a plugin's objective, gives the rewind snapshot to `rewind`, and returns the
@@ -960,78 +980,81 @@ unsafe extern "C" fn run_phases(
     report_json: *mut *mut c_char,
     err: *mut *mut c_char,
 ) -> Status {
-    guard(err, || {
-        let trainer = use_lent::<Trainer>(trainer, "trainer")?;
-        let req = request.as_ref().ok_or("no loop request")?;
-        if req.size < std::mem::size_of::<PhasedLoopRequest>() {
-            return Err(format!(
-                "a phased loop request of {} bytes, {} expected",
-                req.size,
-                std::mem::size_of::<PhasedLoopRequest>()
-            ));
-        }
-        let mut model = read_model(&req.model)?;
-        let mask = read_list(&req.mask, "mask")?
-            .map(|t| Mask::from_tensors(&model, t.into_iter().collect()))
-            .transpose()
-            .map_err(|e| e.to_string())?;
-        let meta: RunMeta = read_json(req.run_json, "run")?;
-        if req.n_phases == 0 || req.phases.is_null() {
-            return Err(format!("{}: a run without phases", meta.label));
-        }
-        let refs = std::slice::from_raw_parts(req.phases, req.n_phases);
-        let mut datasets = Vec::with_capacity(refs.len());
-        let mut metas = Vec::with_capacity(refs.len());
-        for p in refs {
-            datasets.push(read_dataset(&p.data, "phase data")?);
-            metas.push(read_json::<PhaseMeta>(p.phase_json, "phase")?);
-        }
-        let mut streams = Vec::with_capacity(refs.len());
-        for ((p, data), m) in refs.iter().zip(&datasets).zip(&metas) {
-            let stream = Stream {
-                data,
-                rows: borrow_tensor(p.rows, "phase rows")?,
-                labels: borrow_tensor(p.labels, "phase labels")?,
-                forget: borrow_tensor(p.forget, "phase tags")?,
-                augment: m.augment,
-                augment_seed: 0,
-            };
-            let n = stream.rows.size();
-            if stream.labels.size() != n || stream.forget.size() != n {
+    // SAFETY: called through the plugin ABI, whose pointers are valid for the call (`plugin::abi` says which may be null).
+    unsafe {
+        guard(err, || {
+            let trainer = use_lent::<Trainer>(trainer, "trainer")?;
+            let req = request.as_ref().ok_or("no loop request")?;
+            if req.size < std::mem::size_of::<PhasedLoopRequest>() {
                 return Err(format!(
-                    "phase `{}`: {:?} rows, {:?} labels, {:?} tags",
-                    m.name,
-                    n,
-                    stream.labels.size(),
-                    stream.forget.size()
+                    "a phased loop request of {} bytes, {} expected",
+                    req.size,
+                    std::mem::size_of::<PhasedLoopRequest>()
                 ));
             }
-            streams.push(stream);
-        }
-        let phases = streams
-            .iter()
-            .zip(&metas)
-            .map(|(stream, m)| Phase {
-                batch_size: m.batch_size,
-                until_epoch: m.until_epoch,
-                max_steps: m.max_steps,
-                ..Phase::new(m.name.clone(), stream)
-            })
-            .collect();
-        let run = Run {
-            rewind_epoch: meta.rewind_epoch,
-            schedule_offset: meta.schedule_offset,
-            ..Run::phased(meta.label, &meta.schedule, phases, mask.as_ref(), meta.seed)
-        };
-        let mut objective = ForeignObjective {
-            r: req.objective,
-            batch_loss: Some(req.batch_loss),
-            error: None,
-        };
-        let report = run_foreign(&trainer, &mut model, run, &mut objective, &req.rewind)?;
-        *report_json = alloc_string(&serde_json::to_string(&report).expect("serialises"));
-        Ok(())
-    })
+            let mut model = read_model(&req.model)?;
+            let mask = read_list(&req.mask, "mask")?
+                .map(|t| Mask::from_tensors(&model, t.into_iter().collect()))
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            let meta: RunMeta = read_json(req.run_json, "run")?;
+            if req.n_phases == 0 || req.phases.is_null() {
+                return Err(format!("{}: a run without phases", meta.label));
+            }
+            let refs = std::slice::from_raw_parts(req.phases, req.n_phases);
+            let mut datasets = Vec::with_capacity(refs.len());
+            let mut metas = Vec::with_capacity(refs.len());
+            for p in refs {
+                datasets.push(read_dataset(&p.data, "phase data")?);
+                metas.push(read_json::<PhaseMeta>(p.phase_json, "phase")?);
+            }
+            let mut streams = Vec::with_capacity(refs.len());
+            for ((p, data), m) in refs.iter().zip(&datasets).zip(&metas) {
+                let stream = Stream {
+                    data,
+                    rows: borrow_tensor(p.rows, "phase rows")?,
+                    labels: borrow_tensor(p.labels, "phase labels")?,
+                    forget: borrow_tensor(p.forget, "phase tags")?,
+                    augment: m.augment,
+                    augment_seed: 0,
+                };
+                let n = stream.rows.size();
+                if stream.labels.size() != n || stream.forget.size() != n {
+                    return Err(format!(
+                        "phase `{}`: {:?} rows, {:?} labels, {:?} tags",
+                        m.name,
+                        n,
+                        stream.labels.size(),
+                        stream.forget.size()
+                    ));
+                }
+                streams.push(stream);
+            }
+            let phases = streams
+                .iter()
+                .zip(&metas)
+                .map(|(stream, m)| Phase {
+                    batch_size: m.batch_size,
+                    until_epoch: m.until_epoch,
+                    max_steps: m.max_steps,
+                    ..Phase::new(m.name.clone(), stream)
+                })
+                .collect();
+            let run = Run {
+                rewind_epoch: meta.rewind_epoch,
+                schedule_offset: meta.schedule_offset,
+                ..Run::phased(meta.label, &meta.schedule, phases, mask.as_ref(), meta.seed)
+            };
+            let mut objective = ForeignObjective {
+                r: req.objective,
+                batch_loss: Some(req.batch_loss),
+                error: None,
+            };
+            let report = run_foreign(&trainer, &mut model, run, &mut objective, &req.rewind)?;
+            *report_json = alloc_string(&serde_json::to_string(&report).expect("serialises"));
+            Ok(())
+        })
+    }
 }
 
 /// A plugin's objective as core's loop sees it. A failure in a callback that cannot return one

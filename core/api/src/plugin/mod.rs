@@ -27,7 +27,7 @@ macro_rules! export_plugin {
 
         /// The plugin library's entry (see `unlearn_api::plugin::abi`).
         #[cfg(not(feature = "builtin"))]
-        #[no_mangle]
+        #[unsafe(no_mangle)]
         pub extern "C" fn unlearn_plugin_entry() -> *const $crate::plugin::abi::PluginDescriptor {
             static METHODS: &[$crate::method::BuiltinMethod] = &[
                 $( $crate::method::BuiltinMethod::$kind::<$t>(env!("CARGO_PKG_NAME")), )+
@@ -377,9 +377,10 @@ mod tests {
             &copy.var_store().variables()["conv1.weight"]
         ));
         let x = t.data.test.images.narrow(0, 0, 2).to_kind(Kind::Float) / 255.0;
-        assert!(copy
-            .forward_t(&x, false)
-            .allclose(&model.forward_t(&x, false), 1e-6, 1e-6, false));
+        assert!(
+            copy.forward_t(&x, false)
+                .allclose(&model.forward_t(&x, false), 1e-6, 1e-6, false)
+        );
         drop(lent);
         drop(copy);
     }
@@ -404,10 +405,9 @@ mod tests {
         assert!(forward(&r).unwrap().equal(&model.forward_t(&x, false)));
         // A lent model reads as fp32 unless the owner's computes otherwise.
         // SAFETY: `owned` is alive.
-        assert_eq!(
-            unsafe { wire::read_model(&r) }.unwrap().execution(),
-            crate::exec::Execution::default()
-        );
+        let lent = unsafe { wire::read_model(&r) }.unwrap();
+        assert_eq!(lent.execution(), crate::exec::Execution::default());
+        drop(lent);
         drop(owned);
         let e = forward(&r).unwrap_err();
         assert!(

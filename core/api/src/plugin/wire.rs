@@ -5,21 +5,21 @@
 
 use std::any::TypeId;
 use std::collections::BTreeMap;
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::{CStr, CString, c_char};
 use std::marker::PhantomData;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tch::nn::ModuleT;
 use tch::Tensor;
+use tch::nn::ModuleT;
 
 use super::abi::{
-    C_tensor, DatasetRef, ForwardFn, FreeString, Handle, ModelRef, NamedTensor, Status, TaskRef,
-    TensorList, TensorSink, ERR, OK,
+    C_tensor, DatasetRef, ERR, ForwardFn, FreeString, Handle, ModelRef, NamedTensor, OK, Status,
+    TaskRef, TensorList, TensorSink,
 };
 use crate::data::{Augment, Dataset};
 use crate::forget::ForgetSet;
@@ -37,10 +37,13 @@ use crate::train::{EpochLog, Schedule};
 /// the fields beyond it are valid as zero (nullable pointers, `Option`s of function pointers,
 /// counts).
 pub unsafe fn read_sized<T>(p: *const T, size: usize) -> T {
-    let mut out = std::mem::MaybeUninit::<T>::zeroed();
-    let n = size.min(std::mem::size_of::<T>());
-    std::ptr::copy_nonoverlapping(p as *const u8, out.as_mut_ptr() as *mut u8, n);
-    out.assume_init()
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let mut out = std::mem::MaybeUninit::<T>::zeroed();
+        let n = size.min(std::mem::size_of::<T>());
+        std::ptr::copy_nonoverlapping(p as *const u8, out.as_mut_ptr() as *mut u8, n);
+        out.assume_init()
+    }
 }
 
 /// Reads a field of the stable header (see `abi`'s "Evolution") without assuming anything
@@ -49,7 +52,8 @@ pub unsafe fn read_sized<T>(p: *const T, size: usize) -> T {
 /// # Safety
 /// `p` points at a table with at least `offset + size_of::<F>()` readable bytes.
 pub unsafe fn read_header_field<F: Copy>(p: *const u8, offset: usize) -> F {
-    std::ptr::read_unaligned(p.add(offset) as *const F)
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe { std::ptr::read_unaligned(p.add(offset) as *const F) }
 }
 
 /// One lent thing: where it is, of which type, and whether it is in use.
@@ -198,8 +202,11 @@ pub fn alloc_string(s: &str) -> *mut c_char {
 /// # Safety
 /// `s` is null or came from [`alloc_string`] of this copy of core, and is freed once.
 pub unsafe extern "C" fn free_string(s: *mut c_char) {
-    if !s.is_null() {
-        drop(CString::from_raw(s));
+    // SAFETY: called through the plugin ABI, whose pointers are valid for the call (`plugin::abi` says which may be null).
+    unsafe {
+        if !s.is_null() {
+            drop(CString::from_raw(s));
+        }
     }
 }
 
@@ -218,12 +225,15 @@ pub fn json_cstring(v: &impl Serialize) -> CString {
 /// # Safety
 /// `p` is null or a valid NUL-terminated string for the duration of the borrow.
 pub unsafe fn read_str<'a>(p: *const c_char, what: &str) -> Result<&'a str, String> {
-    if p.is_null() {
-        return Err(format!("{what} is missing (a null pointer)"));
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        if p.is_null() {
+            return Err(format!("{what} is missing (a null pointer)"));
+        }
+        CStr::from_ptr(p)
+            .to_str()
+            .map_err(|_| format!("{what} is not valid UTF-8"))
     }
-    CStr::from_ptr(p)
-        .to_str()
-        .map_err(|_| format!("{what} is not valid UTF-8"))
 }
 
 /// Reads a borrowed JSON string argument into `T`.
@@ -234,7 +244,10 @@ pub unsafe fn read_json<T: serde::de::DeserializeOwned>(
     p: *const c_char,
     what: &str,
 ) -> Result<T, String> {
-    serde_json::from_str(read_str(p, what)?).map_err(|e| format!("{what}: invalid JSON: {e}"))
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        serde_json::from_str(read_str(p, what)?).map_err(|e| format!("{what}: invalid JSON: {e}"))
+    }
 }
 
 /// The text of a panic payload.
@@ -270,17 +283,20 @@ pub unsafe fn status_result(
     err: *mut c_char,
     free: FreeString,
 ) -> Result<(), String> {
-    let message = if err.is_null() {
-        None
-    } else {
-        let m = CStr::from_ptr(err).to_string_lossy().into_owned();
-        free(err);
-        Some(m)
-    };
-    match (status, message) {
-        (OK, _) => Ok(()),
-        (_, Some(m)) => Err(m),
-        (s, None) => Err(format!("failed with status {s} and no message")),
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let message = if err.is_null() {
+            None
+        } else {
+            let m = CStr::from_ptr(err).to_string_lossy().into_owned();
+            free(err);
+            Some(m)
+        };
+        match (status, message) {
+            (OK, _) => Ok(()),
+            (_, Some(m)) => Err(m),
+            (s, None) => Err(format!("failed with status {s} and no message")),
+        }
     }
 }
 
@@ -351,25 +367,28 @@ pub unsafe fn read_list(
     list: &TensorList,
     what: &str,
 ) -> Result<Option<Vec<(String, Tensor)>>, String> {
-    if list.present == 0 {
-        return Ok(None);
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        if list.present == 0 {
+            return Ok(None);
+        }
+        if list.items.is_null() && list.len > 0 {
+            return Err(format!("{what}: a null list"));
+        }
+        let items = if list.len == 0 {
+            &[][..]
+        } else {
+            std::slice::from_raw_parts(list.items, list.len)
+        };
+        items
+            .iter()
+            .map(|it| {
+                let name = read_str(it.name, what)?.to_string();
+                Ok((name, borrow_tensor(it.tensor, what)?))
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map(Some)
     }
-    if list.items.is_null() && list.len > 0 {
-        return Err(format!("{what}: a null list"));
-    }
-    let items = if list.len == 0 {
-        &[][..]
-    } else {
-        std::slice::from_raw_parts(list.items, list.len)
-    };
-    items
-        .iter()
-        .map(|it| {
-            let name = read_str(it.name, what)?.to_string();
-            Ok((name, borrow_tensor(it.tensor, what)?))
-        })
-        .collect::<Result<Vec<_>, String>>()
-        .map(Some)
 }
 
 /// A new reference to a borrowed tensor handle (the same tensor).
@@ -377,10 +396,13 @@ pub unsafe fn read_list(
 /// # Safety
 /// `t` is null or a valid tensor handle for the duration of the call.
 pub unsafe fn borrow_tensor(t: *mut C_tensor, what: &str) -> Result<Tensor, String> {
-    if t.is_null() {
-        return Err(format!("{what}: a null tensor"));
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        if t.is_null() {
+            return Err(format!("{what}: a null tensor"));
+        }
+        Ok(Tensor::clone_from_ptr(t))
     }
-    Ok(Tensor::clone_from_ptr(t))
 }
 
 /// Collects the tensors given to a [`TensorSink`].
@@ -415,20 +437,23 @@ impl Collected {
 }
 
 unsafe extern "C" fn collect_put(state: Handle, name: *const c_char, tensor: *mut C_tensor) {
-    // A put that cannot be read (or on a stale sink) is dropped; the receiver checks what it got.
-    let _ = catch_unwind(AssertUnwindSafe(|| {
-        let Ok(c) = use_lent::<Collected>(state, "tensor sink") else {
-            return;
-        };
-        if let (Ok(n), Ok(t)) = (
-            read_str(name, "tensor name"),
-            borrow_tensor(tensor, "tensor"),
-        ) {
-            c.0.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((n.to_string(), t));
-        }
-    }));
+    // SAFETY: called through the plugin ABI, whose pointers are valid for the call (`plugin::abi` says which may be null).
+    unsafe {
+        // A put that cannot be read (or on a stale sink) is dropped; the receiver checks what it got.
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            let Ok(c) = use_lent::<Collected>(state, "tensor sink") else {
+                return;
+            };
+            if let (Ok(n), Ok(t)) = (
+                read_str(name, "tensor name"),
+                borrow_tensor(tensor, "tensor"),
+            ) {
+                c.0.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((n.to_string(), t));
+            }
+        }));
+    }
 }
 
 /// Gives named tensors to a sink.
@@ -491,18 +516,21 @@ impl OwnedDataset {
 /// # Safety
 /// `r`'s handles and string are valid for the call.
 pub unsafe fn read_dataset(r: &DatasetRef, what: &str) -> Result<Dataset, String> {
-    let meta: DatasetMeta = read_json(r.meta_json, what)?;
-    Ok(Dataset {
-        name: meta.name,
-        images: borrow_tensor(r.images, what)?,
-        labels: borrow_tensor(r.labels, what)?,
-        classes: meta.classes,
-        max_value: meta.max_value,
-        mean: meta.mean,
-        std: meta.std,
-        class_names: meta.class_names,
-        augment: meta.augment,
-    })
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let meta: DatasetMeta = read_json(r.meta_json, what)?;
+        Ok(Dataset {
+            name: meta.name,
+            images: borrow_tensor(r.images, what)?,
+            labels: borrow_tensor(r.labels, what)?,
+            classes: meta.classes,
+            max_value: meta.max_value,
+            mean: meta.mean,
+            std: meta.std,
+            class_names: meta.class_names,
+            augment: meta.augment,
+        })
+    }
 }
 
 /// Used by the host (feature `host`).
@@ -535,11 +563,14 @@ impl OwnedTask {
 /// # Safety
 /// As [`read_dataset`].
 pub unsafe fn read_task(r: &TaskRef) -> Result<TaskData, String> {
-    Ok(TaskData {
-        train: read_dataset(&r.train, "train data")?,
-        val: read_dataset(&r.val, "val data")?,
-        test: read_dataset(&r.test, "test data")?,
-    })
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        Ok(TaskData {
+            train: read_dataset(&r.train, "train data")?,
+            val: read_dataset(&r.val, "val data")?,
+            test: read_dataset(&r.test, "test data")?,
+        })
+    }
 }
 
 /// A [`ModelRef`] and what keeps it valid: the model is lent (its forward's handle) until this
@@ -586,21 +617,25 @@ impl<'a> OwnedModel<'a> {
 /// `r`'s handles, strings and forward function are valid for the call, and the model made here
 /// is dropped before the call returns.
 pub unsafe fn read_model(r: &ModelRef) -> Result<Model, String> {
-    let spec: ModelSpec = read_json(r.spec_json, "model spec")?;
-    let exec: Option<crate::exec::Execution> =
-        read_json::<serde_json::Value>(r.spec_json, "model spec")?
-            .get("execution")
-            .map(|e| serde_json::from_value(e.clone()))
-            .transpose()
-            .map_err(|e| format!("model spec: execution: {e}"))?;
-    let vars = read_list(&r.variables, "model variables")?.ok_or("the model has no variables")?;
-    let net = ForeignNet { forward: r.forward };
-    let mut model = Model::from_parts(spec, vars, Box::new(net)).map_err(|e| e.to_string())?;
-    if let Some(e) = exec {
-        // The owner's variables are laid out already, and its forward applies the rest.
-        model.assume_execution(e);
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let spec: ModelSpec = read_json(r.spec_json, "model spec")?;
+        let exec: Option<crate::exec::Execution> =
+            read_json::<serde_json::Value>(r.spec_json, "model spec")?
+                .get("execution")
+                .map(|e| serde_json::from_value(e.clone()))
+                .transpose()
+                .map_err(|e| format!("model spec: execution: {e}"))?;
+        let vars =
+            read_list(&r.variables, "model variables")?.ok_or("the model has no variables")?;
+        let net = ForeignNet { forward: r.forward };
+        let mut model = Model::from_parts(spec, vars, Box::new(net)).map_err(|e| e.to_string())?;
+        if let Some(e) = exec {
+            // The owner's variables are laid out already, and its forward applies the rest.
+            model.assume_execution(e);
+        }
+        Ok(model)
     }
-    Ok(model)
 }
 
 /// A forward pass that runs on the other side of the boundary.
@@ -655,12 +690,15 @@ unsafe extern "C" fn model_forward(
     out: *mut *mut C_tensor,
     err: *mut *mut c_char,
 ) -> Status {
-    guard(err, || {
-        let model = use_lent::<Model>(state, "model")?;
-        let x = borrow_tensor(x, "forward input")?;
-        *out = into_handle(model.forward_t(&x, train != 0));
-        Ok(())
-    })
+    // SAFETY: called through the plugin ABI, whose pointers are valid for the call (`plugin::abi` says which may be null).
+    unsafe {
+        guard(err, || {
+            let model = use_lent::<Model>(state, "model")?;
+            let x = borrow_tensor(x, "forward input")?;
+            *out = into_handle(model.forward_t(&x, train != 0));
+            Ok(())
+        })
+    }
 }
 
 /// `context_json` of a method call.

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use tch::{Device, Kind};
 
-use super::{bad, read_file, read_text, require_files, resolve_dir, stats, Parts, Source};
+use super::{Parts, Source, bad, read_file, read_text, require_files, resolve_dir, stats};
 use crate::data::{Augment, DataError, Dataset};
 
 /// CIFAR-10's class names in label order.

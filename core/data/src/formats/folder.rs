@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{bad, decode_rgb, decode_rgb_file, pixel_channel_stats, Parts, Source};
+use super::{Parts, Source, bad, decode_rgb, decode_rgb_file, pixel_channel_stats};
 use crate::data::{Augment, DataError};
 
 /// Loads an image folder. Classes are the sub-folders of `train/`, sorted by name (label 0 is

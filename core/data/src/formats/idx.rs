@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{bad, check_labels, inflate, read_file, stats, Parts, Source};
+use super::{Parts, Source, bad, check_labels, inflate, read_file, stats};
 use crate::data::{Augment, DataError};
 
 /// Fashion-MNIST's class names in label order.

@@ -8,11 +8,11 @@
 //! libjpeg-turbo whose decoder is libjpeg-turbo's, with nothing but a C compiler; at the same
 //! defaults it gives PIL's pixels (tested against PIL in tests/pil_jpeg.rs).
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
 use mozjpeg::{ColorSpace, Decompress};
-use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, jpeg_std_error, JWRN_JPEG_EOF};
+use mozjpeg_sys::{JWRN_JPEG_EOF, jpeg_common_struct, jpeg_error_mgr, jpeg_std_error};
 
 use super::bad;
 use crate::data::DataError;
@@ -54,7 +54,7 @@ fn decode_unguarded(bytes: &[u8]) -> Result<Rgb, String> {
     match dec.color_space() {
         ColorSpace::JCS_GRAYSCALE | ColorSpace::JCS_YCbCr | ColorSpace::JCS_RGB => {}
         ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK => {
-            return Err("CMYK JPEGs are not supported; convert the file to RGB".into())
+            return Err("CMYK JPEGs are not supported; convert the file to RGB".into());
         }
         other => return Err(format!("unsupported JPEG colour space {other:?}")),
     }
@@ -86,6 +86,7 @@ fn decode_unguarded(bytes: &[u8]) -> Result<Rgb, String> {
 fn error_mgr() -> jpeg_error_mgr {
     // SAFETY: jpeg_std_error fills in every field of the zeroed struct.
     let mut err: jpeg_error_mgr = unsafe { std::mem::zeroed() };
+    // SAFETY: `err` is a live struct for libjpeg to fill in.
     unsafe { jpeg_std_error(&mut err) };
     err.error_exit = Some(unwind_error_exit);
     err.emit_message = Some(unwind_on_eof);

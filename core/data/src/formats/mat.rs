@@ -125,7 +125,9 @@ pub(crate) fn parse_mat(
                 if inner_typ != MI_MATRIX {
                     return Err(bad(
                         path,
-                        format!("the compressed element at offset {at} holds data type {inner_typ}, expected a matrix (14)"),
+                        format!(
+                            "the compressed element at offset {at} holds data type {inner_typ}, expected a matrix (14)"
+                        ),
                     ));
                 }
                 let Some(body) = inner.get(8..8 + inner_size) else {
@@ -151,7 +153,7 @@ pub(crate) fn parse_mat(
                         "the data element at offset {at} has type {other}, expected a matrix (14) \
                          or compressed data (15)"
                     ),
-                ))
+                ));
             }
         };
         match parsed {
@@ -177,7 +179,7 @@ pub(crate) fn parse_mat(
                             names.join(", ")
                         }
                     ),
-                ))
+                ));
             }
         }
     }
@@ -221,7 +223,7 @@ fn check_header(path: &Path, bytes: &[u8]) -> Result<bool, DataError> {
                 format!(
                     "wrong magic: the endian indicator is {other:?}, expected \"IM\" or \"MI\""
                 ),
-            ))
+            ));
         }
     };
     let version = Endian(big_endian).u16(&bytes[124..126]);
@@ -410,7 +412,7 @@ fn parse_matrix(
         other => {
             return Err(fail(format!(
                 "data type {other} is not supported (int8..uint64, single, double)"
-            )))
+            )));
         }
     };
     if count.checked_mul(width) != Some(real.len()) {

@@ -16,10 +16,10 @@ mod mat;
 mod svhn;
 mod tiny;
 
-pub use cifar::{cifar10, cifar100, write_cifar10, CIFAR10_CLASSES};
+pub use cifar::{CIFAR10_CLASSES, cifar10, cifar100, write_cifar10};
 pub use folder::image_folder;
-pub use idx::{fashion_mnist, mnist, FASHION_MNIST_CLASSES};
-pub use mat::{read_mat, MatArray, MatData};
+pub use idx::{FASHION_MNIST_CLASSES, fashion_mnist, mnist};
+pub use mat::{MatArray, MatData, read_mat};
 pub use svhn::svhn;
 pub use tiny::tiny_imagenet;
 

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use super::mat::{read_mat, MatArray, MatData};
-use super::{bad, require_files, stats, Parts, Source};
+use super::mat::{MatArray, MatData, read_mat};
+use super::{Parts, Source, bad, require_files, stats};
 use crate::data::{Augment, DataError, Dataset};
 
 /// Loads `train_32x32.mat` and `test_32x32.mat` from the folder `path`. Labels are the digits
@@ -59,7 +59,7 @@ fn images(path: &Path, x: MatArray) -> Result<(Vec<u8>, usize), DataError> {
                     "image of the wrong size: X is {}, expected 32x32x3xN",
                     dims(&x.dims)
                 ),
-            ))
+            ));
         }
     };
     let pixels = match x.data {

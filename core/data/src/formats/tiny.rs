@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::folder::images_in;
-use super::{bad, decode_rgb, read_text, require_files, resolve_dir, stats, Parts, Source};
+use super::{Parts, Source, bad, decode_rgb, read_text, require_files, resolve_dir, stats};
 use crate::data::{Augment, DataError};
 
 const SIZE: (u32, u32) = (64, 64);

@@ -1,7 +1,7 @@
 //! Helpers shared by the tests: accuracies computed directly from the model's logits.
 #![allow(dead_code)]
 
-use unlearn_api::data::{index_tensor, Dataset};
+use unlearn_api::data::{Dataset, index_tensor};
 use unlearn_api::model::Model;
 use unlearn_api::tch::{self, Kind};
 
@@ -15,7 +15,7 @@ pub fn accuracy(model: &Model, data: &Dataset, rows: &[usize]) -> f64 {
     let right = rows
         .iter()
         .zip(&pred)
-        .filter(|(&r, &p)| labels[r] == p)
+        .filter(|&(&r, &p)| labels[r] == p)
         .count();
     right as f64 / rows.len() as f64
 }
