@@ -345,6 +345,10 @@ fn sweep_decimals(values: &[f64]) -> Option<usize> {
     })
 }
 
+/// One swept setting of an entry: its name, its values (with their positions in the list) and
+/// the decimals its labels need.
+type Axis<'v> = (&'v String, Vec<(usize, &'v Value)>, usize);
+
 /// One method entry of a config with its sweeps expanded: one per combination of swept values.
 struct SweptEntry {
     /// Where the entry is (`/unlearn/2`, or `/prune` for a single table).
@@ -438,7 +442,7 @@ fn method_entries(
             _ => Vec::new(),
         };
         // Each swept setting: its values (repeats left out) and the decimals its labels need.
-        let mut axes: Vec<(&String, Vec<(usize, &Value)>, usize)> = Vec::new();
+        let mut axes: Vec<Axis<'_>> = Vec::new();
         for (key, values) in swept {
             let what = if key == "sparsity" {
                 "sparsity".to_string()
@@ -688,8 +692,54 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
     }
     let raw = &raw;
     let mut issues = issues_from_schema(&pipeline_schema(), raw, "");
+    name_the_methods(&mut issues, registry);
+    issues.extend(missing_plugins(raw, base_dir));
+    let (pruners, pruner_paths) = plan_pruners(raw, registry, &mut issues);
+    let unlearners = plan_unlearners(raw, registry, &mut issues);
+    issues.extend(metric_issues(raw, &unlearners));
+    let loaded = check_sections(raw, base_dir, &pruners, &pruner_paths, &mut issues);
+    let mut forget = plan_forget(raw, loaded.as_ref(), base_dir, &mut issues);
+    let attack = plan_attack(raw, registry, loaded.as_ref(), &mut forget, &mut issues);
+    let listed = raw
+        .get("forget")
+        .and_then(Value::as_array)
+        .is_some_and(|l| !l.is_empty());
+    if !listed && raw.get("attack").is_none() {
+        issues.push(ConfigIssue::new(
+            "/forget",
+            None,
+            "no forgetting scenario: add a [[forget]] entry (or an [attack], whose poisoned rows are then forgotten)",
+        ));
+    }
+
+    if !issues.is_empty() {
+        return Err(issues);
+    }
+    let config: PipelineConfig = serde_json::from_value(raw.clone())
+        .map_err(|e| vec![ConfigIssue::new("", None, e.to_string())])?;
+    let (dataset, split) = loaded.expect("no issues, so the data loaded");
+    let checkpoint = config.model.checkpoint.as_ref().map(|p| base_dir.join(p));
+    if let Some(path) = &checkpoint {
+        check_checkpoint(path, &model_spec(config.model.arch, &dataset), &pruners)?;
+    }
+    let seeds = config.seeds.clone().unwrap_or(vec![config.seed]);
+    Ok(Plan {
+        config,
+        attack,
+        checkpoint,
+        dataset,
+        split,
+        forget,
+        pruners,
+        unlearners,
+        seeds,
+    })
+}
+
+/// Issues of a method entry without `method` name the methods there are.
+fn name_the_methods(issues: &mut [ConfigIssue], registry: &Registry) {
     // A method entry without `method`: name the ones there are.
-    for issue in &mut issues {
+    for issue in issues.iter_mut() {
         if !issue.message.contains("\"method\" is a required property") {
             continue;
         }
@@ -711,8 +761,12 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
             );
         }
     }
-    // A listed plugin that is not there is a typo in the config, not a broken library (those
-    // are skipped with a warning): its methods would only show up as unknown ones.
+}
+
+/// Listed plugins that are not there: a typo in the config, not a broken library (those are
+/// skipped with a warning), whose methods would only show up as unknown ones.
+fn missing_plugins(raw: &Value, base_dir: &Path) -> Vec<ConfigIssue> {
+    let mut issues = Vec::new();
     if let Some(list) = raw.get("plugins").and_then(Value::as_array) {
         for (i, p) in list.iter().enumerate() {
             if let Some(p) = p.as_str().filter(|p| !base_dir.join(p).exists()) {
@@ -725,18 +779,27 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
         }
     }
 
-    // Methods: known, of the right kind, and their settings valid against their own schema.
+    issues
+}
+
+/// The pruners (sweeps expanded), known, of the right kind, with valid settings, and where each
+/// one's entry is (for the checks that need the data).
+fn plan_pruners(
+    raw: &Value,
+    registry: &Registry,
+    issues: &mut Vec<ConfigIssue>,
+) -> (Vec<Planned<Box<dyn Pruner>>>, Vec<String>) {
     let mut pruners: Vec<Planned<Box<dyn Pruner>>> = Vec::new();
     // Where each pruner's entry is (for the checks that need the data).
     let mut pruner_paths: Vec<String> = Vec::new();
-    for swept in method_entries(raw, "prune", registry, &mut issues) {
+    for swept in method_entries(raw, "prune", registry, issues) {
         let before = issues.len();
         let planned = plan_method(
             &swept.entry,
             &swept.path,
             Kind::Pruner,
             registry,
-            &mut issues,
+            issues,
             |m, p| m.build_pruner(p),
         );
         swept.locate(&mut issues[before..]);
@@ -766,27 +829,36 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
         if let (Some(a), Some(b)) = (
             pruners.iter().find_map(|q| q.instance.rewind_point()),
             p.instance.rewind_point(),
-        ) {
-            if a != b {
-                issues.push(ConfigIssue::new(
+        ) && a != b
+        {
+            issues.push(ConfigIssue::new(
                     &swept.path,
                     None,
                     format!("rewinds to {b:?}, another pruner to {a:?}: one dense training keeps one rewind point, so put this pruner in a config of its own (it can share the stage cache)"),
                 ));
-            }
         }
         pruners.push(p);
         pruner_paths.push(swept.path);
     }
+    (pruners, pruner_paths)
+}
+
+/// The unlearners (sweeps expanded), known, of the right kind, with valid settings and labels
+/// of their own.
+fn plan_unlearners(
+    raw: &Value,
+    registry: &Registry,
+    issues: &mut Vec<ConfigIssue>,
+) -> Vec<Planned<Box<dyn Unlearner>>> {
     let mut unlearners: Vec<Planned<Box<dyn Unlearner>>> = Vec::new();
-    for swept in method_entries(raw, "unlearn", registry, &mut issues) {
+    for swept in method_entries(raw, "unlearn", registry, issues) {
         let before = issues.len();
         let planned = plan_method(
             &swept.entry,
             &swept.path,
             Kind::Unlearner,
             registry,
-            &mut issues,
+            issues,
             |m, p| m.build_unlearner(p),
         );
         swept.locate(&mut issues[before..]);
@@ -808,7 +880,12 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
         unlearners.push(p);
     }
 
-    // Registered metrics: known, and their needs met by the config.
+    unlearners
+}
+
+/// Registered metrics (`[eval] metrics`): known, and their needs met by the config.
+fn metric_issues(raw: &Value, unlearners: &[Planned<Box<dyn Unlearner>>]) -> Vec<ConfigIssue> {
+    let mut issues = Vec::new();
     if let Some(list) = raw.pointer("/eval/metrics").and_then(Value::as_array) {
         let retrains = unlearners.iter().any(|u| u.method == "retrain");
         for (i, v) in list.iter().enumerate() {
@@ -826,26 +903,38 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
         }
     }
 
-    // Sections checked one by one, so a mistake in one does not hide those in others.
+    issues
+}
+
+/// The `[train]`, `[data]` and `[model]` sections, each checked on its own so that a mistake in
+/// one does not hide those in others; the data set and split when they load.
+fn check_sections(
+    raw: &Value,
+    base_dir: &Path,
+    pruners: &[Planned<Box<dyn Pruner>>],
+    pruner_paths: &[String],
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<(Dataset, Split)> {
     let section = |name: &str| raw.get(name).cloned().unwrap_or(Value::Object(Map::new()));
     if let Ok(train) = serde_json::from_value::<Schedule>(section("train")) {
         let given = section("train");
         for (field, m) in train.issues() {
             issues.push(ConfigIssue::of_rule("/train", field, &given, m));
         }
-        for p in &pruners {
-            if let Some(crate::method::RewindPoint::Epoch(r)) = p.instance.rewind_point() {
-                if r > train.epochs && train.epochs > 0 {
-                    issues.push(ConfigIssue::new(
-                        "/prune/rewind_epoch",
-                        Some(r.into()),
-                        format!(
-                            "{} rewinds to epoch {r}, but dense training has only {} epochs",
-                            p.label, train.epochs
-                        ),
-                    ));
-                    break;
-                }
+        for p in pruners {
+            if let Some(crate::method::RewindPoint::Epoch(r)) = p.instance.rewind_point()
+                && r > train.epochs
+                && train.epochs > 0
+            {
+                issues.push(ConfigIssue::new(
+                    "/prune/rewind_epoch",
+                    Some(r.into()),
+                    format!(
+                        "{} rewinds to epoch {r}, but dense training has only {} epochs",
+                        p.label, train.epochs
+                    ),
+                ));
+                break;
             }
         }
     }
@@ -868,20 +957,20 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
         });
     if let Some((dataset, split)) = &loaded {
         // The model must be able to take these images, and every class must be tested.
-        if let Ok(model) = serde_json::from_value::<ModelConfig>(section("model")) {
-            if let Err(e) = model_spec(model.arch, dataset).check() {
-                issues.push(ConfigIssue::new(
-                    "/model/arch",
-                    Some(Value::from(model.arch.name())),
-                    e.to_string(),
-                ));
-            }
+        if let Ok(model) = serde_json::from_value::<ModelConfig>(section("model"))
+            && let Err(e) = model_spec(model.arch, dataset).check()
+        {
+            issues.push(ConfigIssue::new(
+                "/model/arch",
+                Some(Value::from(model.arch.name())),
+                e.to_string(),
+            ));
         }
         issues.extend(class_coverage_issues(dataset, split));
         // `pt` rewinds to the epoch of best validation accuracy: without a validation split
         // there is none, and it would silently rewind to epoch 1.
         if split.val.is_empty() {
-            for (p, path) in pruners.iter().zip(&pruner_paths) {
+            for (p, path) in pruners.iter().zip(pruner_paths) {
                 if p.instance.rewind_point() == Some(crate::method::RewindPoint::BestValidation) {
                     issues.push(ConfigIssue::new(
                         &format!("{path}/rewind"),
@@ -892,11 +981,22 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
             }
         }
     }
+    loaded
+}
+
+/// The forgetting scenarios, resolved on the loaded split (the `poisoned` one is the attack's:
+/// see `plan_attack`).
+fn plan_forget(
+    raw: &Value,
+    loaded: Option<&(Dataset, Split)>,
+    base_dir: &Path,
+    issues: &mut Vec<ConfigIssue>,
+) -> Vec<ForgetSet> {
     let mut forget = Vec::new();
     // The name of the `poisoned` scenario, when the config gives one.
     let mut poisoned_name: Option<String> = None;
     if let (Some((dataset, split)), Some(list)) =
-        (&loaded, raw.get("forget").and_then(Value::as_array))
+        (loaded, raw.get("forget").and_then(Value::as_array))
     {
         let all_labels = dataset.labels_vec();
         let train_labels: Vec<i64> = split.train.iter().map(|&i| all_labels[i]).collect();
@@ -978,41 +1078,7 @@ pub fn plan(raw: &Value, registry: &Registry, base_dir: &Path) -> Result<Plan, V
         }
     }
 
-    let attack = plan_attack(raw, registry, loaded.as_ref(), &mut forget, &mut issues);
-    let listed = raw
-        .get("forget")
-        .and_then(Value::as_array)
-        .is_some_and(|l| !l.is_empty());
-    if !listed && raw.get("attack").is_none() {
-        issues.push(ConfigIssue::new(
-            "/forget",
-            None,
-            "no forgetting scenario: add a [[forget]] entry (or an [attack], whose poisoned rows are then forgotten)",
-        ));
-    }
-
-    if !issues.is_empty() {
-        return Err(issues);
-    }
-    let config: PipelineConfig = serde_json::from_value(raw.clone())
-        .map_err(|e| vec![ConfigIssue::new("", None, e.to_string())])?;
-    let (dataset, split) = loaded.expect("no issues, so the data loaded");
-    let checkpoint = config.model.checkpoint.as_ref().map(|p| base_dir.join(p));
-    if let Some(path) = &checkpoint {
-        check_checkpoint(path, &model_spec(config.model.arch, &dataset), &pruners)?;
-    }
-    let seeds = config.seeds.clone().unwrap_or(vec![config.seed]);
-    Ok(Plan {
-        config,
-        attack,
-        checkpoint,
-        dataset,
-        split,
-        forget,
-        pruners,
-        unlearners,
-        seeds,
-    })
+    forget
 }
 
 /// Classes the model gets an output for but no data trains or tests (no samples at all, e.g. an
@@ -1297,7 +1363,7 @@ fn check_checkpoint(
     spec: &crate::model::ModelSpec,
     pruners: &[Planned<Box<dyn Pruner>>],
 ) -> Result<(), Vec<ConfigIssue>> {
-    use crate::checkpoint::{import_pytorch, load, metadata, CheckpointError};
+    use crate::checkpoint::{CheckpointError, import_pytorch, load, metadata};
     let at = |p: &str, v: Option<Value>, m: String| vec![ConfigIssue::new(p, v, m)];
     let file = Some(Value::from(path.display().to_string()));
     // Loaded whole (on the CPU), as the run will: every tensor's name, shape and dtype, the mask,
@@ -1308,10 +1374,14 @@ fn check_checkpoint(
                 || meta.input != spec.input
                 || meta.classes != spec.classes =>
         {
-            return Err(at("/model/checkpoint", file, format!(
-                "holds a {} model for {} classes of {:?} inputs; this config needs {} for {} classes of {:?}",
-                meta.arch, meta.classes, meta.input, spec.arch, spec.classes, spec.input
-            )));
+            return Err(at(
+                "/model/checkpoint",
+                file,
+                format!(
+                    "holds a {} model for {} classes of {:?} inputs; this config needs {} for {} classes of {:?}",
+                    meta.arch, meta.classes, meta.input, spec.arch, spec.classes, spec.input
+                ),
+            ));
         }
         Ok(_) => load(path, tch::Device::Cpu).map(|(model, mask, _)| (model, mask)),
         // No unlearn metadata: PyTorch weights; they must load into this architecture.

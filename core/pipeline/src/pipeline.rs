@@ -14,13 +14,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::Device;
 
-use crate::cache::{hex, Cache, StageKey, StageKind};
+use crate::cache::{Cache, StageKey, StageKind, hex};
 use crate::checkpoint::Provenance;
 use crate::config::Plan;
 use crate::device::{device_name, synchronize};
 pub use crate::error::PipelineError;
 use crate::eval::backdoor::{apply_poisoning, attack_success_rate};
-use crate::eval::{evaluate, Metrics, SplitOutputs};
+use crate::eval::{Metrics, SplitOutputs, evaluate};
 use crate::forget::ForgetSet;
 use crate::io::write_atomic;
 use crate::mask::Mask;
@@ -29,12 +29,12 @@ use crate::model::{Model, ModelError, ModelSpec, Snapshot};
 use crate::output::{OutputDir, Producer};
 use crate::results::add_gaps;
 pub use crate::results::{
-    check_results, recompute_gaps, AttackSummary, ModelSummary, Row, RunResults, ScenarioSummary,
-    StageReport,
+    AttackSummary, ModelSummary, Row, RunResults, ScenarioSummary, StageReport, check_results,
+    recompute_gaps,
 };
 use crate::stages::data_identity;
-use crate::stages::{run_workers, study_stages, StudyStage};
-pub use crate::stages::{Selection, StageKeys, Workers, COMPUTATION_REVISION};
+pub use crate::stages::{COMPUTATION_REVISION, Selection, StageKeys, Workers};
+use crate::stages::{StudyStage, run_workers, study_stages};
 use crate::train::{CrossEntropy, Run, RunLog, Trainer};
 
 pub struct RunOptions<'a> {
@@ -452,216 +452,66 @@ struct SeedContext<'a> {
     selection: Option<&'a Selection>,
 }
 
+/// [`SeedRun::parts`].
+struct ModelStageParts<'a> {
+    plan: &'a Plan,
+    opts: &'a RunOptions<'a>,
+    outdir: Option<&'a OutputDir>,
+    cache: &'a Cache,
+    data: &'a TaskData,
+    seed: u64,
+    keys: &'a StageKeys,
+    stage: &'a StageRunner<'a>,
+    spec: &'a ModelSpec,
+    provenance: &'a Provenance,
+}
+
+/// One seed of a run as it goes: what its stages share.
+struct SeedRun<'a> {
+    ctx: &'a SeedContext<'a>,
+    seed: u64,
+    keys: &'a StageKeys,
+    stage: StageRunner<'a>,
+    spec: ModelSpec,
+    provenance: Provenance,
+}
+
 fn run_seed(
     ctx: &SeedContext<'_>,
     seed: u64,
     keys: &StageKeys,
     all: &mut SeedResults,
 ) -> Result<(), PipelineError> {
-    let SeedContext {
-        plan,
-        opts,
-        outdir,
-        cache,
-        progress,
-        data,
-        selection,
-    } = *ctx;
-    // A worker skips the models (and their rows) none of its stages needs.
-    let needed = |m: usize| selection.is_none_or(|s| s.needs_model(keys, m));
-    let wanted = |k: &StageKey| selection.is_none_or(|s| s.wants(k));
+    let plan = ctx.plan;
     let cfg = &plan.config;
-    let spec = crate::config::model_spec(cfg.model.arch, &plan.dataset);
-    let eval_batch = cfg.eval.batch_size;
-    let provenance = Provenance {
-        dataset: Some(plan.dataset.name.clone()),
-        train_config: Some(serde_json::to_value(&cfg.train).expect("schedules serialise")),
+    let run = SeedRun {
+        ctx,
+        seed,
+        keys,
+        stage: StageRunner {
+            cache: ctx.cache,
+            trainer: &ctx.opts.trainer,
+            notify: ctx.opts.notify,
+            what: &ctx.opts.what,
+            device: ctx.opts.device,
+            progress: ctx.progress,
+            selection: ctx.selection,
+        },
+        spec: crate::config::model_spec(cfg.model.arch, &plan.dataset),
+        provenance: Provenance {
+            dataset: Some(plan.dataset.name.clone()),
+            train_config: Some(serde_json::to_value(&cfg.train).expect("schedules serialise")),
+        },
     };
     let first_stage = all.stages.len();
-    let stage = StageRunner {
-        cache,
-        trainer: &opts.trainer,
-        notify: opts.notify,
-        what: &opts.what,
-        device: opts.device,
-        progress,
-        selection,
-    };
-    // Stage labels name the seed when there are several.
-    let seeded = |label: String| {
-        if plan.seeds.len() > 1 {
-            format!("{label}, seed {seed}")
-        } else {
-            label
-        }
-    };
-
-    // The original model: from `model.checkpoint`, or trained here (keeping the weights the
-    // pruners rewind to).
-    let rewind_point = plan.rewind_point();
-    let dense_label = seeded(match &plan.checkpoint {
-        Some(path) => format!("the model of {}", path.display()),
-        None => "dense training".to_string(),
-    });
-    let Some((dense, dense_mask, rewind, seconds, report)) = stage.model(
-        StageKind::Dense,
-        &keys.dense,
-        &dense_label,
-        &spec,
-        rewind_point,
-        |trainer| match &plan.checkpoint {
-            Some(path) => {
-                (opts.notify)(&format!("starting from {}", path.display()));
-                let (model, mask) = load_original(path, &spec, opts.device)?;
-                // The only dense weights there are: the best-validation rewind point of `pt`.
-                let rewind =
-                    (rewind_point == Some(RewindPoint::BestValidation)).then(|| model.snapshot());
-                Ok((model, mask, rewind, 0.0))
-            }
-            None => {
-                (opts.notify)(&format!(
-                    "training the dense model ({} epochs on {} samples{})",
-                    cfg.train.epochs,
-                    data.train.len(),
-                    if plan.seeds.len() > 1 {
-                        format!(", seed {seed}")
-                    } else {
-                        String::new()
-                    }
-                ));
-                let mut dense = Model::new(spec.clone(), opts.device, seed)?;
-                let all: Vec<usize> = (0..data.train.len()).collect();
-                let stream = crate::train::Stream::new(&data.train, &all);
-                let run = Run::new(dense_label.clone(), &cfg.train, &stream, None, seed)
-                    .keeping(rewind_point, &data.val)
-                    .validating(&data.val);
-                let mut report = trainer
-                    .run(&mut dense, run, &mut CrossEntropy)
-                    .map_err(|e| PipelineError::Method {
-                        label: dense_label.clone(),
-                        source: e.into(),
-                    })?;
-                if let Some(best) = &report.best {
-                    (opts.notify)(&format!(
-                        "best validation accuracy {:.2}% after epoch {} (the rewind point)",
-                        best.accuracy, best.epoch
-                    ));
-                }
-                let rewind = report.rewind.take().or(report.best.map(|b| b.snapshot));
-                Ok((dense, None, rewind, report.seconds))
-            }
-        },
-        &provenance,
-    )?
-    else {
+    let Some((dense, rewind)) = run.dense(all)? else {
         return Ok(());
     };
-    all.stages.push(report);
-    // A checkpoint with a mask is the sparse model itself.
-    let name = if dense_mask.is_some() {
-        "sparse"
-    } else {
-        "dense"
-    };
-    let file = model_file(plan, seed, name, None);
-    if let Some(outdir) = outdir {
-        export_model(cache, StageKind::Dense, &keys.dense, outdir, &file)?;
-    }
     // Each model with its position among the seed's models (0: dense).
-    let mut variants = vec![(
-        0,
-        variant(
-            name,
-            None,
-            seed,
-            file,
-            dense,
-            dense_mask,
-            seconds,
-            data,
-            eval_batch,
-            (cache, StageKind::Dense, &keys.dense),
-        ),
-    )];
-
-    // Sparse models.
-    for (i, (p, key)) in plan.pruners.iter().zip(&keys.sparse).enumerate() {
-        if !needed(i + 1) {
-            continue;
-        }
-        let label = seeded(format!("{} pruning", p.label));
-        let original = &variants[0].1.model;
-        let Some((sparse, mask, _, seconds, report)) = stage.model(
-            StageKind::Sparse,
-            key,
-            &label,
-            &spec,
-            None,
-            |trainer| {
-                (opts.notify)(&format!("pruning with {}", p.label));
-                let mut sparse = original.try_clone()?;
-                synchronize(opts.device);
-                let t0 = Instant::now();
-                let mut ctx = PruneCtx {
-                    model: &mut sparse,
-                    rewind: rewind.as_ref(),
-                    data,
-                    schedule: &cfg.train,
-                    trainer,
-                    seed,
-                    label: label.clone(),
-                };
-                let mask = p
-                    .instance
-                    .prune(&mut ctx)
-                    .map_err(|source| PipelineError::Method {
-                        label: label.clone(),
-                        source,
-                    })?;
-                mask.apply(&sparse);
-                synchronize(opts.device);
-                let seconds = t0.elapsed().as_secs_f64();
-                if !sparse.all_finite() {
-                    return Err(PipelineError::NonFinite {
-                        label: label.clone(),
-                    });
-                }
-                Ok((sparse, Some(mask), None, seconds))
-            },
-            &provenance,
-        )?
-        else {
-            continue;
-        };
-        all.stages.push(report);
-        let Some(mask) = mask else {
-            return Err(PipelineError::State {
-                path: cache.entry(StageKind::Sparse, key),
-                message: "the sparse model has no mask".into(),
-            });
-        };
-        let file = model_file(plan, seed, "sparse", Some(i));
-        if let Some(outdir) = outdir {
-            export_model(cache, StageKind::Sparse, key, outdir, &file)?;
-        }
-        variants.push((
-            i + 1,
-            variant(
-                "sparse",
-                Some(p.label.clone()),
-                seed,
-                file,
-                sparse,
-                Some(mask),
-                seconds,
-                data,
-                eval_batch,
-                (cache, StageKind::Sparse, key),
-            ),
-        ));
-    }
+    let mut variants = run.sparse(&dense, rewind.as_ref(), all)?;
+    variants.insert(0, (0, dense));
     for (_, v) in &variants {
-        (opts.notify)(&format!(
+        (ctx.opts.notify)(&format!(
             "{} model: sparsity {:.1}%, train {:.1}%, test {:.1}%",
             v.pruner.as_deref().unwrap_or(v.name),
             100.0 * v.summary.sparsity,
@@ -672,107 +522,8 @@ fn run_seed(
 
     // Unlearning.
     for (f, forget) in plan.forget.iter().enumerate() {
-        for (m, v) in variants.iter().map(|(m, v)| (*m, v)) {
-            let group_start = all.rows.len();
-            let group_keys = &keys.rows[f][m];
-            // With one pruner its model is `sparse`; with several, each is named by its pruner.
-            let model_label = match &v.pruner {
-                Some(p) if plan.pruners.len() > 1 => p.as_str(),
-                _ => v.name,
-            };
-            let row = |method: &str, label: &str, metrics, rte| Row {
-                seed,
-                scenario: forget.name.clone(),
-                model: v.name.into(),
-                pruner: v.pruner.clone(),
-                sparsity: v.summary.sparsity,
-                method: method.into(),
-                label: label.into(),
-                metrics,
-                rte,
-                gap: None,
-                extra: BTreeMap::new(),
-            };
-            let label = seeded(format!("original on {} ({model_label})", forget.name));
-            // The original's outputs are its model's; no need to keep them in the row.
-            let computed = if !wanted(&group_keys[0]) {
-                None
-            } else {
-                stage.row(&group_keys[0], &label, None, |_| {
-                    let outputs = v.outputs(data, eval_batch);
-                    let mut metrics = evaluate(outputs, forget, &cfg.eval).map_err(|source| {
-                        PipelineError::Eval {
-                            label: label.clone(),
-                            source,
-                        }
-                    })?;
-                    backdoor(plan, &v.model, data, eval_batch, &label, &mut metrics)?;
-                    Ok((metrics, None, None))
-                })?
-            };
-            if let Some((metrics, _, report, _)) = computed {
-                all.stages.push(report);
-                all.rows.push(row("original", "original", metrics, None));
-            }
-            let keep = (!cfg.eval.metrics.is_empty()).then_some(data);
-            let mut kept: Vec<SplitOutputs> = Vec::new();
-            for (u, key) in plan.unlearners.iter().zip(&group_keys[1..]) {
-                let label = seeded(format!("{} on {} ({model_label})", u.label, forget.name));
-                if !wanted(key) {
-                    continue;
-                }
-                let computed = stage.row(key, &label, keep, |trainer| {
-                    (opts.notify)(&format!("unlearning: {label}"));
-                    let (model, rte) = unlearn_one(
-                        v,
-                        data,
-                        forget,
-                        trainer,
-                        seed,
-                        &label,
-                        u.instance.as_ref(),
-                        opts.device,
-                    )?;
-                    let outputs = SplitOutputs::compute(
-                        &model,
-                        &data.train,
-                        &data.val,
-                        &data.test,
-                        eval_batch,
-                    );
-                    let mut metrics = evaluate(&outputs, forget, &cfg.eval).map_err(|source| {
-                        PipelineError::Eval {
-                            label: label.clone(),
-                            source,
-                        }
-                    })?;
-                    backdoor(plan, &model, data, eval_batch, &label, &mut metrics)?;
-                    Ok((metrics, Some(rte), Some(outputs)))
-                })?;
-                let Some((metrics, rte, report, outputs)) = computed else {
-                    continue;
-                };
-                all.stages.push(report);
-                all.rows.push(row(&u.method, &u.label, metrics, rte));
-                kept.extend(outputs);
-            }
-            // A worker's rows are in the cache; the run that assembles them adds the rest.
-            if selection.is_some() {
-                continue;
-            }
-            add_gaps(&mut all.rows[group_start..]);
-            if keep.is_some() {
-                let outputs: Vec<&SplitOutputs> = std::iter::once(v.outputs(data, eval_batch))
-                    .chain(&kept)
-                    .collect();
-                add_metrics(
-                    &mut all.rows[group_start..],
-                    &outputs,
-                    forget,
-                    &cfg.eval.metrics,
-                    &seeded(format!("{} ({model_label})", forget.name)),
-                )?;
-            }
+        for (m, v) in &variants {
+            run.rows(f, forget, *m, v, all)?;
         }
     }
     all.models
@@ -781,6 +532,370 @@ fn run_seed(
         s.seed = Some(seed);
     }
     Ok(())
+}
+
+impl SeedRun<'_> {
+    /// A stage label naming the seed when the run has several.
+    fn seeded(&self, label: String) -> String {
+        if self.ctx.plan.seeds.len() > 1 {
+            format!("{label}, seed {}", self.seed)
+        } else {
+            label
+        }
+    }
+
+    /// Whether model `m` (0: dense) is needed: always, but a worker skips the models (and
+    /// their rows) none of its stages needs.
+    fn needed(&self, m: usize) -> bool {
+        self.ctx
+            .selection
+            .is_none_or(|s| s.needs_model(self.keys, m))
+    }
+
+    fn wanted(&self, key: &StageKey) -> bool {
+        self.ctx.selection.is_none_or(|s| s.wants(key))
+    }
+
+    /// What the model stages of the seed work with, by name.
+    fn parts(&self) -> ModelStageParts<'_> {
+        ModelStageParts {
+            plan: self.ctx.plan,
+            opts: self.ctx.opts,
+            outdir: self.ctx.outdir,
+            cache: self.ctx.cache,
+            data: self.ctx.data,
+            seed: self.seed,
+            keys: self.keys,
+            stage: &self.stage,
+            spec: &self.spec,
+            provenance: &self.provenance,
+        }
+    }
+
+    /// The original model: from `model.checkpoint`, or trained here (keeping the weights the
+    /// pruners rewind to). None when a worker left it to another process.
+    fn dense(
+        &self,
+        all: &mut SeedResults,
+    ) -> Result<Option<(Variant, Option<Snapshot>)>, PipelineError> {
+        let ModelStageParts {
+            plan,
+            opts,
+            outdir,
+            cache,
+            data,
+            seed,
+            keys,
+            stage,
+            spec,
+            provenance,
+        } = self.parts();
+        let cfg = &plan.config;
+        let eval_batch = cfg.eval.batch_size;
+        let seeded = |label: String| self.seeded(label);
+        let rewind_point = plan.rewind_point();
+        let dense_label = seeded(match &plan.checkpoint {
+            Some(path) => format!("the model of {}", path.display()),
+            None => "dense training".to_string(),
+        });
+        let Some((dense, dense_mask, rewind, seconds, report)) = stage.model(
+            StageKind::Dense,
+            &keys.dense,
+            &dense_label,
+            spec,
+            rewind_point,
+            |trainer| match &plan.checkpoint {
+                Some(path) => {
+                    (opts.notify)(&format!("starting from {}", path.display()));
+                    let (model, mask) = load_original(path, spec, opts.device)?;
+                    // The only dense weights there are: the best-validation rewind point of `pt`.
+                    let rewind = (rewind_point == Some(RewindPoint::BestValidation))
+                        .then(|| model.snapshot());
+                    Ok((model, mask, rewind, 0.0))
+                }
+                None => {
+                    (opts.notify)(&format!(
+                        "training the dense model ({} epochs on {} samples{})",
+                        cfg.train.epochs,
+                        data.train.len(),
+                        if plan.seeds.len() > 1 {
+                            format!(", seed {seed}")
+                        } else {
+                            String::new()
+                        }
+                    ));
+                    let mut dense = Model::new(spec.clone(), opts.device, seed)?;
+                    let all: Vec<usize> = (0..data.train.len()).collect();
+                    let stream = crate::train::Stream::new(&data.train, &all);
+                    let run = Run::new(dense_label.clone(), &cfg.train, &stream, None, seed)
+                        .keeping(rewind_point, &data.val)
+                        .validating(&data.val);
+                    let mut report =
+                        trainer
+                            .run(&mut dense, run, &mut CrossEntropy)
+                            .map_err(|e| PipelineError::Method {
+                                label: dense_label.clone(),
+                                source: e.into(),
+                            })?;
+                    if let Some(best) = &report.best {
+                        (opts.notify)(&format!(
+                            "best validation accuracy {:.2}% after epoch {} (the rewind point)",
+                            best.accuracy, best.epoch
+                        ));
+                    }
+                    let rewind = report.rewind.take().or(report.best.map(|b| b.snapshot));
+                    Ok((dense, None, rewind, report.seconds))
+                }
+            },
+            provenance,
+        )?
+        else {
+            return Ok(None);
+        };
+        all.stages.push(report);
+        // A checkpoint with a mask is the sparse model itself.
+        let name = if dense_mask.is_some() {
+            "sparse"
+        } else {
+            "dense"
+        };
+        let file = model_file(plan, seed, name, None);
+        if let Some(outdir) = outdir {
+            export_model(cache, StageKind::Dense, &keys.dense, outdir, &file)?;
+        }
+        let dense = variant(
+            name,
+            None,
+            seed,
+            file,
+            dense,
+            dense_mask,
+            seconds,
+            data,
+            eval_batch,
+            (cache, StageKind::Dense, &keys.dense),
+        );
+        Ok(Some((dense, rewind)))
+    }
+
+    /// The sparse models this process needs, each with its position among the seed's models.
+    fn sparse(
+        &self,
+        dense: &Variant,
+        rewind: Option<&Snapshot>,
+        all: &mut SeedResults,
+    ) -> Result<Vec<(usize, Variant)>, PipelineError> {
+        let ModelStageParts {
+            plan,
+            opts,
+            outdir,
+            cache,
+            data,
+            seed,
+            keys,
+            stage,
+            spec,
+            provenance,
+        } = self.parts();
+        let cfg = &plan.config;
+        let eval_batch = cfg.eval.batch_size;
+        let seeded = |label: String| self.seeded(label);
+        let mut variants = Vec::new();
+        for (i, (p, key)) in plan.pruners.iter().zip(&keys.sparse).enumerate() {
+            if !self.needed(i + 1) {
+                continue;
+            }
+            let label = seeded(format!("{} pruning", p.label));
+            let original = &dense.model;
+            let Some((sparse, mask, _, seconds, report)) = stage.model(
+                StageKind::Sparse,
+                key,
+                &label,
+                spec,
+                None,
+                |trainer| {
+                    (opts.notify)(&format!("pruning with {}", p.label));
+                    let mut sparse = original.try_clone()?;
+                    synchronize(opts.device);
+                    let t0 = Instant::now();
+                    let mut ctx = PruneCtx {
+                        model: &mut sparse,
+                        rewind,
+                        data,
+                        schedule: &cfg.train,
+                        trainer,
+                        seed,
+                        label: label.clone(),
+                    };
+                    let mask =
+                        p.instance
+                            .prune(&mut ctx)
+                            .map_err(|source| PipelineError::Method {
+                                label: label.clone(),
+                                source,
+                            })?;
+                    mask.apply(&sparse);
+                    synchronize(opts.device);
+                    let seconds = t0.elapsed().as_secs_f64();
+                    if !sparse.all_finite() {
+                        return Err(PipelineError::NonFinite {
+                            label: label.clone(),
+                        });
+                    }
+                    Ok((sparse, Some(mask), None, seconds))
+                },
+                provenance,
+            )?
+            else {
+                continue;
+            };
+            all.stages.push(report);
+            let Some(mask) = mask else {
+                return Err(PipelineError::State {
+                    path: cache.entry(StageKind::Sparse, key),
+                    message: "the sparse model has no mask".into(),
+                });
+            };
+            let file = model_file(plan, seed, "sparse", Some(i));
+            if let Some(outdir) = outdir {
+                export_model(cache, StageKind::Sparse, key, outdir, &file)?;
+            }
+            variants.push((
+                i + 1,
+                variant(
+                    "sparse",
+                    Some(p.label.clone()),
+                    seed,
+                    file,
+                    sparse,
+                    Some(mask),
+                    seconds,
+                    data,
+                    eval_batch,
+                    (cache, StageKind::Sparse, key),
+                ),
+            ));
+        }
+        Ok(variants)
+    }
+
+    /// The rows of scenario `f` on model `m` (`v`): the original, each unlearner, then their
+    /// gaps to retrain and registered metrics.
+    fn rows(
+        &self,
+        f: usize,
+        forget: &ForgetSet,
+        m: usize,
+        v: &Variant,
+        all: &mut SeedResults,
+    ) -> Result<(), PipelineError> {
+        let SeedContext {
+            plan,
+            opts,
+            data,
+            selection,
+            ..
+        } = *self.ctx;
+        let (seed, keys, stage) = (self.seed, self.keys, &self.stage);
+        let cfg = &plan.config;
+        let eval_batch = cfg.eval.batch_size;
+        let seeded = |label: String| self.seeded(label);
+        let group_start = all.rows.len();
+        let group_keys = &keys.rows[f][m];
+        // With one pruner its model is `sparse`; with several, each is named by its pruner.
+        let model_label = match &v.pruner {
+            Some(p) if plan.pruners.len() > 1 => p.as_str(),
+            _ => v.name,
+        };
+        let row = |method: &str, label: &str, metrics, rte| Row {
+            seed,
+            scenario: forget.name.clone(),
+            model: v.name.into(),
+            pruner: v.pruner.clone(),
+            sparsity: v.summary.sparsity,
+            method: method.into(),
+            label: label.into(),
+            metrics,
+            rte,
+            gap: None,
+            extra: BTreeMap::new(),
+        };
+        let label = seeded(format!("original on {} ({model_label})", forget.name));
+        // The original's outputs are its model's; no need to keep them in the row.
+        let computed = if !self.wanted(&group_keys[0]) {
+            None
+        } else {
+            stage.row(&group_keys[0], &label, None, |_| {
+                let outputs = v.outputs(data, eval_batch);
+                let mut metrics =
+                    evaluate(outputs, forget, &cfg.eval).map_err(|source| PipelineError::Eval {
+                        label: label.clone(),
+                        source,
+                    })?;
+                backdoor(plan, &v.model, data, eval_batch, &label, &mut metrics)?;
+                Ok((metrics, None, None))
+            })?
+        };
+        if let Some((metrics, _, report, _)) = computed {
+            all.stages.push(report);
+            all.rows.push(row("original", "original", metrics, None));
+        }
+        let keep = (!cfg.eval.metrics.is_empty()).then_some(data);
+        let mut kept: Vec<SplitOutputs> = Vec::new();
+        for (u, key) in plan.unlearners.iter().zip(&group_keys[1..]) {
+            let label = seeded(format!("{} on {} ({model_label})", u.label, forget.name));
+            if !self.wanted(key) {
+                continue;
+            }
+            let computed = stage.row(key, &label, keep, |trainer| {
+                (opts.notify)(&format!("unlearning: {label}"));
+                let (model, rte) = unlearn_one(
+                    v,
+                    data,
+                    forget,
+                    trainer,
+                    seed,
+                    &label,
+                    u.instance.as_ref(),
+                    opts.device,
+                )?;
+                let outputs =
+                    SplitOutputs::compute(&model, &data.train, &data.val, &data.test, eval_batch);
+                let mut metrics = evaluate(&outputs, forget, &cfg.eval).map_err(|source| {
+                    PipelineError::Eval {
+                        label: label.clone(),
+                        source,
+                    }
+                })?;
+                backdoor(plan, &model, data, eval_batch, &label, &mut metrics)?;
+                Ok((metrics, Some(rte), Some(outputs)))
+            })?;
+            let Some((metrics, rte, report, outputs)) = computed else {
+                continue;
+            };
+            all.stages.push(report);
+            all.rows.push(row(&u.method, &u.label, metrics, rte));
+            kept.extend(outputs);
+        }
+        // A worker's rows are in the cache; the run that assembles them adds the rest.
+        if selection.is_some() {
+            return Ok(());
+        }
+        add_gaps(&mut all.rows[group_start..]);
+        if keep.is_some() {
+            let outputs: Vec<&SplitOutputs> = std::iter::once(v.outputs(data, eval_batch))
+                .chain(&kept)
+                .collect();
+            add_metrics(
+                &mut all.rows[group_start..],
+                &outputs,
+                forget,
+                &cfg.eval.metrics,
+                &seeded(format!("{} ({model_label})", forget.name)),
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// With an `[attack]`: `model`'s attack success rate on the triggered test set, into `metrics`.
@@ -888,6 +1003,10 @@ struct CachedRow {
 
 /// A model stage's result: model, mask, rewind snapshot, training seconds.
 type ModelParts = (Model, Option<Mask>, Option<Snapshot>, f64);
+/// A model stage as the run gets it: its [`ModelParts`] and its report.
+type ModelStage = (Model, Option<Mask>, Option<Snapshot>, f64, StageReport);
+/// A row stage as the run gets it: metrics, RTE, report, and the model's outputs when kept.
+type RowStage = (Metrics, Option<f64>, StageReport, Option<SplitOutputs>);
 
 /// Looks stages up in the cache, computes the missing ones under their lock, and reports each.
 struct StageRunner<'a> {
@@ -1130,8 +1249,7 @@ impl StageRunner<'_> {
         rewind_point: Option<RewindPoint>,
         compute: impl FnOnce(&Trainer) -> Result<ModelParts, PipelineError>,
         provenance: &Provenance,
-    ) -> Result<Option<(Model, Option<Mask>, Option<Snapshot>, f64, StageReport)>, PipelineError>
-    {
+    ) -> Result<Option<ModelStage>, PipelineError> {
         let report = |cached, seconds, training| {
             StageReport::new(kind, key, label, cached, seconds).with_training(training)
         };
@@ -1195,8 +1313,7 @@ impl StageRunner<'_> {
             &Trainer,
         )
             -> Result<(Metrics, Option<f64>, Option<SplitOutputs>), PipelineError>,
-    ) -> Result<Option<(Metrics, Option<f64>, StageReport, Option<SplitOutputs>)>, PipelineError>
-    {
+    ) -> Result<Option<RowStage>, PipelineError> {
         let kind = StageKind::Row;
         let cached = || -> Result<Option<(CachedRow, Option<SplitOutputs>)>, PipelineError> {
             let loaded = self
@@ -1327,7 +1444,7 @@ fn load_original(
     spec: &ModelSpec,
     device: Device,
 ) -> Result<(Model, Option<Mask>), PipelineError> {
-    use crate::checkpoint::{import_pytorch, load, metadata, CheckpointError};
+    use crate::checkpoint::{CheckpointError, import_pytorch, load, metadata};
     match metadata(path) {
         Err(CheckpointError::MissingMetadata { .. }) => {
             Ok(import_pytorch(path, spec.clone(), device)?)
@@ -1462,9 +1579,10 @@ mod tests {
         ]);
         let want = 2.0 * 100.0 + 6.0 * 40.0 + 38.0 * 10.0;
         assert!((p.eta().unwrap() - want).abs() < 1e-9);
-        assert!(p
-            .starting("FT")
-            .ends_with("(0 cached; about 14 min left at the pace so far)"));
+        assert!(
+            p.starting("FT")
+                .ends_with("(0 cached; about 14 min left at the pace so far)")
+        );
         p.finished(StageKind::Sparse, 70.0);
         p.cached(StageKind::Row);
         let want = 2.0 * 100.0 + 5.0 * 70.0 + 37.0 * 10.0;
