@@ -8,47 +8,6 @@ use sha2::{Digest, Sha256};
 
 use crate::rng::permutation;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ForgetKind {
-    /// Every training sample of `class`.
-    Class,
-    /// `n` (or `fraction` of train) samples drawn uniformly without replacement with `seed`.
-    Random,
-    /// The indices (positions in the train split) listed in the file at `path`: one per line
-    /// (`#` comments allowed) or a JSON array.
-    File,
-}
-
-/// One forgetting scenario as written in a config.
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ForgetSpec {
-    /// Name shown in reports (default: `class-<c>`, `random-<n>`, or the file name).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    pub kind: ForgetKind,
-    /// `class`: the class to forget.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(max = 1_000_000))]
-    pub class: Option<usize>,
-    /// `random`: how many samples.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1_000_000_000))]
-    pub n: Option<usize>,
-    /// `random`: share of train instead of `n` (the paper: 0.1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0, max = 1.0))]
-    pub fraction: Option<f64>,
-    /// `random`: seed of the draw.
-    #[serde(default)]
-    #[schemars(range(max = u64::MAX))]
-    pub seed: u64,
-    /// `file`: path of the index file, relative to the config file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<PathBuf>,
-}
-
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ForgetError {
     #[error("`{field}` is required for kind `{kind}`")]
@@ -67,14 +26,18 @@ pub enum ForgetError {
     EmptyClass { class: usize },
     #[error("give either `n` or `fraction` for a random forget set, not both")]
     Ambiguous,
-    #[error("forget set of {n} samples must be non-empty and smaller than the training split ({train} samples), so that the retain set is not empty")]
+    #[error(
+        "forget set of {n} samples must be non-empty and smaller than the training split ({train} samples), so that the retain set is not empty"
+    )]
     Size {
         n: usize,
         train: usize,
         /// The setting that gave the size: `n` or `fraction`.
         field: &'static str,
     },
-    #[error("index file {path} lists {n} samples; a forget set must be non-empty and smaller than the training split ({train} samples), so that the retain set is not empty")]
+    #[error(
+        "index file {path} lists {n} samples; a forget set must be non-empty and smaller than the training split ({train} samples), so that the retain set is not empty"
+    )]
     FileSize {
         path: PathBuf,
         n: usize,
@@ -170,74 +133,6 @@ impl ForgetSet {
     }
 }
 
-impl ForgetSpec {
-    /// Checks the fields that must (not) be present for the kind.
-    fn check_fields(&self) -> Result<(), ForgetError> {
-        let (kind, needs, forbids): (&'static str, &[&'static str], &[&'static str]) =
-            match self.kind {
-                ForgetKind::Class => ("class", &["class"], &["n", "fraction", "path"]),
-                ForgetKind::Random => ("random", &[], &["class", "path"]),
-                ForgetKind::File => ("file", &["path"], &["class", "n", "fraction"]),
-            };
-        let present = |f: &str| match f {
-            "class" => self.class.is_some(),
-            "n" => self.n.is_some(),
-            "fraction" => self.fraction.is_some(),
-            _ => self.path.is_some(),
-        };
-        if let Some(field) = needs.iter().find(|f| !present(f)) {
-            return Err(ForgetError::Missing { field, kind });
-        }
-        if let Some(field) = forbids.iter().find(|f| present(f)) {
-            return Err(ForgetError::Extra { field, kind });
-        }
-        if self.kind == ForgetKind::Random {
-            match (self.n, self.fraction) {
-                (Some(_), Some(_)) => return Err(ForgetError::Ambiguous),
-                (None, None) => return Err(ForgetError::Missing { field: "n", kind }),
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// The forget set over a train split with these labels. `base_dir` resolves relative paths.
-    /// (The typed form of the built-in scenarios; a config names any registered scenario, see
-    /// [`crate::scenario`].)
-    pub fn resolve(
-        &self,
-        train_labels: &[i64],
-        classes: usize,
-        base_dir: &Path,
-    ) -> Result<ForgetSet, ForgetError> {
-        self.check_fields()?;
-        let train = train_labels.len();
-        let (name, class, forget) = match self.kind {
-            ForgetKind::Class => select_class(self.class.expect("checked"), train_labels, classes)?,
-            ForgetKind::Random => select_random(self.n, self.fraction, self.seed, train)?,
-            ForgetKind::File => select_file(self.path.as_ref().expect("checked"), base_dir, train)?,
-        };
-        Ok(ForgetSet::from_forget(
-            self.name.clone().unwrap_or(name),
-            self.kind.name().to_string(),
-            class,
-            forget,
-            train,
-        ))
-    }
-}
-
-impl ForgetKind {
-    /// The scenario's registered name (`class`, `random`, `file`).
-    pub fn name(self) -> &'static str {
-        match self {
-            ForgetKind::Class => "class",
-            ForgetKind::Random => "random",
-            ForgetKind::File => "file",
-        }
-    }
-}
-
 /// A default name, the class removed entirely (class-wise only), and the forget positions.
 pub(crate) type Selected = (String, Option<usize>, Vec<usize>);
 
@@ -274,7 +169,7 @@ pub(crate) fn select_random(
             return Err(ForgetError::Missing {
                 field: "n",
                 kind: "random",
-            })
+            });
         }
     };
     if n == 0 || n >= train {
@@ -367,21 +262,15 @@ pub fn read_index_file(path: &Path, train: usize) -> Result<Vec<usize>, ForgetEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn labels() -> Vec<i64> {
         (0..100).map(|i| (i % 4) as i64).collect()
     }
 
-    fn spec(kind: ForgetKind) -> ForgetSpec {
-        ForgetSpec {
-            name: None,
-            kind,
-            class: None,
-            n: None,
-            fraction: None,
-            seed: 0,
-            path: None,
-        }
+    /// The forget set of a built-in scenario, as a config's `[[forget]]` entry selects it.
+    fn resolve(kind: &str, settings: serde_json::Value, base: &Path) -> Result<ForgetSet, String> {
+        crate::scenario::resolve_named(kind, &settings, &labels(), 4, base)
     }
 
     fn assert_partition(s: &ForgetSet, train: usize) {
@@ -392,67 +281,43 @@ mod tests {
 
     #[test]
     fn class_wise_takes_exactly_the_class() {
-        let s = ForgetSpec {
-            class: Some(2),
-            ..spec(ForgetKind::Class)
-        }
-        .resolve(&labels(), 4, Path::new("."))
-        .unwrap();
+        let here = Path::new(".");
+        let s = resolve("class", json!({"class": 2}), here).unwrap();
         assert_eq!(
             s.forget,
             (0..100).filter(|i| i % 4 == 2).collect::<Vec<_>>()
         );
         assert_partition(&s, 100);
         assert_eq!(s.name, "class-2");
-        let e = ForgetSpec {
-            class: Some(4),
-            ..spec(ForgetKind::Class)
-        }
-        .resolve(&labels(), 4, Path::new("."));
         assert_eq!(
-            e,
+            select_class(4, &labels(), 4),
             Err(ForgetError::ClassOutOfRange {
                 class: 4,
                 classes: 4
             })
         );
+        let e = resolve("class", json!({"class": 4}), here).unwrap_err();
+        assert!(e.contains("class 4 is outside 0..4"), "{e}");
     }
 
     #[test]
     fn random_is_seeded_sized_and_partitions() {
-        let r = ForgetSpec {
-            n: Some(10),
-            seed: 3,
-            ..spec(ForgetKind::Random)
-        };
-        let a = r.resolve(&labels(), 4, Path::new(".")).unwrap();
+        let here = Path::new(".");
+        let a = resolve("random", json!({"n": 10, "seed": 3}), here).unwrap();
         assert_eq!(a.forget.len(), 10);
         assert_partition(&a, 100);
-        assert_eq!(a, r.resolve(&labels(), 4, Path::new(".")).unwrap());
-        let b = ForgetSpec {
-            seed: 4,
-            ..r.clone()
-        }
-        .resolve(&labels(), 4, Path::new("."))
-        .unwrap();
+        assert_eq!(
+            a,
+            resolve("random", json!({"n": 10, "seed": 3}), here).unwrap()
+        );
+        let b = resolve("random", json!({"n": 10, "seed": 4}), here).unwrap();
         assert_ne!(a.forget, b.forget);
-        let f = ForgetSpec {
-            fraction: Some(0.1),
-            n: None,
-            ..r.clone()
-        }
-        .resolve(&labels(), 4, Path::new("."))
-        .unwrap();
+        let f = resolve("random", json!({"fraction": 0.1, "seed": 3}), here).unwrap();
         assert_eq!(f.forget.len(), 10);
         assert_ne!(a.hash(), b.hash());
         for n in [0, 100, 101] {
-            let e = ForgetSpec {
-                n: Some(n),
-                ..r.clone()
-            }
-            .resolve(&labels(), 4, Path::new("."));
             assert_eq!(
-                e,
+                select_random(Some(n), None, 3, 100),
                 Err(ForgetError::Size {
                     n,
                     train: 100,
@@ -460,12 +325,11 @@ mod tests {
                 })
             );
         }
-        let e = ForgetSpec {
-            fraction: Some(0.1),
-            ..r
-        }
-        .resolve(&labels(), 4, Path::new("."));
-        assert_eq!(e, Err(ForgetError::Ambiguous));
+        assert_eq!(
+            select_random(Some(10), Some(0.1), 3, 100),
+            Err(ForgetError::Ambiguous)
+        );
+        assert!(resolve("random", json!({"n": 10, "fraction": 0.1}), here).is_err());
     }
 
     #[test]
@@ -473,60 +337,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, text: &str| {
             std::fs::write(dir.path().join(name), text).unwrap();
-            ForgetSpec {
-                path: Some(name.into()),
-                ..spec(ForgetKind::File)
-            }
-            .resolve(&labels(), 4, dir.path())
+            resolve("file", json!({ "path": name }), dir.path())
         };
         let ok = write("ok.txt", "# forget these\n5\n\n1 # and this\n").unwrap();
         assert_eq!(ok.forget, vec![1, 5]);
         assert_partition(&ok, 100);
         assert_eq!(write("ok.json", "[7, 3]").unwrap().forget, vec![3, 7]);
-        let e = write("range.txt", "1\n100\n").unwrap_err().to_string();
+        let e = write("range.txt", "1\n100\n").unwrap_err();
         assert!(
             e.contains("line 2") && e.contains("index 100") && e.contains("0..100"),
             "{e}"
         );
-        let e = write("dup.json", "[4, 2, 4]").unwrap_err().to_string();
+        let e = write("dup.json", "[4, 2, 4]").unwrap_err();
         assert!(
             e.contains("listed twice") && e.contains("element 0") && e.contains("element 2"),
             "{e}"
         );
-        let e = write("neg.txt", "-1\n").unwrap_err().to_string();
+        let e = write("neg.txt", "-1\n").unwrap_err();
         assert!(e.contains("`-1`"), "{e}");
-        let e = ForgetSpec {
-            path: Some("missing.txt".into()),
-            ..spec(ForgetKind::File)
-        }
-        .resolve(&labels(), 4, dir.path())
-        .unwrap_err()
-        .to_string();
+        let e = resolve("file", json!({"path": "missing.txt"}), dir.path()).unwrap_err();
         assert!(e.contains("missing.txt"), "{e}");
     }
 
     #[test]
     fn fields_must_fit_the_kind() {
-        let e = spec(ForgetKind::Class).resolve(&labels(), 4, Path::new("."));
-        assert_eq!(
-            e,
-            Err(ForgetError::Missing {
-                field: "class",
-                kind: "class"
-            })
-        );
-        let e = ForgetSpec {
-            class: Some(1),
-            n: Some(3),
-            ..spec(ForgetKind::Class)
-        }
-        .resolve(&labels(), 4, Path::new("."));
-        assert_eq!(
-            e,
-            Err(ForgetError::Extra {
-                field: "n",
-                kind: "class"
-            })
-        );
+        let here = Path::new(".");
+        assert!(resolve("class", json!({}), here).is_err());
+        let e = resolve("class", json!({"class": 1, "n": 3}), here).unwrap_err();
+        assert!(e.contains("`n`"), "{e}");
     }
 }

@@ -33,7 +33,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::forget::{select_class, select_file, select_random, ForgetError, ForgetSet, Selected};
+use crate::forget::{ForgetError, ForgetSet, Selected, select_class, select_file, select_random};
 use crate::method::ConfigIssue;
 use crate::rng::permutation;
 
@@ -251,6 +251,31 @@ pub fn find(name: &str) -> Result<&'static BuiltinScenario, String> {
     })
 }
 
+/// The forget set the registered scenario `kind` selects with `settings` (its config, as a
+/// `[[forget]]` entry gives it without `kind` and `name`) over a train split with these labels;
+/// relative paths resolve against `base_dir`. For code that builds a forget set itself (tests,
+/// benchmarks); a config names scenarios in `[[forget]]`.
+pub fn resolve_named(
+    kind: &str,
+    settings: &Value,
+    labels: &[i64],
+    classes: usize,
+    base_dir: &Path,
+) -> Result<ForgetSet, String> {
+    let ctx = ScenarioCtx {
+        labels,
+        classes,
+        base_dir,
+    };
+    find(kind)?.resolve(settings, None, &ctx).map_err(|issues| {
+        issues
+            .iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
 /// A config's forget entry split into its scenario, report name and settings (the entry
 /// without `kind` and `name`). None when `kind` is missing or not a string.
 pub fn split_entry(entry: &Value) -> Option<(String, Option<String>, Value)> {
@@ -395,8 +420,7 @@ pub struct SubClass;
 impl ForgetScenario for SubClass {
     type Config = SubclassConfig;
     const NAME: &'static str = "subclass";
-    const SUMMARY: &'static str =
-        "sub-class forgetting: a seeded fraction of one class's training samples (the rest of the class stays)";
+    const SUMMARY: &'static str = "sub-class forgetting: a seeded fraction of one class's training samples (the rest of the class stays)";
     fn select(c: &SubclassConfig, ctx: &ScenarioCtx<'_>) -> Result<Selection, ScenarioError> {
         let (_, _, members) = select_class(c.class, ctx.labels, ctx.classes)?;
         let m = members.len();
@@ -451,27 +475,27 @@ mod tests {
             e,
             "unknown forgetting scenario `clas`; known: class, file, random, subclass"
         );
-        assert!((find("class").unwrap().schema)()["required"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("class")));
+        assert!(
+            (find("class").unwrap().schema)()["required"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("class"))
+        );
     }
 
     #[test]
-    fn registry_agrees_with_the_typed_spec() {
-        use crate::forget::{ForgetKind, ForgetSpec};
-        let spec = ForgetSpec {
-            name: None,
-            kind: ForgetKind::Random,
-            class: None,
-            n: Some(10),
-            fraction: None,
-            seed: 3,
-            path: None,
-        };
-        let a = spec.resolve(&labels(), 4, Path::new(".")).unwrap();
+    fn registry_agrees_with_the_selections() {
+        let (_, _, forget) = crate::forget::select_random(Some(10), None, 3, 100).unwrap();
         let b = resolve(json!({"kind": "random", "n": 10, "seed": 3})).unwrap();
-        assert_eq!(a, b);
+        assert_eq!(b.forget, forget);
+        let named = resolve_named(
+            "random",
+            &json!({"n": 10, "seed": 3}),
+            &labels(),
+            4,
+            Path::new("."),
+        );
+        assert_eq!(named.unwrap(), b);
         let c = resolve(json!({"kind": "class", "class": 2, "name": "two"})).unwrap();
         assert_eq!(
             (c.name.as_str(), c.kind.as_str(), c.class),

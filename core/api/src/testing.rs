@@ -5,9 +5,9 @@ use std::path::Path;
 
 use tch::Device;
 
-use crate::data::{stratified_split, synthetic, SplitConfig, SyntheticConfig};
-use crate::forget::{ForgetKind, ForgetSet, ForgetSpec};
-use crate::mask::{magnitude_scores, Mask};
+use crate::data::{SplitConfig, SyntheticConfig, stratified_split, synthetic};
+use crate::forget::ForgetSet;
+use crate::mask::{Mask, magnitude_scores};
 use crate::method::{MethodError, TaskData, UnlearnCtx, Unlearner};
 use crate::model::{Arch, Model, ModelSpec};
 use crate::train::{CrossEntropy, Run, Schedule, Stream, Trainer};
@@ -48,18 +48,14 @@ impl TinyTask {
             val: d.subset(&split.val),
             test: d.subset(&split.test),
         };
-        let spec = ForgetSpec {
-            name: None,
-            kind: ForgetKind::Class,
-            class: Some(1),
-            n: None,
-            fraction: None,
-            seed: 0,
-            path: None,
-        };
-        let forget = spec
-            .resolve(&data.train.labels_vec(), 4, Path::new("."))
-            .expect("class 1 exists");
+        let forget = crate::scenario::resolve_named(
+            "class",
+            &serde_json::json!({"class": 1}),
+            &data.train.labels_vec(),
+            4,
+            Path::new("."),
+        )
+        .expect("class 1 exists");
         let spec = ModelSpec {
             arch: Arch::SmallCnn,
             input: [1, 8, 8],

@@ -15,13 +15,12 @@ use std::time::Instant;
 
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor};
 
-use crate::data::{stratified_split, synthetic, Augment, Dataset, SplitConfig, SyntheticConfig};
-use crate::device::{self, device_name, synchronize, DeviceReport};
+use crate::data::{Augment, Dataset, SplitConfig, SyntheticConfig, stratified_split, synthetic};
+use crate::device::{self, DeviceReport, device_name, synchronize};
 use crate::exec::{self, Execution, Precision};
-use crate::forget::{ForgetKind, ForgetSpec};
 use crate::method::{TaskData, UnlearnCtx};
 use crate::model::{Arch, Model, ModelSpec};
 use crate::registry::Registry;
@@ -650,17 +649,14 @@ fn rte(
         val: d.subset(&split.val).to_device(device),
         test: d.subset(&split.test).to_device(device),
     };
-    let forget = ForgetSpec {
-        name: None,
-        kind: ForgetKind::Random,
-        class: None,
-        n: None,
-        fraction: Some(0.1),
-        seed: 0,
-        path: None,
-    }
-    .resolve(&data.train.labels_vec(), 10, Path::new("."))
-    .map_err(|e| BenchError::Setup(e.to_string()))?;
+    let forget = crate::scenario::resolve_named(
+        "random",
+        &serde_json::json!({"fraction": 0.1, "seed": 0}),
+        &data.train.labels_vec(),
+        10,
+        Path::new("."),
+    )
+    .map_err(BenchError::Setup)?;
     let setup = format!(
         "{} on {} synthetic 32x32 train images ({} forgotten), {}; methods' default (paper) settings, at most {} epoch(s) run, time scaled to their epochs",
         o.arch.name(),

@@ -11,9 +11,8 @@
 
 use std::path::PathBuf;
 
-use unlearn_api::data::{stratified_split, synthetic, SplitConfig, SyntheticConfig};
-use unlearn_api::device::{device_name, DeviceChoice};
-use unlearn_api::forget::{ForgetKind, ForgetSpec};
+use unlearn_api::data::{SplitConfig, SyntheticConfig, stratified_split, synthetic};
+use unlearn_api::device::{DeviceChoice, device_name};
 use unlearn_api::method::{TaskData, UnlearnCtx};
 use unlearn_api::model::{Arch, Model, ModelSpec};
 use unlearn_api::plugin;
@@ -72,16 +71,13 @@ fn main() {
         val: d.subset(&split.val).to_device(device),
         test: d.subset(&split.test).to_device(device),
     };
-    let forget = ForgetSpec {
-        name: None,
-        kind: ForgetKind::Class,
-        class: Some(1),
-        n: None,
-        fraction: None,
-        seed: 0,
-        path: None,
-    }
-    .resolve(&data.train.labels_vec(), 10, std::path::Path::new("."))
+    let forget = unlearn_api::scenario::resolve_named(
+        "class",
+        &serde_json::json!({"class": 1}),
+        &data.train.labels_vec(),
+        10,
+        std::path::Path::new("."),
+    )
     .expect("class 1 exists");
     let spec = ModelSpec {
         arch,

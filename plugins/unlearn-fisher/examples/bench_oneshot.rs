@@ -10,14 +10,14 @@
 
 use std::time::Instant;
 
-use unlearn_api::device::{synchronize, DeviceChoice};
-use unlearn_api::forget::{ForgetKind, ForgetSet, ForgetSpec};
-use unlearn_api::mask::{magnitude_scores, Mask};
+use unlearn_api::device::{DeviceChoice, synchronize};
+use unlearn_api::forget::ForgetSet;
+use unlearn_api::mask::{Mask, magnitude_scores};
 use unlearn_api::method::{TaskData, UnlearnCtx, UnlearnMethod};
 use unlearn_api::model::{Arch, Model, ModelSpec};
 use unlearn_api::tch::Device;
 use unlearn_api::train::{CrossEntropy, Run, Schedule, Stream, Trainer};
-use unlearn_data::{digits, stratified_split, synthetic, Dataset, SplitConfig, SyntheticConfig};
+use unlearn_data::{Dataset, SplitConfig, SyntheticConfig, digits, stratified_split, synthetic};
 use unlearn_eval::Outputs;
 use unlearn_fisher::{Ff, FfConfig, Iu, IuConfig};
 
@@ -83,16 +83,9 @@ fn task(name: &str, d: Dataset, device: Device, epochs: usize, forget_class: usi
         val: d.subset(&split.val).to_device(device),
         test: d.subset(&split.test).to_device(device),
     };
-    let forget = ForgetSpec {
-        name: None,
-        kind: ForgetKind::Class,
-        class: Some(forget_class),
-        n: None,
-        fraction: None,
-        seed: 0,
-        path: None,
-    }
-    .resolve(
+    let forget = unlearn_api::scenario::resolve_named(
+        "class",
+        &serde_json::json!({ "class": forget_class }),
         &data.train.labels_vec(),
         d.classes,
         std::path::Path::new("."),

@@ -6,9 +6,9 @@
 
 use std::path::Path;
 
-use unlearn_api::data::{index_tensor, stratified_split, synthetic, SplitConfig, SyntheticConfig};
-use unlearn_api::forget::{ForgetKind, ForgetSet, ForgetSpec};
-use unlearn_api::mask::{magnitude_scores, Mask};
+use unlearn_api::data::{SplitConfig, SyntheticConfig, index_tensor, stratified_split, synthetic};
+use unlearn_api::forget::ForgetSet;
+use unlearn_api::mask::{Mask, magnitude_scores};
 use unlearn_api::method::{TaskData, UnlearnCtx};
 use unlearn_api::model::{Arch, Model, ModelSpec};
 use unlearn_api::tch::{Device, Kind, Tensor};
@@ -42,16 +42,13 @@ pub fn fixture() -> Fixture {
         val: d.subset(&split.val),
         test: d.subset(&split.test),
     };
-    let forget = ForgetSpec {
-        name: None,
-        kind: ForgetKind::Class,
-        class: Some(FORGET_CLASS),
-        n: None,
-        fraction: None,
-        seed: 0,
-        path: None,
-    }
-    .resolve(&data.train.labels_vec(), CLASSES, Path::new("."))
+    let forget = unlearn_api::scenario::resolve_named(
+        "class",
+        &serde_json::json!({ "class": FORGET_CLASS }),
+        &data.train.labels_vec(),
+        CLASSES,
+        Path::new("."),
+    )
     .unwrap();
     let spec = ModelSpec {
         arch: Arch::SmallCnn,
