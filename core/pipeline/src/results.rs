@@ -191,87 +191,111 @@ pub(crate) fn add_gaps(group: &mut [Row]) {
 /// an unknown seed or scenario, the same row twice (it would count as another seed), a model
 /// file outside the folder. What `unlearn report` refuses to draw.
 pub fn check_results(r: &RunResults) -> Vec<String> {
-    let mut out = Vec::new();
-    // 1e200 as `1e200`, not as 201 digits.
-    let show = |v: f64| {
-        if v != 0.0 && v.is_finite() && !(1e-4..1e6).contains(&v.abs()) {
-            format!("{v:e}")
-        } else {
-            format!("{v}")
-        }
-    };
-    let pct = |what: String, v: f64, out: &mut Vec<String>| {
-        if !(v.is_finite() && (0.0..=100.0).contains(&v)) {
-            out.push(format!(
-                "{what} is {}, not a percentage in [0, 100]",
-                show(v)
-            ));
-        }
-    };
-    let pct_or_nan = |what: String, v: f64, out: &mut Vec<String>| {
-        if !v.is_nan() {
-            pct(what, v, out)
-        }
-    };
-    let finite = |what: String, v: f64, min: f64, out: &mut Vec<String>| {
-        if !(v.is_finite() && v >= min) {
-            out.push(format!(
-                "{what} is {}, not a finite number >= {}",
-                show(v),
-                show(min)
-            ));
-        }
-    };
+    let mut c = Checker::default();
     if r.seeds.is_empty() {
-        out.push("`seeds` is empty".into());
+        c.out.push("`seeds` is empty".into());
     }
     let mut seen_seeds = std::collections::BTreeSet::new();
     for s in &r.seeds {
         if !seen_seeds.insert(s) {
-            out.push(format!("seed {s} is listed twice in `seeds`"));
+            c.out.push(format!("seed {s} is listed twice in `seeds`"));
         }
     }
     let mut names = std::collections::BTreeSet::new();
     for s in &r.scenarios {
         if !names.insert(s.name.as_str()) {
-            out.push(format!("scenario `{}` is listed twice", s.name));
+            c.out.push(format!("scenario `{}` is listed twice", s.name));
         }
     }
+    check_models(r, &mut c);
+    check_rows(r, &names, &mut c);
+    check_stages(r, &mut c);
+    c.out
+}
+
+/// What [`check_results`] found so far, and its rules for single numbers.
+#[derive(Default)]
+struct Checker {
+    out: Vec<String>,
+}
+
+impl Checker {
+    /// 1e200 as `1e200`, not as 201 digits.
+    fn show(v: f64) -> String {
+        if v != 0.0 && v.is_finite() && !(1e-4..1e6).contains(&v.abs()) {
+            format!("{v:e}")
+        } else {
+            format!("{v}")
+        }
+    }
+
+    fn pct(&mut self, what: String, v: f64) {
+        if !(v.is_finite() && (0.0..=100.0).contains(&v)) {
+            self.out.push(format!(
+                "{what} is {}, not a percentage in [0, 100]",
+                Checker::show(v)
+            ));
+        }
+    }
+
+    fn pct_or_nan(&mut self, what: String, v: f64) {
+        if !v.is_nan() {
+            self.pct(what, v)
+        }
+    }
+
+    fn finite(&mut self, what: String, v: f64, min: f64) {
+        if !(v.is_finite() && v >= min) {
+            self.out.push(format!(
+                "{what} is {}, not a finite number >= {}",
+                Checker::show(v),
+                Checker::show(min)
+            ));
+        }
+    }
+}
+
+fn check_models(r: &RunResults, c: &mut Checker) {
     for (i, m) in r.models.iter().enumerate() {
         let at = |f: &str| format!("models[{i}].{f}");
         if !r.seeds.contains(&m.seed) {
-            out.push(format!("{} {} is not one of `seeds`", at("seed"), m.seed));
+            c.out
+                .push(format!("{} {} is not one of `seeds`", at("seed"), m.seed));
         }
-        pct(at("train_accuracy"), m.train_accuracy, &mut out);
-        pct_or_nan(at("val_accuracy"), m.val_accuracy, &mut out);
-        pct(at("test_accuracy"), m.test_accuracy, &mut out);
+        c.pct(at("train_accuracy"), m.train_accuracy);
+        c.pct_or_nan(at("val_accuracy"), m.val_accuracy);
+        c.pct(at("test_accuracy"), m.test_accuracy);
         if !(0.0..=1.0).contains(&m.sparsity) {
-            out.push(format!(
+            c.out.push(format!(
                 "{} is {}, not in [0, 1]",
                 at("sparsity"),
                 m.sparsity
             ));
         }
-        finite(at("train_seconds"), m.train_seconds, 0.0, &mut out);
+        c.finite(at("train_seconds"), m.train_seconds, 0.0);
         let inside = Path::new(&m.file)
             .components()
             .all(|c| matches!(c, std::path::Component::Normal(_)));
         if !inside || m.file.is_empty() {
-            out.push(format!(
+            c.out.push(format!(
                 "{} `{}` is not a path inside the folder",
                 at("file"),
                 m.file
             ));
         }
     }
+}
+
+fn check_rows(r: &RunResults, names: &std::collections::BTreeSet<&str>, c: &mut Checker) {
     let mut rows = std::collections::BTreeSet::new();
     for (i, row) in r.rows.iter().enumerate() {
         let at = |f: &str| format!("rows[{i}].{f}");
         if !r.seeds.contains(&row.seed) {
-            out.push(format!("{} {} is not one of `seeds`", at("seed"), row.seed));
+            c.out
+                .push(format!("{} {} is not one of `seeds`", at("seed"), row.seed));
         }
         if !names.contains(row.scenario.as_str()) {
-            out.push(format!(
+            c.out.push(format!(
                 "{} `{}` is not one of `scenarios`",
                 at("scenario"),
                 row.scenario
@@ -279,7 +303,7 @@ pub fn check_results(r: &RunResults) -> Vec<String> {
         }
         let key = (row.seed, &row.scenario, &row.model, &row.pruner, &row.label);
         if !rows.insert(key) {
-            out.push(format!(
+            c.out.push(format!(
                 "rows[{i}] repeats the row of seed {}, scenario `{}`, model `{}`, method `{}` (a repeated row would count as another seed)",
                 row.seed, row.scenario, row.model, row.label
             ));
@@ -291,53 +315,55 @@ pub fn check_results(r: &RunResults) -> Vec<String> {
             ("ta", m.ta),
             ("ta_full", m.ta_full),
         ] {
-            pct(at(&format!("metrics.{f}")), v, &mut out);
+            c.pct(at(&format!("metrics.{f}")), v);
         }
-        pct_or_nan(at("metrics.val"), m.val, &mut out);
+        c.pct_or_nan(at("metrics.val"), m.val);
         for (set, scores) in [
             ("mia_efficacy", &m.mia_efficacy),
             ("mia_privacy", &m.mia_privacy),
         ] {
             for (feature, s) in scores {
-                pct(at(&format!("metrics.{set}.{feature:?}")), s.value, &mut out);
+                c.pct(at(&format!("metrics.{set}.{feature:?}")), s.value);
             }
         }
         for (f, v) in [("asr", m.asr), ("asr_non_target", m.asr_non_target)] {
             if let Some(v) = v {
-                pct(at(&format!("metrics.{f}")), v, &mut out);
+                c.pct(at(&format!("metrics.{f}")), v);
             }
         }
         if let Some(t) = row.rte {
-            finite(at("rte"), t, 0.0, &mut out);
+            c.finite(at("rte"), t, 0.0);
         }
         if !(0.0..=1.0).contains(&row.sparsity) {
-            out.push(format!(
+            c.out.push(format!(
                 "{} is {}, not in [0, 1]",
                 at("sparsity"),
                 row.sparsity
             ));
         }
         for (name, v) in &row.extra {
-            finite(at(&format!("extra.{name}")), *v, f64::MIN, &mut out);
+            c.finite(at(&format!("extra.{name}")), *v, f64::MIN);
         }
     }
+}
+
+fn check_stages(r: &RunResults, c: &mut Checker) {
     for (i, st) in r.stages.iter().enumerate() {
         for run in &st.training {
             for (e, ep) in run.epochs.iter().enumerate() {
                 let at = |f: &str| format!("stages[{i}] `{}` epoch {}: {f}", st.label, e + 1);
                 if !ep.loss.is_nan() {
-                    finite(at("loss"), ep.loss.abs(), 0.0, &mut out);
+                    c.finite(at("loss"), ep.loss.abs(), 0.0);
                 }
                 for (f, v) in [
                     ("train_accuracy", ep.train_accuracy),
                     ("val_accuracy", ep.val_accuracy),
                 ] {
                     if let Some(v) = v {
-                        pct(at(f), v, &mut out);
+                        c.pct(at(f), v);
                     }
                 }
             }
         }
     }
-    out
 }
